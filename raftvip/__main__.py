@@ -1,0 +1,3 @@
+from raftvip.cli import main
+
+main()

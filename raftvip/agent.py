@@ -1,0 +1,340 @@
+"""The member process: the one loop that owns stdout (ExaBGP's channel).
+
+Threads hand the loop events through a queue: the Raft tick thread (state changed), the
+health workers (local health changed), the stdin reader (acks, neighbor events, shutdown,
+EOF). The loop reports to the group, decides (`reconcile.decide`) and prints the difference.
+Signals only set a flag, which the loop reads at least every 100 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, Any
+
+from raftvip.cluster import RaftCluster, RaftInfo
+from raftvip.config import Config
+from raftvip.control import ControlServer, RequestError
+from raftvip.exabgp import Route, parse_stdin_line
+from raftvip.health import CheckStatus, HealthMonitor, HealthState
+from raftvip.reconcile import Decision, GroupView, decide, desired_routes, plan, resync_lines
+from raftvip.state import ClusterState, Expire, Report, SetDrain, SetMaintenance, SetPin
+from raftvip.status import build_status
+
+log = logging.getLogger(__name__)
+
+MAX_STDIN_LINE = 64 * 1024
+_TICK = 0.1
+
+
+@dataclass(frozen=True)
+class _Event:
+    kind: str  # state | health | stdin | eof
+    payload: Any = None
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: Config,
+        secret: str,
+        out: IO[str],
+        inp: IO[bytes],
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self._out = out
+        self._inp = inp
+        self._clock = clock
+        self._wall = wall
+        self._events: queue.Queue[_Event] = queue.Queue()
+        self.cluster = RaftCluster(cfg, secret)
+        self.cluster.add_listener(lambda _state: self._events.put(_Event("state")))
+        checked = [s for s in cfg.services if s.check.kind != "none"]
+        self._health: dict[str, str] = {
+            s.name: ("up" if s.check.kind == "none" else "down") for s in cfg.services
+        }
+        self._monitor = HealthMonitor(
+            checked, on_change=lambda name, st: self._events.put(_Event("health", (name, st)))
+        )
+        self._control = ControlServer(cfg.cluster.control_socket, self._handle_control)
+        self._announced: dict[str, Route] = {}
+        self._pending_acks: deque[str] = deque()
+        self._decisions: dict[str, Decision] = {}
+        self._incarnation = time.time_ns() // 1000
+        self._seq = 0
+        self._report_due = True
+        self._next_report = 0.0
+        self._last_report = 0.0
+        self._quorum_lost_at: float | None = None
+        self._stop_reason: str | None = None
+        self._exabgp_gone = False
+        self._status_lock = threading.Lock()
+        self._status: dict[str, Any] = {}
+
+    # --- lifecycle ---
+
+    def run(self) -> int:
+        """Run until ExaBGP goes away or a signal arrives; return the exit code."""
+        self._control.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self._write(resync_lines(self.cfg))
+        self.cluster.start()
+        self._monitor.start()
+        threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+        log.info(
+            "member=%s started: cluster=%s members=%d vips=%d",
+            self.cfg.me,
+            self.cfg.cluster.name,
+            len(self.cfg.members),
+            sum(len(s.vips) for s in self.cfg.services),
+        )
+        try:
+            while self._stop_reason is None:
+                self._step()
+            return self._shutdown()
+        finally:
+            self._monitor.stop(timeout=1.0)
+            self._control.stop()
+            self.cluster.stop()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop_reason = signal.Signals(signum).name
+
+    def _step(self) -> None:
+        now = self._clock()
+        timeout = min(_TICK, max(0.0, self._next_report - now))
+        try:
+            event: _Event | None = self._events.get(timeout=timeout)
+        except queue.Empty:
+            event = None
+        try:
+            while event is not None:
+                self._handle_event(event)
+                event = self._events.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            self._maybe_report()
+            self._reconcile()
+        except BrokenPipeError:
+            self._exabgp_gone = True
+            self._stop_reason = "stdout closed"
+        except Exception:
+            # Survive a failed iteration: ExaBGP stops respawning a helper that dies often.
+            log.exception("agent iteration failed; continuing")
+
+    def _handle_event(self, event: _Event) -> None:
+        if event.kind == "health":
+            name, status = event.payload
+            self._on_health(name, status)
+        elif event.kind == "stdin":
+            self._on_stdin(event.payload)
+        elif event.kind == "eof":
+            self._exabgp_gone = True
+            self._stop_reason = "EOF on stdin (ExaBGP stopped)"
+
+    def _on_health(self, service: str, status: CheckStatus) -> None:
+        if status.state is HealthState.DISABLED:
+            local = "disabled"
+        elif status.announcing:
+            local = "up"
+        else:
+            local = "down"
+        if self._health.get(service) != local:
+            log.info("service=%s local_health=%s detail=%r", service, local, status.last_detail)
+            self._health[service] = local
+            self._report_due = True  # withdraw happens in this very iteration, then report
+
+    # --- ExaBGP side ---
+
+    def _read_stdin(self) -> None:
+        """Drain ExaBGP's stdin for ever: an unread pipe blocks ExaBGP (FIELD-NOTES.md)."""
+        try:
+            while True:
+                raw = self._inp.readline(MAX_STDIN_LINE)
+                if not raw:
+                    break
+                if not raw.endswith(b"\n") and len(raw) >= MAX_STDIN_LINE:
+                    log.error("exabgp stdin line longer than %d bytes; discarded", MAX_STDIN_LINE)
+                    while raw and not raw.endswith(b"\n"):
+                        raw = self._inp.readline(MAX_STDIN_LINE)
+                    continue
+                text = raw.decode("utf-8", errors="replace")
+                self._events.put(_Event("stdin", parse_stdin_line(text)))
+        except (OSError, ValueError) as exc:
+            log.error("exabgp stdin read failed: %s", exc)
+        self._events.put(_Event("eof"))
+
+    def _on_stdin(self, event: Any) -> None:
+        if event.kind == "ack_done":
+            if self._pending_acks:
+                self._pending_acks.popleft()
+        elif event.kind == "ack_error":
+            command = self._pending_acks.popleft() if self._pending_acks else "<unknown>"
+            log.error("exabgp rejected command=%r", command)
+        elif event.kind == "shutdown":
+            self._exabgp_gone = True
+            self._stop_reason = "ExaBGP shutdown"
+        elif event.kind == "neighbor":
+            log.info("exabgp neighbor=%s state=%s", event.neighbor, event.state)
+        elif event.kind == "unknown":
+            log.warning("exabgp unexpected stdin line=%r", event.text)
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        for line in lines:
+            self._out.write(line + "\n")
+            self._pending_acks.append(line)
+        self._out.flush()
+        for line in lines:
+            log.info("exabgp %s", line)
+
+    # --- group side ---
+
+    def _maybe_report(self) -> None:
+        now = self._clock()
+        me = self.cluster.state.members.get(self.cfg.me)
+        if (me is None or not me.alive or me.incarnation != self._incarnation) and (
+            now - self._last_report >= _TICK
+        ):
+            self._report_due = True  # not (yet) known as alive: retry at once, not per lease
+        if not self._report_due and now < self._next_report:
+            return
+        self._report_due = False
+        self._last_report = now
+        self._next_report = now + self.cfg.cluster.report_interval
+        self._seq += 1
+        health = {name: value == "up" for name, value in self._health.items()}
+        self.cluster.propose(
+            Report(self._wall(), self.cfg.me, self._incarnation, self._seq, health)
+        )
+
+    def _group_view(self, info: RaftInfo) -> GroupView:
+        now = self._clock()
+        if info.has_quorum:
+            if self._quorum_lost_at is not None:
+                log.info("quorum regained after %.2fs", now - self._quorum_lost_at)
+            self._quorum_lost_at = None
+        elif self._quorum_lost_at is None:
+            self._quorum_lost_at = now
+            if info.ready:
+                log.warning("quorum lost: policy=%s", self.cfg.cluster.on_quorum_loss)
+        lost_for = 0.0 if self._quorum_lost_at is None else now - self._quorum_lost_at
+        return GroupView(ready=info.ready, has_quorum=info.has_quorum, quorum_lost_for=lost_for)
+
+    def _reconcile(self) -> None:
+        state = self.cluster.state
+        info = self.cluster.info()
+        view = self._group_view(info)
+        decisions = decide(self.cfg, state, self._health, view, self._announced.keys())
+        desired = desired_routes(self.cfg, decisions)
+        self._write(plan(desired, self._announced))
+        self._announced = desired
+        self._decisions = decisions
+        self._publish_status(state, info, view)
+
+    def _publish_status(self, state: ClusterState, info: RaftInfo, view: GroupView) -> None:
+        doc = build_status(
+            self.cfg, state, info, self._decisions, dict(self._health), view.quorum_lost_for
+        )
+        with self._status_lock:
+            self._status = doc
+
+    def _shutdown(self) -> int:
+        """Hand over, then withdraw everything. Bounded by cluster.shutdown_timeout."""
+        log.info("member=%s stopping: %s", self.cfg.me, self._stop_reason)
+        state = self.cluster.state
+        mine = [vip for vip, a in state.owners.items() if a.owner == self.cfg.me]
+        me = state.members.get(self.cfg.me)
+        info = self.cluster.info()
+        if me is not None and me.alive and info.has_quorum:
+            self.cluster.propose(
+                Expire(self._wall(), self.cfg.me, me.incarnation, me.seq, "leaving")
+            )
+            if mine and not self._exabgp_gone:
+                deadline = self._clock() + self.cfg.cluster.shutdown_timeout
+                while self._clock() < deadline:
+                    owners = self.cluster.state.owners
+                    if all(owners.get(v) is None or owners[v].owner != self.cfg.me for v in mine):
+                        break
+                    time.sleep(0.01)
+                else:
+                    log.warning(
+                        "handover not committed within %.1fs; withdrawing anyway",
+                        self.cfg.cluster.shutdown_timeout,
+                    )
+            else:
+                time.sleep(0.1)  # let the expire reach the leader before the link closes
+        if not self._exabgp_gone:
+            with contextlib.suppress(OSError, ValueError):
+                self._write(plan({}, self._announced))
+        self._announced = {}
+        log.info("member=%s stopped", self.cfg.me)
+        return 0
+
+    # --- control socket (runs on control threads) ---
+
+    def status(self) -> dict[str, Any]:
+        with self._status_lock:
+            return dict(self._status)
+
+    def _handle_control(self, request: dict[str, Any]) -> Any:
+        op = request["op"]
+        if op == "status":
+            return self.status()
+        if op == "maintenance":
+            service = _arg(request, "service")
+            if self.cluster.state.service(service) is None and all(
+                s.name != service for s in self.cfg.services
+            ):
+                raise RequestError(f"unknown service {service!r}")
+            on = _flag(request, "on")
+            return self._commit(SetMaintenance(self._wall(), service, on))
+        if op == "drain":
+            member = str(request.get("member") or self.cfg.me)
+            if member not in self.cfg.members:
+                raise RequestError(f"unknown member {member!r}")
+            return self._commit(SetDrain(self._wall(), member, _flag(request, "on")))
+        if op == "pin":
+            vip = _arg(request, "vip")
+            if self.cfg.service_of(vip) is None:
+                raise RequestError(f"unknown VIP {vip!r}")
+            target = request.get("member")
+            if target is not None and target not in self.cfg.members:
+                raise RequestError(f"unknown member {target!r}")
+            return self._commit(SetPin(self._wall(), vip, target))
+        raise RequestError(f"unknown op {op!r}")
+
+    def _commit(self, cmd: Any) -> dict[str, Any]:
+        if not self.cluster.info().has_quorum:
+            raise RequestError("no quorum: this member cannot reach a majority; nothing changed")
+        failure = self.cluster.propose_and_wait(cmd, timeout=5.0)
+        if failure is not None:
+            raise RequestError(f"not committed: {failure}")
+        return {"version": self.cluster.state.version}
+
+
+def _arg(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"missing or invalid {key!r}")
+    return value
+
+
+def _flag(request: dict[str, Any], key: str) -> bool:
+    value = request.get(key)
+    if not isinstance(value, bool):
+        raise RequestError(f"missing or invalid {key!r} (expected true/false)")
+    return value

@@ -1,0 +1,211 @@
+"""`raftvip` command line (click, thin): domain errors become `Error: ...` and exit 1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from raftvip import __version__
+from raftvip.config import Config, load_config, load_secret
+from raftvip.control import request
+from raftvip.errors import ConfigError, RaftvipError
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_CONFIG = "/etc/raftvip/raftvip.toml"
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="RAFTVIP_CONFIG",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="raftvip TOML file (env RAFTVIP_CONFIG).",
+)
+member_option = click.option(
+    "--member", default=None, help="This host's member name (overrides cluster.member)."
+)
+
+
+def domain_errors(func: F) -> F:
+    """Turn RaftvipError into ClickException at the edge."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.ClickException(
+                "invalid configuration:\n  " + "\n  ".join(exc.problems)
+            ) from None
+        except RaftvipError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)  # stdout belongs to ExaBGP
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="raftvip")
+def main() -> None:
+    """Spread service VIPs across load balancers: a Raft group decides, ExaBGP announces."""
+
+
+@main.command()
+@config_option
+@member_option
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_default=True,
+)
+@domain_errors
+def run(config_path: str, member: str | None, log_level: str) -> None:
+    """Run this member (declare it as the ExaBGP `process`). stdout carries ExaBGP commands."""
+    setup_logging(log_level)
+    cfg = load_config(config_path, member=member)
+    secret = load_secret(cfg.cluster)
+    from raftvip.agent import Agent  # heavy imports only for `run`
+
+    agent = Agent(cfg, secret, out=sys.stdout, inp=sys.stdin.buffer)
+    code = agent.run()
+    # The stdin reader is a daemon thread blocked in read(): interpreter finalisation would
+    # abort on its buffer lock, so flush what matters and leave without finalising.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+@main.command("check-config")
+@config_option
+@member_option
+def check_config(config_path: str, member: str | None) -> None:
+    """Validate a config file: prints OK, or every problem with its key path (exit 1)."""
+    try:
+        load_config(config_path, member=member)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(1)
+    click.echo("OK")
+
+
+@main.command("exabgp-config")
+@config_option
+@member_option
+@click.option("--run", "run_command", default=None, help="Command ExaBGP should run.")
+@domain_errors
+def exabgp_config(config_path: str, member: str | None, run_command: str | None) -> None:
+    """Print an ExaBGP config (process + neighbors with api) for this member."""
+    from raftvip.exabgp_config import default_run_command, render_exabgp_config
+
+    cfg = load_config(config_path, member=member)
+    command = run_command or cfg.exabgp.run or default_run_command(os.path.abspath(config_path))
+    if member and "--member" not in command:
+        command += f" --member {member}"
+    click.echo(render_exabgp_config(cfg, command), nl=False)
+
+
+def _client(config_path: str, member: str | None) -> Config:
+    return load_config(config_path, member=member)
+
+
+@main.command()
+@config_option
+@member_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--events", is_flag=True, help="Also show recent events.")
+@domain_errors
+def status(config_path: str, member: str | None, as_json: bool, events: bool) -> None:
+    """Show the whole group as this member sees it."""
+    from raftvip.status import render_status
+
+    cfg = _client(config_path, member)
+    doc = request(cfg.cluster.control_socket, {"op": "status"})
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=False))
+    else:
+        click.echo(render_status(doc, events=events))
+
+
+@main.command()
+@config_option
+@member_option
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.argument("service")
+@domain_errors
+def maintenance(config_path: str, member: str | None, state: str, service: str) -> None:
+    """Withdraw (on) or restore (off) SERVICE's VIPs on every member."""
+    cfg = _client(config_path, member)
+    request(
+        cfg.cluster.control_socket, {"op": "maintenance", "service": service, "on": state == "on"}
+    )
+    click.echo(f"maintenance {state} for {service}: committed")
+
+
+@main.command()
+@config_option
+@member_option
+@click.argument("target", required=False)
+@domain_errors
+def drain(config_path: str, member: str | None, target: str | None) -> None:
+    """Move every VIP away from TARGET (default: this member)."""
+    cfg = _client(config_path, member)
+    request(cfg.cluster.control_socket, {"op": "drain", "member": target or cfg.me, "on": True})
+    click.echo(f"{target or cfg.me} drained: committed")
+
+
+@main.command()
+@config_option
+@member_option
+@click.argument("target", required=False)
+@domain_errors
+def undrain(config_path: str, member: str | None, target: str | None) -> None:
+    """Let TARGET (default: this member) own VIPs again."""
+    cfg = _client(config_path, member)
+    request(cfg.cluster.control_socket, {"op": "drain", "member": target or cfg.me, "on": False})
+    click.echo(f"{target or cfg.me} undrained: committed")
+
+
+@main.command()
+@config_option
+@member_option
+@click.argument("vip")
+@click.argument("target")
+@domain_errors
+def pin(config_path: str, member: str | None, vip: str, target: str) -> None:
+    """Keep VIP on member TARGET while TARGET is eligible."""
+    cfg = _client(config_path, member)
+    request(cfg.cluster.control_socket, {"op": "pin", "vip": vip, "member": target})
+    click.echo(f"{vip} pinned to {target}: committed")
+
+
+@main.command()
+@config_option
+@member_option
+@click.argument("vip")
+@domain_errors
+def unpin(config_path: str, member: str | None, vip: str) -> None:
+    """Remove the pin of VIP."""
+    cfg = _client(config_path, member)
+    request(cfg.cluster.control_socket, {"op": "pin", "vip": vip, "member": None})
+    click.echo(f"{vip} unpinned: committed")

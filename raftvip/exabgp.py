@@ -1,0 +1,231 @@
+"""ExaBGP text API: a pure formatter for route commands and a parser for what ExaBGP writes back.
+
+Formats verified against ExaBGP 5.0.15 talking to BIRD 2.0.12 (tests/test_bgplab.py):
+
+* commands (helper stdout), one per line:
+  ``announce route 10.20.255.1/32 next-hop self med 100 community [ 65001:100 ]``,
+  ``withdraw route 10.20.255.1/32 next-hop self``. A withdraw matches on the prefix alone.
+* ``next-hop self`` only works when the route has the address family of the BGP session:
+  an IPv6 VIP over an IPv4 session needs an explicit IPv6 next hop (ExaBGP acks ``error``),
+  and BIRD rejects an IPv4-mapped one (``::ffff:a.b.c.d``) as "mismatched address family".
+* helper stdin (text encoder): ``done`` / ``error`` after each command; ``neighbor <ip> connected``,
+  ``neighbor <ip> up``, ``neighbor <ip> down - <reason>`` and ``shutdown <pid> <ppid>``, each
+  event followed by an empty line; answers to ``version``/``show ...`` are free text then ``done``.
+  Acks of ``announce``/``withdraw route`` commands come in command order, but a line ExaBGP
+  cannot parse at all (and ``version``) is answered at once, ahead of queued route commands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from raftvip.config import AnnounceConfig
+
+MAX_EVENT_TEXT = 512
+_MAX_U32 = 2**32 - 1
+
+# One ExaBGP token: no whitespace, no control characters, no '[' ']' ';' '{' '}' quotes or '#'.
+# Communities ("65001:100", "no-export"), large ("65000:1:2") and extended
+# ("target:65000:1", "origin:10.0.0.1:5", "0x0002fde800000001") communities all fit.
+_TOKEN = re.compile(r"[A-Za-z0-9:._/+-]+")
+
+
+def _check_token(field: str, value: str) -> None:
+    """Raise ValueError unless `value` is one harmless ExaBGP token (no command injection)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected a string, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{field}: must not be empty")
+    if _TOKEN.fullmatch(value):
+        return
+    for char in value:
+        if _TOKEN.fullmatch(char):
+            continue
+        if char in "\r\n":
+            what = "a newline"
+        elif not char.isprintable() or ord(char) < 0x20 or ord(char) == 0x7F:
+            what = "a control character"
+        elif char.isspace():
+            what = "whitespace"
+        else:
+            what = f"the character {char!r}"
+        raise ValueError(
+            f"{field}: {value!r} contains {what} "
+            "(one token of letters, digits and ':._/+-' is expected)"
+        )
+
+
+def _check_u32(field: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field}: expected an integer, got {value!r}")
+    if not minimum <= value <= _MAX_U32:
+        raise ValueError(f"{field}: must be in [{minimum}, {_MAX_U32}], got {value}")
+
+
+def _parse_ip(field: str, value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    _check_token(field, value)
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{field}: {value!r} is not an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise ValueError(f"{field}: {value!r} has a scope id, which BGP cannot carry")
+    return address
+
+
+@dataclass(frozen=True)
+class Route:
+    """One host route for a VIP, with the attributes ExaBGP sends. Validated on construction."""
+
+    vip: str  # normalised on construction: "10.20.255.1", "2001:db8::1"
+    next_hop: str = "self"
+    med: int | None = None
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
+    extended_communities: tuple[str, ...] = ()
+    as_path: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        vip = _parse_ip("vip", self.vip)
+        object.__setattr__(self, "vip", vip.compressed)
+        if self.next_hop != "self":
+            hop = _parse_ip("next_hop", self.next_hop)
+            if vip.version == 6 and hop.version == 4:
+                raise ValueError(
+                    f"next_hop: {self.next_hop!r} is IPv4 but VIP {vip.compressed} is IPv6; "
+                    "an IPv6 route needs an IPv6 next hop"
+                )
+            object.__setattr__(self, "next_hop", hop.compressed)
+        if self.med is not None:
+            _check_u32("med", self.med, minimum=0)
+        for field, values in (
+            ("communities", self.communities),
+            ("large_communities", self.large_communities),
+            ("extended_communities", self.extended_communities),
+        ):
+            if not isinstance(values, tuple):
+                raise ValueError(f"{field}: expected a tuple, got {type(values).__name__}")
+            for index, value in enumerate(values):
+                _check_token(f"{field}[{index}]", value)
+        if not isinstance(self.as_path, tuple):
+            raise ValueError(f"as_path: expected a tuple, got {type(self.as_path).__name__}")
+        for index, asn in enumerate(self.as_path):
+            _check_u32(f"as_path[{index}]", asn, minimum=1)
+
+    @property
+    def prefix(self) -> str:
+        """The host prefix: "10.20.255.1/32" or "2001:db8::1/128"."""
+        return f"{self.vip}/{32 if ':' not in self.vip else 128}"
+
+
+def route_for(vip: str, announce: AnnounceConfig, prepend: int = 0) -> Route:
+    """The route for `vip` with a service's attributes; `prepend` > 0 builds a backup path.
+
+    A backup path puts `announce.local_as` `prepend` more times in front of the path the owner
+    sends: AS-path length is transitive and compared before MED, so it survives a ToR.
+    ExaBGP sends an explicit `as-path` verbatim but fills in `[local_as]` when there is none, so
+    with no configured path the owner's path is `(local_as,)` and the backup's is
+    `(local_as,) * (prepend + 1)` (literally prepending to `()` would make `prepend=1` a no-op).
+    """
+    if isinstance(prepend, bool) or not isinstance(prepend, int) or prepend < 0:
+        raise ValueError(f"prepend: must be an integer >= 0, got {prepend!r}")
+    as_path = tuple(announce.as_path)
+    if prepend:
+        if announce.local_as is None:
+            raise ValueError(
+                f"VIP {vip}: a backup path (prepend {prepend}) needs announce.local_as to be set"
+            )
+        as_path = (announce.local_as,) * prepend + (as_path or (announce.local_as,))
+    return Route(
+        vip=vip,
+        next_hop=announce.next_hop,
+        med=announce.med,
+        communities=tuple(announce.communities),
+        large_communities=tuple(announce.large_communities),
+        extended_communities=tuple(announce.extended_communities),
+        as_path=as_path,
+    )
+
+
+def _bracketed(keyword: str, values: tuple[str, ...]) -> str:
+    return f" {keyword} [ {' '.join(values)} ]" if values else ""
+
+
+def announce_line(route: Route) -> str:
+    """The ExaBGP command that announces `route` (no trailing newline)."""
+    line = f"announce route {route.prefix} next-hop {route.next_hop}"
+    if route.med is not None:
+        line += f" med {route.med}"
+    line += _bracketed("as-path", tuple(str(asn) for asn in route.as_path))
+    line += _bracketed("community", route.communities)
+    line += _bracketed("large-community", route.large_communities)
+    line += _bracketed("extended-community", route.extended_communities)
+    return line
+
+
+def withdraw_line(route: Route) -> str:
+    """The ExaBGP command that withdraws `route` (no trailing newline).
+
+    ExaBGP matches a withdraw on the prefix, but resolves `next-hop self` first: an IPv6 VIP over
+    an IPv4 session must be withdrawn with the explicit next hop it was announced with.
+    """
+    return f"withdraw route {route.prefix} next-hop {route.next_hop}"
+
+
+StdinKind = Literal["ack_done", "ack_error", "neighbor", "shutdown", "blank", "unknown"]
+
+
+@dataclass(frozen=True)
+class StdinEvent:
+    """One line ExaBGP wrote on the helper's stdin, classified."""
+
+    kind: StdinKind
+    text: str  # the raw line, stripped, truncated to MAX_EVENT_TEXT characters
+    neighbor: str | None = None  # neighbor events: the peer address
+    state: str | None = None  # neighbor events: "connected", "up" or "down"
+    reason: str | None = None  # "down" events: ExaBGP's reason, e.g. "closing connection"
+
+
+_NEIGHBOR_STATES = ("connected", "up", "down")
+
+
+def parse_stdin_line(line: str) -> StdinEvent:
+    """Classify one line from ExaBGP (text encoder). Never raises; unknown lines are "unknown"."""
+    if isinstance(line, bytes | bytearray):  # tolerate a reader that forgot to decode
+        line = bytes(line).decode("utf-8", errors="replace")
+    if not isinstance(line, str):
+        return StdinEvent(kind="unknown", text="")
+    stripped = line.strip()
+    text = stripped[:MAX_EVENT_TEXT]
+    if not stripped:
+        return StdinEvent(kind="blank", text="")
+    if stripped == "done":
+        return StdinEvent(kind="ack_done", text=text)
+    if stripped == "error":
+        return StdinEvent(kind="ack_error", text=text)
+    words = stripped.split(maxsplit=3)
+    if words[0] == "shutdown" and all(word.isdigit() for word in words[1:]) and len(words) <= 3:
+        return StdinEvent(kind="shutdown", text=text)
+    if words[0] == "neighbor" and len(words) >= 3 and words[2] in _NEIGHBOR_STATES:
+        try:
+            address = ipaddress.ip_address(words[1]).compressed
+        except ValueError:
+            return StdinEvent(kind="unknown", text=text)
+        state = words[2]
+        rest = words[3] if len(words) > 3 else ""
+        if state != "down":
+            if rest:
+                return StdinEvent(kind="unknown", text=text)
+            return StdinEvent(kind="neighbor", text=text, neighbor=address, state=state)
+        reason = rest[1:].strip() if rest.startswith("-") else rest
+        return StdinEvent(
+            kind="neighbor",
+            text=text,
+            neighbor=address,
+            state=state,
+            reason=reason[:MAX_EVENT_TEXT] or None,
+        )
+    return StdinEvent(kind="unknown", text=text)

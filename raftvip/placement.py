@@ -1,0 +1,145 @@
+"""VIP placement: a pure, deterministic function of the replicated state.
+
+Every member runs `place` on the same inputs and gets the same owners. The rules, in order,
+for each service (VIPs in configuration order, members in name order):
+
+1. **pinned**: an operator pin holds while the pinned member is eligible.
+2. **preferred**: the preferred owner (ExaZK's auth-ip) holds its VIP while eligible; it takes
+   the VIP from another healthy owner only if `preempt` and it has been healthy for
+   `preempt_delay` ("ready"). A VIP with no eligible owner goes to its eligible preferred
+   owner at once.
+3. **sticky**: an eligible owner keeps its VIP.
+4. **rebalance** (`rebalance`): while the most loaded eligible member owns two VIPs more than
+   the least loaded *ready* member, one VIP that is neither pinned nor has a preferred owner
+   moves (preferred VIPs follow `preempt`). Only ready members receive, so a flapping member
+   attracts nothing.
+5. **orphans**: a VIP whose owner is gone goes to the eligible member owning the fewest VIPs
+   of the service (ties: fewest VIPs overall, then name). Only those VIPs move on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """The placement-relevant part of a service, replicated so all members agree."""
+
+    name: str
+    vips: tuple[str, ...]
+    preferred: Mapping[str, str]
+    preempt: bool = True
+    preempt_delay: float = 5.0
+    rebalance: bool = True
+
+
+@dataclass(frozen=True)
+class Assignment:
+    owner: str
+    reason: str  # pinned | preferred | preempt | sticky | rebalance | failover | initial
+
+
+def place(
+    services: Sequence[ServiceSpec],
+    eligible: Mapping[str, frozenset[str]],
+    ready: Mapping[str, frozenset[str]],
+    pins: Mapping[str, str],
+    current: Mapping[str, str],
+) -> dict[str, Assignment]:
+    """Owners for every VIP that has an eligible member.
+
+    `eligible[service]`: members that may own the service's VIPs (alive, healthy, not drained).
+    `ready[service]`: the eligible members healthy for at least `preempt_delay`.
+    `current`: the owners before this decision (vip -> member).
+    """
+    total_load: dict[str, int] = {}
+    result: dict[str, Assignment] = {}
+    for service in services:
+        members = eligible.get(service.name, frozenset())
+        assigned = _place_service(
+            service,
+            members,
+            ready.get(service.name, frozenset()) & members,
+            pins,
+            current,
+            total_load,
+        )
+        for assignment in assigned.values():
+            total_load[assignment.owner] = total_load.get(assignment.owner, 0) + 1
+        result.update(assigned)
+    return result
+
+
+def _place_service(
+    service: ServiceSpec,
+    eligible: frozenset[str],
+    ready: frozenset[str],
+    pins: Mapping[str, str],
+    current: Mapping[str, str],
+    total_load: Mapping[str, int],
+) -> dict[str, Assignment]:
+    owners: dict[str, Assignment] = {}
+    if not eligible:
+        return owners
+    held: set[str] = set()  # VIPs that rebalancing must not move
+
+    for vip in service.vips:
+        pinned = pins.get(vip)
+        if pinned is not None and pinned in eligible:
+            owners[vip] = Assignment(pinned, "pinned")
+            held.add(vip)
+            continue
+        preferred = service.preferred.get(vip)
+        if preferred is None or preferred not in eligible:
+            continue
+        owner = current.get(vip)
+        if owner == preferred:
+            owners[vip] = Assignment(preferred, "preferred")
+        elif owner is None or owner not in eligible:
+            owners[vip] = Assignment(preferred, "preferred" if owner is None else "failover")
+        elif service.preempt and preferred in ready:
+            owners[vip] = Assignment(preferred, "preempt")
+        else:
+            continue
+        held.add(vip)
+
+    for vip in service.vips:
+        owner = current.get(vip)
+        if vip not in owners and owner is not None and owner in eligible:
+            owners[vip] = Assignment(owner, "sticky")
+
+    load = {member: 0 for member in eligible}
+    for assignment in owners.values():
+        load[assignment.owner] += 1
+
+    def least_loaded(candidates: frozenset[str]) -> str:
+        return min(candidates, key=lambda m: (load[m], total_load.get(m, 0), m))
+
+    for vip in service.vips:
+        if vip in owners:
+            continue
+        owner = least_loaded(eligible)
+        owners[vip] = Assignment(owner, "initial" if current.get(vip) is None else "failover")
+        load[owner] += 1
+
+    if service.rebalance and ready:
+        # Each move lowers the sum of squared loads, so this ends within len(vips) moves.
+        for _ in range(len(service.vips)):
+            receiver = least_loaded(ready)
+            giver = max(eligible, key=lambda m: (load[m], m))
+            if load[giver] - load[receiver] <= 1:
+                break
+            movable = [
+                v
+                for v in service.vips
+                if owners[v].owner == giver and v not in held and v not in service.preferred
+            ]
+            if not movable:
+                break
+            vip = movable[-1]
+            owners[vip] = Assignment(receiver, "rebalance")
+            load[giver] -= 1
+            load[receiver] += 1
+    return owners

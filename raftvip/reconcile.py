@@ -1,0 +1,113 @@
+"""What this member announces, and why (pure).
+
+`decide` answers, for every managed VIP, "announce or not" with a reason that `status` shows:
+
+- `owner`: assigned to me, locally healthy, no maintenance, not drained, group reachable;
+- `not_owner` / `unowned`: the group gave it to another member / to nobody;
+- `unhealthy` / `disabled`: assigned to me but my local check fails / is disabled —
+  local health withdraws at once, before the group agrees;
+- `maintenance`, `drained`: operator flags from the replicated state;
+- `starting`: this process has not yet caught up with the group;
+- `no_quorum_hold`: the group is unreachable and `on_quorum_loss = "hold"`: keep what was
+  announced while locally healthy (fail static), take nothing new;
+- `no_quorum`: the group is unreachable, `on_quorum_loss = "withdraw"` and the fencing time
+  has passed (or `hold` and it was not announced).
+
+`plan` turns desired routes vs. announced routes into ExaBGP lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+
+from raftvip.config import Config
+from raftvip.exabgp import Route, announce_line, route_for, withdraw_line
+from raftvip.state import ClusterState
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What this member knows about its own connection to the group."""
+
+    ready: bool  # caught up with a leader at least once since start
+    has_quorum: bool
+    quorum_lost_for: float  # seconds since quorum was lost (0 while it is held)
+
+
+@dataclass(frozen=True)
+class Decision:
+    announce: bool
+    reason: str
+
+
+LocalHealth = Mapping[str, str]  # service -> "up" | "down" | "disabled"
+
+
+def decide(
+    cfg: Config,
+    state: ClusterState,
+    health: LocalHealth,
+    view: GroupView,
+    announced: Set[str],
+) -> dict[str, Decision]:
+    me = cfg.me
+    fence = cfg.cluster.lease / 2
+    decisions: dict[str, Decision] = {}
+    member = state.members.get(me)
+    for service in cfg.services:
+        local = health.get(service.name, "down")
+        for vip in service.vips:
+            owner = state.owner_of(vip)
+            if not view.ready:
+                decisions[vip] = Decision(False, "starting")
+            elif local == "disabled":
+                decisions[vip] = Decision(False, "disabled")
+            elif local != "up":
+                decisions[vip] = Decision(False, "unhealthy")
+            elif service.name in state.maintenance:
+                decisions[vip] = Decision(False, "maintenance")
+            elif member is not None and member.drained:
+                decisions[vip] = Decision(False, "drained")
+            elif not view.has_quorum:
+                hold = cfg.cluster.on_quorum_loss == "hold" or view.quorum_lost_for < fence
+                if hold and vip in announced:
+                    decisions[vip] = Decision(True, "no_quorum_hold")
+                else:
+                    decisions[vip] = Decision(False, "no_quorum")
+            elif owner == me:
+                decisions[vip] = Decision(True, "owner")
+            elif owner is None:
+                decisions[vip] = Decision(False, "unowned")
+            else:
+                decisions[vip] = Decision(False, "not_owner")
+    return decisions
+
+
+def desired_routes(cfg: Config, decisions: Mapping[str, Decision]) -> dict[str, Route]:
+    routes: dict[str, Route] = {}
+    for service in cfg.services:
+        for vip in service.vips:
+            decision = decisions.get(vip)
+            if decision is not None and decision.announce:
+                routes[vip] = route_for(vip, service.announce)
+    return routes
+
+
+def plan(desired: Mapping[str, Route], announced: Mapping[str, Route]) -> list[str]:
+    """ExaBGP lines that turn `announced` into `desired`: withdrawals first, then announces.
+
+    A route whose attributes changed is simply re-announced (BGP implicit withdraw).
+    """
+    lines = [withdraw_line(route) for vip, route in announced.items() if vip not in desired]
+    lines += [announce_line(route) for vip, route in desired.items() if announced.get(vip) != route]
+    return lines
+
+
+def resync_lines(cfg: Config) -> list[str]:
+    """At start: withdraw every managed VIP; stale routes from an earlier run must not linger."""
+    return [
+        withdraw_line(route_for(vip, service.announce))
+        for service in cfg.services
+        for vip in service.vips
+    ]

@@ -1,0 +1,515 @@
+"""The replicated state and its transitions (pure: no I/O, no clock reads).
+
+Every command carries the timestamps it needs from its proposer. `apply` is *total*: a
+command that does not apply (stale sequence number, unknown member, ...) returns the state
+unchanged, because an exception inside a pysyncobj replicated method halts the whole group.
+
+Commands travel as msgpack maps (`encode_command` / `decode_command`); `decode_command`
+validates every field so that `apply` only ever sees well-typed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+
+from raftvip.placement import Assignment, ServiceSpec, place
+
+WIRE_VERSION = 1
+MAX_EVENTS = 200
+
+
+@dataclass(frozen=True)
+class MemberState:
+    name: str
+    alive: bool = False
+    incarnation: int = 0
+    seq: int = 0
+    # The member's own wall clock at its last report: `healthy_since` is on the same
+    # clock, so preempt_delay is measured without cross-host clock skew.
+    clock: float = 0.0
+    healthy: Mapping[str, bool] = field(default_factory=dict)
+    healthy_since: Mapping[str, float] = field(default_factory=dict)
+    drained: bool = False
+
+    def is_healthy(self, service: str) -> bool:
+        return self.healthy.get(service, False)
+
+
+@dataclass(frozen=True)
+class Event:
+    version: int
+    time: float
+    kind: str  # owner | alive | health | maintenance | drain | pin | config
+    subject: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    version: int = 0  # number of state-changing commands applied
+    services: tuple[ServiceSpec, ...] = ()
+    addresses: Mapping[str, str] = field(default_factory=dict)  # member -> "host:port"
+    members: Mapping[str, MemberState] = field(default_factory=dict)
+    maintenance: frozenset[str] = frozenset()
+    pins: Mapping[str, str] = field(default_factory=dict)
+    owners: Mapping[str, Assignment] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+
+    def owner_of(self, vip: str) -> str | None:
+        assignment = self.owners.get(vip)
+        return assignment.owner if assignment else None
+
+    def service(self, name: str) -> ServiceSpec | None:
+        for service in self.services:
+            if service.name == name:
+                return service
+        return None
+
+    def service_of_vip(self, vip: str) -> ServiceSpec | None:
+        for service in self.services:
+            if vip in service.vips:
+                return service
+        return None
+
+    def eligible(self, member: str, service: str) -> bool:
+        state = self.members.get(member)
+        return bool(state and state.alive and not state.drained and state.is_healthy(service))
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Configure:
+    ts: float
+    services: tuple[ServiceSpec, ...]
+    addresses: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Report:
+    ts: float
+    member: str
+    incarnation: int
+    seq: int
+    health: Mapping[str, bool]
+
+
+@dataclass(frozen=True)
+class Expire:
+    ts: float
+    member: str
+    incarnation: int
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetMaintenance:
+    ts: float
+    service: str
+    on: bool
+
+
+@dataclass(frozen=True)
+class SetDrain:
+    ts: float
+    member: str
+    on: bool
+
+
+@dataclass(frozen=True)
+class SetPin:
+    ts: float
+    vip: str
+    member: str | None
+
+
+Command = Configure | Report | Expire | SetMaintenance | SetDrain | SetPin
+
+
+class CommandError(ValueError):
+    """A command payload that is not a well-formed raftvip command."""
+
+
+def encode_command(cmd: Command) -> bytes:
+    body: dict[str, Any]
+    match cmd:
+        case Configure():
+            body = {
+                "op": "configure",
+                "services": [_spec_to_wire(s) for s in cmd.services],
+                "addresses": dict(cmd.addresses),
+            }
+        case Report():
+            body = {
+                "op": "report",
+                "member": cmd.member,
+                "inc": cmd.incarnation,
+                "seq": cmd.seq,
+                "health": dict(cmd.health),
+            }
+        case Expire():
+            body = {
+                "op": "expire",
+                "member": cmd.member,
+                "inc": cmd.incarnation,
+                "seq": cmd.seq,
+                "reason": cmd.reason,
+            }
+        case SetMaintenance():
+            body = {"op": "maintenance", "service": cmd.service, "on": cmd.on}
+        case SetDrain():
+            body = {"op": "drain", "member": cmd.member, "on": cmd.on}
+        case SetPin():
+            body = {"op": "pin", "vip": cmd.vip, "member": cmd.member}
+    body["v"] = WIRE_VERSION
+    body["ts"] = float(cmd.ts)
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_command(payload: bytes) -> Command:
+    """Parse and type-check a command; raise `CommandError` naming what is wrong."""
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise CommandError(f"not msgpack: {exc}") from None
+    if not isinstance(body, dict):
+        raise CommandError("command is not a map")
+    if body.get("v") != WIRE_VERSION:
+        raise CommandError(f"unsupported command version {body.get('v')!r}")
+    ts = _num(body, "ts")
+    op = body.get("op")
+    if op == "configure":
+        services = body.get("services")
+        if not isinstance(services, list):
+            raise CommandError("configure.services: not a list")
+        return Configure(
+            ts, tuple(_spec_from_wire(s) for s in services), _str_map(body, "addresses")
+        )
+    if op == "report":
+        health = body.get("health")
+        if not isinstance(health, dict) or not all(
+            isinstance(k, str) and isinstance(v, bool) for k, v in health.items()
+        ):
+            raise CommandError("report.health: not a map of service -> bool")
+        return Report(ts, _str(body, "member"), _int(body, "inc"), _int(body, "seq"), health)
+    if op == "expire":
+        return Expire(
+            ts,
+            _str(body, "member"),
+            _int(body, "inc"),
+            _int(body, "seq"),
+            _str(body, "reason"),
+        )
+    if op == "maintenance":
+        return SetMaintenance(ts, _str(body, "service"), _bool(body, "on"))
+    if op == "drain":
+        return SetDrain(ts, _str(body, "member"), _bool(body, "on"))
+    if op == "pin":
+        member = body.get("member")
+        if member is not None and not isinstance(member, str):
+            raise CommandError("pin.member: not a string or nil")
+        return SetPin(ts, _str(body, "vip"), member)
+    raise CommandError(f"unknown op {op!r}")
+
+
+def _num(body: Mapping[str, Any], key: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandError(f"{key}: not a number")
+    return float(value)
+
+
+def _int(body: Mapping[str, Any], key: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandError(f"{key}: not an integer")
+    return value
+
+
+def _str(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise CommandError(f"{key}: not a string")
+    return value
+
+
+def _bool(body: Mapping[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if not isinstance(value, bool):
+        raise CommandError(f"{key}: not a boolean")
+    return value
+
+
+def _str_map(body: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = body.get(key)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise CommandError(f"{key}: not a map of strings")
+    return value
+
+
+def _spec_to_wire(spec: ServiceSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "vips": list(spec.vips),
+        "preferred": dict(spec.preferred),
+        "preempt": spec.preempt,
+        "preempt_delay": spec.preempt_delay,
+        "rebalance": spec.rebalance,
+    }
+
+
+def _spec_from_wire(body: Any) -> ServiceSpec:
+    if not isinstance(body, dict):
+        raise CommandError("service: not a map")
+    vips = body.get("vips")
+    if not isinstance(vips, list) or not all(isinstance(v, str) for v in vips):
+        raise CommandError("service.vips: not a list of strings")
+    return ServiceSpec(
+        name=_str(body, "name"),
+        vips=tuple(vips),
+        preferred=_str_map(body, "preferred"),
+        preempt=_bool(body, "preempt"),
+        preempt_delay=_num(body, "preempt_delay"),
+        rebalance=_bool(body, "rebalance"),
+    )
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def apply(state: ClusterState, cmd: Command) -> ClusterState:
+    """The next state. Returns `state` itself when the command does not apply."""
+    match cmd:
+        case Configure():
+            return _configure(state, cmd)
+        case Report():
+            return _report(state, cmd)
+        case Expire():
+            return _expire(state, cmd)
+        case SetMaintenance():
+            if state.service(cmd.service) is None or (cmd.service in state.maintenance) == cmd.on:
+                return state
+            flags = (
+                state.maintenance | {cmd.service} if cmd.on else state.maintenance - {cmd.service}
+            )
+            new = replace(state, maintenance=frozenset(flags))
+            return _bump(new, [_event(state, cmd.ts, "maintenance", cmd.service, _onoff(cmd.on))])
+        case SetDrain():
+            member = state.members.get(cmd.member)
+            if cmd.member not in state.addresses or (member and member.drained == cmd.on):
+                return state
+            member = replace(member or MemberState(cmd.member), drained=cmd.on)
+            new = replace(state, members={**state.members, cmd.member: member})
+            return _replace_and_place(
+                state, new, cmd.ts, [_event(state, cmd.ts, "drain", cmd.member, _onoff(cmd.on))]
+            )
+        case SetPin():
+            if state.service_of_vip(cmd.vip) is None or state.pins.get(cmd.vip) == cmd.member:
+                return state
+            if cmd.member is not None and cmd.member not in state.addresses:
+                return state
+            pins = dict(state.pins)
+            if cmd.member is None:
+                pins.pop(cmd.vip, None)
+            else:
+                pins[cmd.vip] = cmd.member
+            new = replace(state, pins=pins)
+            detail = f"pinned to {cmd.member}" if cmd.member else "unpinned"
+            return _replace_and_place(
+                state, new, cmd.ts, [_event(state, cmd.ts, "pin", cmd.vip, detail)]
+            )
+    return state  # pragma: no cover - the match is exhaustive
+
+
+def _onoff(on: bool) -> str:
+    return "on" if on else "off"
+
+
+def _configure(state: ClusterState, cmd: Configure) -> ClusterState:
+    if cmd.services == state.services and dict(cmd.addresses) == dict(state.addresses):
+        return state
+    members = {name: m for name, m in state.members.items() if name in cmd.addresses}
+    known_vips = {vip for s in cmd.services for vip in s.vips}
+    pins = {vip: m for vip, m in state.pins.items() if vip in known_vips and m in cmd.addresses}
+    names = {s.name for s in cmd.services}
+    new = replace(
+        state,
+        services=cmd.services,
+        addresses=dict(cmd.addresses),
+        members=members,
+        pins=pins,
+        maintenance=frozenset(state.maintenance & names),
+    )
+    detail = f"{len(cmd.services)} services, {len(known_vips)} VIPs, {len(cmd.addresses)} members"
+    return _replace_and_place(state, new, cmd.ts, [_event(state, cmd.ts, "config", "-", detail)])
+
+
+def _report(state: ClusterState, cmd: Report) -> ClusterState:
+    if cmd.member not in state.addresses:
+        return state
+    old = state.members.get(cmd.member) or MemberState(cmd.member)
+    if (cmd.incarnation, cmd.seq) <= (old.incarnation, old.seq):
+        return state  # stale or duplicate (a timed-out proposal applied late)
+    fresh = not old.alive or cmd.incarnation != old.incarnation
+    healthy: dict[str, bool] = {}
+    since: dict[str, float] = {}
+    events: list[Event] = []
+    for service in state.services:
+        now_ok = bool(cmd.health.get(service.name, False))
+        was_ok = old.is_healthy(service.name) and not fresh
+        healthy[service.name] = now_ok
+        if now_ok:
+            since[service.name] = old.healthy_since.get(service.name, cmd.ts) if was_ok else cmd.ts
+        if now_ok != old.is_healthy(service.name):
+            events.append(
+                _event(
+                    state,
+                    cmd.ts,
+                    "health",
+                    f"{cmd.member}/{service.name}",
+                    "healthy" if now_ok else "unhealthy",
+                )
+            )
+    if not old.alive:
+        events.append(_event(state, cmd.ts, "alive", cmd.member, "joined"))
+    member = MemberState(
+        name=cmd.member,
+        alive=True,
+        incarnation=cmd.incarnation,
+        seq=cmd.seq,
+        clock=cmd.ts,
+        healthy=healthy,
+        healthy_since=since,
+        drained=old.drained,
+    )
+    new = replace(state, members={**state.members, cmd.member: member})
+    if not events and _ready_sets(state) == _ready_sets(new):
+        # A pure lease renewal: nothing that placement reads has changed.
+        return replace(new, version=state.version)
+    return _replace_and_place(state, new, cmd.ts, events)
+
+
+def _expire(state: ClusterState, cmd: Expire) -> ClusterState:
+    old = state.members.get(cmd.member)
+    if old is None or not old.alive or (old.incarnation, old.seq) != (cmd.incarnation, cmd.seq):
+        return state  # renewed since the leader decided, or already expired
+    new = replace(state, members={**state.members, cmd.member: replace(old, alive=False)})
+    return _replace_and_place(
+        state, new, cmd.ts, [_event(state, cmd.ts, "alive", cmd.member, f"expired ({cmd.reason})")]
+    )
+
+
+def eligible_sets(state: ClusterState) -> dict[str, frozenset[str]]:
+    return {
+        s.name: frozenset(m for m in state.members if state.eligible(m, s.name))
+        for s in state.services
+    }
+
+
+def _ready_sets(state: ClusterState) -> dict[str, frozenset[str]]:
+    ready: dict[str, frozenset[str]] = {}
+    for service in state.services:
+        ready[service.name] = frozenset(
+            name
+            for name, m in state.members.items()
+            if state.eligible(name, service.name)
+            and m.clock - m.healthy_since.get(service.name, m.clock) >= service.preempt_delay
+        )
+    return ready
+
+
+def _replace_and_place(
+    old: ClusterState, new: ClusterState, ts: float, events: list[Event]
+) -> ClusterState:
+    current = {vip: a.owner for vip, a in old.owners.items()}
+    owners = place(new.services, eligible_sets(new), _ready_sets(new), new.pins, current)
+    for vip in _all_vips(new):
+        before, after = old.owners.get(vip), owners.get(vip)
+        if (before.owner if before else None) != (after.owner if after else None):
+            detail = (
+                f"{before.owner if before else '-'} -> {after.owner if after else '-'}"
+                f" ({after.reason if after else 'no eligible member'})"
+            )
+            events.append(_event(old, ts, "owner", vip, detail))
+    return _bump(replace(new, owners=owners), events)
+
+
+def _all_vips(state: ClusterState) -> list[str]:
+    return [vip for s in state.services for vip in s.vips]
+
+
+def _event(state: ClusterState, ts: float, kind: str, subject: str, detail: str) -> Event:
+    return Event(state.version + 1, ts, kind, subject, detail)
+
+
+def _bump(state: ClusterState, events: list[Event]) -> ClusterState:
+    return replace(
+        state, version=state.version + 1, events=(state.events + tuple(events))[-MAX_EVENTS:]
+    )
+
+
+# --- snapshot -------------------------------------------------------------------------------
+
+
+def state_to_wire(state: ClusterState) -> dict[str, Any]:
+    return {
+        "v": WIRE_VERSION,
+        "version": state.version,
+        "services": [_spec_to_wire(s) for s in state.services],
+        "addresses": dict(state.addresses),
+        "members": {
+            name: {
+                "alive": m.alive,
+                "inc": m.incarnation,
+                "seq": m.seq,
+                "clock": m.clock,
+                "healthy": dict(m.healthy),
+                "since": dict(m.healthy_since),
+                "drained": m.drained,
+            }
+            for name, m in state.members.items()
+        },
+        "maintenance": sorted(state.maintenance),
+        "pins": dict(state.pins),
+        "owners": {vip: [a.owner, a.reason] for vip, a in state.owners.items()},
+        "events": [[e.version, e.time, e.kind, e.subject, e.detail] for e in state.events],
+    }
+
+
+def state_from_wire(body: Any) -> ClusterState:
+    """Inverse of `state_to_wire`; raises `CommandError` on a malformed snapshot."""
+    try:
+        if body["v"] != WIRE_VERSION:
+            raise CommandError(f"unsupported snapshot version {body['v']!r}")
+        return ClusterState(
+            version=int(body["version"]),
+            services=tuple(_spec_from_wire(s) for s in body["services"]),
+            addresses=dict(body["addresses"]),
+            members={
+                name: MemberState(
+                    name=name,
+                    alive=bool(m["alive"]),
+                    incarnation=int(m["inc"]),
+                    seq=int(m["seq"]),
+                    clock=float(m["clock"]),
+                    healthy=dict(m["healthy"]),
+                    healthy_since=dict(m["since"]),
+                    drained=bool(m["drained"]),
+                )
+                for name, m in body["members"].items()
+            },
+            maintenance=frozenset(body["maintenance"]),
+            pins=dict(body["pins"]),
+            owners={vip: Assignment(o[0], o[1]) for vip, o in body["owners"].items()},
+            events=tuple(Event(int(e[0]), float(e[1]), e[2], e[3], e[4]) for e in body["events"]),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CommandError(f"malformed snapshot: {exc!r}") from None

@@ -1,0 +1,123 @@
+"""The status document (`raftvip status --json`) and its human rendering (pure)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from raftvip.cluster import RaftInfo
+from raftvip.config import Config
+from raftvip.reconcile import Decision, LocalHealth
+from raftvip.state import ClusterState
+
+
+def build_status(
+    cfg: Config,
+    state: ClusterState,
+    info: RaftInfo,
+    decisions: Mapping[str, Decision],
+    health: LocalHealth,
+    quorum_lost_for: float,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The whole group as this member sees it. Never contains secrets."""
+    now = time.time() if now is None else now
+    owned: dict[str, int] = {}
+    for owner in state.owners.values():
+        owned[owner.owner] = owned.get(owner.owner, 0) + 1
+    members: dict[str, Any] = {}
+    for name, address in cfg.members.items():
+        m = state.members.get(name)
+        healthy = {s.name: bool(m and m.is_healthy(s.name)) for s in cfg.services}
+        if name == cfg.me:
+            # Local health is fresher than the last committed report.
+            healthy = {s.name: health.get(s.name) == "up" for s in cfg.services}
+        members[name] = {
+            "address": address,
+            "alive": bool(m and m.alive),
+            "healthy": healthy,
+            "drained": bool(m and m.drained),
+            "vips": owned.get(name, 0),
+            "connected": name == cfg.me or name in info.connected,
+        }
+    vips: dict[str, Any] = {}
+    for service in cfg.services:
+        for vip in service.vips:
+            assignment = state.owners.get(vip)
+            decision = decisions.get(vip, Decision(False, "starting"))
+            vips[vip] = {
+                "service": service.name,
+                "owner": assignment.owner if assignment else None,
+                "assigned_because": assignment.reason if assignment else None,
+                "preferred": service.preferred.get(vip),
+                "pinned": state.pins.get(vip),
+                "announced": decision.announce,
+                "reason": decision.reason,
+            }
+    return {
+        "cluster": cfg.cluster.name,
+        "member": cfg.me,
+        "leader": info.leader,
+        "is_leader": info.is_leader,
+        "term": info.term,
+        "commit_index": info.commit_index,
+        "last_applied": info.last_applied,
+        "state_version": state.version,
+        "has_quorum": info.has_quorum,
+        "no_quorum_for": round(quorum_lost_for, 3),
+        "ready": info.ready,
+        "on_quorum_loss": cfg.cluster.on_quorum_loss,
+        "members": members,
+        "vips": vips,
+        "services": {
+            s.name: {"maintenance": s.name in state.maintenance, "local_health": health.get(s.name)}
+            for s in cfg.services
+        },
+        "events": [
+            {
+                "version": e.version,
+                "time": e.time,
+                "kind": e.kind,
+                "subject": e.subject,
+                "detail": e.detail,
+            }
+            for e in state.events[-20:]
+        ],
+        "time": now,
+    }
+
+
+def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
+    quorum = "yes" if doc["has_quorum"] else f"NO QUORUM for {doc['no_quorum_for']:.1f}s"
+    lines = [
+        f"cluster {doc['cluster']}  member {doc['member']}  leader {doc['leader'] or '-'}  "
+        f"term {doc['term']}  commit {doc['commit_index']}  quorum {quorum}",
+        "",
+        f"{'MEMBER':<12} {'ADDRESS':<22} {'ALIVE':<6} {'DRAINED':<8} {'VIPS':>4}  HEALTH",
+    ]
+    for name, m in doc["members"].items():
+        health = " ".join(f"{s}={'up' if ok else 'down'}" for s, ok in m["healthy"].items())
+        lead = "*" if name == doc["leader"] else " "
+        lines.append(
+            f"{name + lead:<12} {m['address']:<22} {'yes' if m['alive'] else 'NO':<6} "
+            f"{'yes' if m['drained'] else 'no':<8} {m['vips']:>4}  {health}"
+        )
+    lines += ["", f"{'VIP':<26} {'SERVICE':<12} {'OWNER':<10} {'PREFERRED':<10} ANNOUNCED HERE"]
+    for vip, v in doc["vips"].items():
+        here = f"yes ({v['reason']})" if v["announced"] else f"no ({v['reason']})"
+        owner = v["owner"] or "-"
+        if v.get("pinned"):
+            owner += " (pin)"
+        lines.append(f"{vip:<26} {v['service']:<12} {owner:<10} {v['preferred'] or '-':<10} {here}")
+    maint = [name for name, s in doc["services"].items() if s["maintenance"]]
+    if maint:
+        lines += ["", "maintenance: " + ", ".join(maint)]
+    if events:
+        lines += ["", "RECENT EVENTS"]
+        for e in doc.get("events", []):
+            stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+            lines.append(
+                f"  #{e['version']:<6} {stamp} {e['kind']:<11} {e['subject']}: {e['detail']}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,320 @@
+"""Run raftvip members as real OS processes, their stdout read as ExaBGP would.
+
+Each member is `python -m raftvip run -c <its config>` with its stdin and stdout piped to a
+`SpeakerStub` that answers every command with `done` (ExaBGP's default ack) and records the
+announced set with timestamps. Shared by the integration tests, the lab and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Change:
+    time: float
+    action: str  # announce | withdraw
+    vip: str
+    line: str
+
+
+class SpeakerStub:
+    """Reads a member's stdout like ExaBGP: parses commands, acks each with `done`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
+        self.proc = proc
+        self.name = name
+        self.announced: dict[str, str] = {}
+        self.changes: list[Change] = []
+        self.lines: list[str] = []
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.ack = True
+        self.thread = threading.Thread(target=self._read, daemon=True, name=f"stub-{name}")
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode().strip()
+            now = time.monotonic()
+            words = line.split()
+            with self.cond:
+                self.lines.append(line)
+                if len(words) >= 3 and words[0] in ("announce", "withdraw") and words[1] == "route":
+                    vip = words[2].split("/")[0]
+                    if words[0] == "announce":
+                        self.announced[vip] = line
+                    else:
+                        self.announced.pop(vip, None)
+                    self.changes.append(Change(now, words[0], vip, line))
+                self.cond.notify_all()
+            if self.ack:
+                with contextlib.suppress(OSError, ValueError):
+                    assert self.proc.stdin is not None
+                    self.proc.stdin.write(b"done\n")
+                    self.proc.stdin.flush()
+
+    def snapshot(self) -> set[str]:
+        with self.lock:
+            return set(self.announced)
+
+
+@dataclass
+class Member:
+    name: str
+    address: str
+    config: Path
+    health_file: Path
+    stderr_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    stub: SpeakerStub | None = None
+    stopped: bool = False
+    history: list[SpeakerStub] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def announced(self) -> set[str]:
+        if self.stub is None or not self.running or self.stopped:
+            return set() if self.stub is None else self.stub.snapshot()
+        return self.stub.snapshot()
+
+
+class Group:
+    """N members on 127.0.0.1x addresses with per-member health files."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        vips_per_member: int = 1,
+        extra_vips: int = 0,
+        lease: float = 1.5,
+        preempt_delay: float = 1.0,
+        on_quorum_loss: str = "hold",
+        check: bool = True,
+        rise: int = 1,
+        fall: int = 1,
+        extra_cluster: str = "",
+    ) -> None:
+        self.root = root
+        self.members: dict[str, Member] = {}
+        self.vips: list[str] = []
+        self.preferred: dict[str, str] = {}
+        secret = root / "secret"
+        secret.write_text(SECRET + "\n")
+        secret.chmod(0o600)
+        port = free_port("127.0.0.1")
+        names = [f"lb{i}" for i in range(1, size + 1)]
+        addresses = {n: f"127.0.0.{10 + i}:{port}" for i, n in enumerate(names, start=1)}
+        for i, name in enumerate(names):
+            for j in range(vips_per_member):
+                vip = f"10.20.{j}.{i + 1}"
+                self.vips.append(vip)
+                self.preferred[vip] = name
+        self.vips += [f"10.30.0.{k + 1}" for k in range(extra_vips)]
+        for name in names:
+            health_file = root / f"{name}.healthy"
+            health_file.touch()
+            check_section = (
+                f'[service.check]\ncommand = "test -f {health_file}"\n'
+                f"interval = 0.2\nfast_interval = 0.1\nrise = {rise}\nfall = {fall}\n"
+                f"timeout = 0.2\n"
+                if check
+                else ""
+            )
+            preferred = ", ".join(f'"{v}" = "{m}"' for v, m in self.preferred.items())
+            cfg = root / f"{name}.toml"
+            cfg.write_text(
+                f"""
+[cluster]
+name = "test"
+member = "{name}"
+secret_file = "{secret}"
+state_dir = "{root / "state" / name}"
+control_socket = "{root / f"{name}.sock"}"
+lease = {lease}
+on_quorum_loss = "{on_quorum_loss}"
+{extra_cluster}
+
+[members]
+{chr(10).join(f'{n} = "{a}"' for n, a in addresses.items())}
+
+[[service]]
+name = "apex"
+vips = [{", ".join(f'"{v}"' for v in self.vips)}]
+preferred = {{ {preferred} }}
+preempt = true
+preempt_delay = {preempt_delay}
+
+{check_section}
+[service.announce]
+next_hop = "self"
+med = 100
+communities = ["65001:100"]
+"""
+            )
+            self.members[name] = Member(
+                name, addresses[name], cfg, health_file, root / f"{name}.stderr"
+            )
+
+    # --- process control ---
+
+    def start(self, name: str) -> Member:
+        m = self.members[name]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("RAFTVIP_SECRET", None)
+        with open(m.stderr_path, "ab") as err:
+            m.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "raftvip",
+                    "run",
+                    "-c",
+                    str(m.config),
+                    "--log-level",
+                    "info",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+            )
+        m.stopped = False
+        m.stub = SpeakerStub(m.proc, name)
+        m.history.append(m.stub)
+        return m
+
+    def start_all(self) -> None:
+        for name in self.members:
+            self.start(name)
+
+    def kill(self, name: str) -> None:
+        m = self.members[name]
+        if m.proc is not None and m.proc.poll() is None:
+            if m.stopped:
+                m.proc.send_signal(signal.SIGCONT)
+            m.proc.kill()
+            m.proc.wait(5)
+        m.stopped = False
+
+    def stop_signal(self, name: str) -> None:
+        m = self.members[name]
+        assert m.proc is not None
+        m.proc.send_signal(signal.SIGSTOP)
+        m.stopped = True
+
+    def cont(self, name: str) -> None:
+        m = self.members[name]
+        assert m.proc is not None
+        m.proc.send_signal(signal.SIGCONT)
+        m.stopped = False
+
+    def terminate(self, name: str, timeout: float = 10.0) -> int | None:
+        m = self.members[name]
+        if m.proc is None:
+            return None
+        if m.stopped:
+            m.proc.send_signal(signal.SIGCONT)
+        m.proc.terminate()
+        try:
+            return m.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            m.proc.kill()
+            return m.proc.wait(5)
+
+    def close(self) -> None:
+        for name, m in self.members.items():
+            if m.proc is not None and m.proc.poll() is None:
+                if m.stopped:
+                    with contextlib.suppress(OSError):
+                        m.proc.send_signal(signal.SIGCONT)
+                m.proc.kill()
+                m.proc.wait(5)
+            _ = name
+
+    # --- observation ---
+
+    def announcers(self, vip: str, include_dead: bool = False) -> set[str]:
+        return {
+            name
+            for name, m in self.members.items()
+            if (include_dead or (m.running and not m.stopped)) and vip in m.announced()
+        }
+
+    def converged(self) -> bool:
+        """Every VIP announced by exactly one live member."""
+        return all(len(self.announcers(vip)) == 1 for vip in self.vips)
+
+    def status(self, name: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "raftvip",
+                "status",
+                "--json",
+                "-c",
+                str(self.members[name].config),
+            ],
+            capture_output=True,
+            timeout=20,
+            check=True,
+        )
+        return dict(json.loads(out.stdout))
+
+    def leader(self) -> str | None:
+        for name, m in self.members.items():
+            if m.running and not m.stopped:
+                with contextlib.suppress(subprocess.SubprocessError, ValueError):
+                    doc = self.status(name)
+                    if doc.get("leader"):
+                        return str(doc["leader"])
+        return None
+
+    def stderr(self, name: str) -> str:
+        return self.members[name].stderr_path.read_text(errors="replace")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> float:
+    """Poll until `predicate()`; return the time it took. Raise TimeoutError past `timeout`."""
+    start = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def running_group(root: Path, **kwargs: Any) -> Iterator[Group]:
+    group = Group(root, **kwargs)
+    try:
+        group.start_all()
+        yield group
+    finally:
+        group.close()

@@ -1,0 +1,213 @@
+"""Replicated state transitions: total, idempotent, deterministic."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftvip.placement import ServiceSpec
+from raftvip.state import (
+    ClusterState,
+    Command,
+    CommandError,
+    Configure,
+    Expire,
+    Report,
+    SetDrain,
+    SetMaintenance,
+    SetPin,
+    apply,
+    decode_command,
+    encode_command,
+    state_from_wire,
+    state_to_wire,
+)
+
+SPEC = ServiceSpec(
+    name="apex",
+    vips=("10.20.255.1", "10.20.255.2", "10.20.255.3"),
+    preferred={"10.20.255.1": "lb1", "10.20.255.2": "lb2", "10.20.255.3": "lb3"},
+    preempt=True,
+    preempt_delay=5.0,
+)
+ADDRS = {"lb1": "127.0.0.11:7801", "lb2": "127.0.0.12:7801", "lb3": "127.0.0.13:7801"}
+
+
+def configured() -> ClusterState:
+    return apply(ClusterState(), Configure(0.0, (SPEC,), ADDRS))
+
+
+def report(member: str, seq: int, ts: float, ok: bool = True, inc: int = 1) -> Report:
+    return Report(ts, member, inc, seq, {"apex": ok})
+
+
+def group(*members: str, ts: float = 100.0) -> ClusterState:
+    """Members that joined at `ts` and have been healthy for the preempt delay."""
+    state = configured()
+    for m in members:
+        state = apply(state, report(m, 1, ts))
+    for m in members:
+        state = apply(state, report(m, 2, ts + SPEC.preempt_delay))
+    return state
+
+
+def owners(state: ClusterState) -> dict[str, str]:
+    return {vip: a.owner for vip, a in state.owners.items()}
+
+
+def test_reports_before_configure_are_ignored() -> None:
+    state = ClusterState()
+    assert apply(state, report("lb1", 1, 1.0)) is state
+
+
+def test_first_reporter_stands_in_until_preferred_owners_are_ready() -> None:
+    state = configured()
+    for m in ("lb1", "lb2", "lb3"):
+        state = apply(state, report(m, 1, 100.0))
+    # lb1 reported first and took every VIP; lb2 and lb3 are healthy but not for 5 s yet.
+    assert set(owners(state).values()) == {"lb1"}
+    for m in ("lb1", "lb2", "lb3"):
+        state = apply(state, report(m, 2, 105.0))
+    assert owners(state) == {"10.20.255.1": "lb1", "10.20.255.2": "lb2", "10.20.255.3": "lb3"}
+
+
+def test_stale_and_duplicate_reports_are_ignored() -> None:
+    state = group("lb1")
+    newer = apply(state, report("lb1", 5, 106.0))
+    assert apply(newer, report("lb1", 5, 102.0)) is newer
+    assert apply(newer, report("lb1", 4, 103.0, ok=False)) is newer
+
+
+def test_expire_moves_vips_and_is_ignored_after_renewal() -> None:
+    state = group("lb1", "lb2", "lb3")
+    renewed = apply(state, report("lb3", 3, 106.0))
+    assert apply(renewed, Expire(106.5, "lb3", 1, 2, "lease")) is renewed
+    expired = apply(renewed, Expire(106.5, "lb3", 1, 3, "lease"))
+    assert not expired.members["lb3"].alive
+    assert owners(expired)["10.20.255.3"] in {"lb1", "lb2"}
+    assert owners(expired)["10.20.255.1"] == "lb1"
+    assert any(e.kind == "alive" and e.subject == "lb3" for e in expired.events)
+
+
+def test_returning_preferred_owner_preempts_after_delay_on_its_own_clock() -> None:
+    state = group("lb1", "lb2", "lb3")
+    state = apply(state, Expire(106.0, "lb2", 1, 2, "disconnect"))
+    assert owners(state)["10.20.255.2"] != "lb2"
+    # lb2 restarts (new incarnation); its clock is 1000 s off the others': no matter.
+    state = apply(state, report("lb2", 1, 5000.0, inc=2))
+    assert owners(state)["10.20.255.2"] != "lb2"
+    state = apply(state, report("lb2", 2, 5004.0, inc=2))
+    assert owners(state)["10.20.255.2"] != "lb2"
+    state = apply(state, report("lb2", 3, 5005.0, inc=2))
+    assert owners(state)["10.20.255.2"] == "lb2"
+    assert state.owners["10.20.255.2"].reason == "preempt"
+
+
+def test_unhealthy_report_moves_vip() -> None:
+    state = group("lb1", "lb2", "lb3")
+    state = apply(state, report("lb1", 3, 106.0, ok=False))
+    assert owners(state)["10.20.255.1"] in {"lb2", "lb3"}
+
+
+def test_pure_renewal_keeps_version() -> None:
+    state = group("lb1", "lb2", "lb3")
+    renewed = apply(state, report("lb1", 3, 105.5))
+    assert renewed.version == state.version
+    assert renewed.members["lb1"].seq == 3
+
+
+def test_maintenance_drain_pin() -> None:
+    state = group("lb1", "lb2", "lb3")
+    m = apply(state, SetMaintenance(1.0, "apex", True))
+    assert m.maintenance == {"apex"}
+    assert apply(m, SetMaintenance(1.0, "apex", True)) is m
+    assert apply(state, SetMaintenance(1.0, "nope", True)) is state
+    d = apply(state, SetDrain(1.0, "lb1", True))
+    assert owners(d)["10.20.255.1"] != "lb1"
+    assert apply(d, report("lb1", 3, 106.0)).members["lb1"].drained
+    p = apply(state, SetPin(1.0, "10.20.255.1", "lb3"))
+    assert owners(p)["10.20.255.1"] == "lb3"
+    assert apply(state, SetPin(1.0, "10.9.9.9", "lb3")) is state
+    assert apply(state, SetPin(1.0, "10.20.255.1", "lb9")) is state
+    assert owners(apply(p, SetPin(2.0, "10.20.255.1", None)))["10.20.255.1"] == "lb1"
+
+
+COMMANDS: list[Command] = [
+    Configure(1.0, (SPEC,), ADDRS),
+    report("lb1", 3, 2.5),
+    Expire(3.0, "lb2", 7, 9, "lease"),
+    SetMaintenance(4.0, "apex", True),
+    SetDrain(5.0, "lb3", False),
+    SetPin(6.0, "10.20.255.1", None),
+    SetPin(6.0, "10.20.255.1", "lb2"),
+]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: type(c).__name__)
+def test_encode_decode_roundtrip(cmd: Command) -> None:
+    assert decode_command(encode_command(cmd)) == cmd
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([1, 2]), "not a map"),
+        (msgpack.packb({"v": 99, "op": "report"}), "unsupported command version"),
+        (msgpack.packb({"v": 1, "ts": 1.0, "op": "nope"}), "unknown op"),
+        (
+            msgpack.packb({"v": 1, "ts": 1.0, "op": "report", "member": 3, "health": {}}),
+            "member: not a string",
+        ),
+        (msgpack.packb({"v": 1, "ts": True, "op": "drain"}), "ts: not a number"),
+    ],
+)
+def test_decode_rejects_malformed(body: bytes, message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        decode_command(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_never_raises_anything_but_command_error(payload: bytes) -> None:
+    with contextlib.suppress(CommandError):
+        decode_command(payload)
+
+
+members = st.sampled_from(["lb1", "lb2", "lb3", "lb9"])
+vips = st.sampled_from(["10.20.255.1", "10.20.255.2", "10.20.255.3", "10.0.0.1"])
+times = st.floats(min_value=0, max_value=1e6, allow_nan=False)
+ints = st.integers(min_value=0, max_value=20)
+commands = st.one_of(
+    st.builds(
+        Report,
+        times,
+        members,
+        ints,
+        ints,
+        st.dictionaries(st.sampled_from(["apex", "x"]), st.booleans()),
+    ),
+    st.builds(Expire, times, members, ints, ints, st.just("lease")),
+    st.builds(SetMaintenance, times, st.sampled_from(["apex", "x"]), st.booleans()),
+    st.builds(SetDrain, times, members, st.booleans()),
+    st.builds(SetPin, times, vips, st.one_of(st.none(), members)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(commands, max_size=40))
+def test_apply_is_total_deterministic_and_snapshots_roundtrip(cmds: list[Command]) -> None:
+    a = configured()
+    b = configured()
+    for cmd in cmds:
+        a = apply(a, cmd)
+        b = apply(b, decode_command(encode_command(cmd)))
+    assert a == b
+    for vip, assignment in a.owners.items():
+        assert a.eligible(assignment.owner, "apex"), vip
+    wire = msgpack.unpackb(msgpack.packb(state_to_wire(a)), raw=False)
+    assert state_from_wire(wire) == a
