@@ -72,6 +72,7 @@ class Agent:
         self._decisions: dict[str, Decision] = {}
         self._incarnation = time.time_ns() // 1000
         self._seq = 0
+        self._seq_lock = threading.Lock()
         self._report_due = True
         self._next_report = 0.0
         self._last_report = 0.0
@@ -79,7 +80,9 @@ class Agent:
         self._stop_reason: str | None = None
         self._exabgp_gone = False
         self._status_lock = threading.Lock()
-        self._status: dict[str, Any] = {}
+        self._status_inputs: (
+            tuple[ClusterState, RaftInfo, dict[str, Decision], dict[str, str], GroupView] | None
+        ) = None
 
     # --- lifecycle ---
 
@@ -215,10 +218,9 @@ class Agent:
         self._report_due = False
         self._last_report = now
         self._next_report = now + self.cfg.cluster.report_interval
-        self._seq += 1
         health = {name: value == "up" for name, value in self._health.items()}
         self.cluster.propose(
-            Report(self._wall(), self.cfg.me, self._incarnation, self._seq, health)
+            Report(self._wall(), self.cfg.me, self._incarnation, self._next_seq(), health)
         )
 
     def _group_view(self, info: RaftInfo) -> GroupView:
@@ -246,11 +248,9 @@ class Agent:
         self._publish_status(state, info, view)
 
     def _publish_status(self, state: ClusterState, info: RaftInfo, view: GroupView) -> None:
-        doc = build_status(
-            self.cfg, state, info, self._decisions, dict(self._health), view.quorum_lost_for
-        )
+        # Only references to immutable values: the status document is built on request.
         with self._status_lock:
-            self._status = doc
+            self._status_inputs = (state, info, self._decisions, dict(self._health), view)
 
     def _shutdown(self) -> int:
         """Hand over, then withdraw everything. Bounded by cluster.shutdown_timeout."""
@@ -288,12 +288,18 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         with self._status_lock:
-            return dict(self._status)
+            inputs = self._status_inputs
+        if inputs is None:
+            raise RequestError("starting: no status yet")
+        state, info, decisions, health, view = inputs
+        return build_status(self.cfg, state, info, decisions, health, view.quorum_lost_for)
 
     def _handle_control(self, request: dict[str, Any]) -> Any:
         op = request["op"]
         if op == "status":
             return self.status()
+        if op == "commit_latency":
+            return self._commit_latency(request.get("samples"))
         if op == "maintenance":
             service = _arg(request, "service")
             if self.cluster.state.service(service) is None and all(
@@ -316,6 +322,26 @@ class Agent:
                 raise RequestError(f"unknown member {target!r}")
             return self._commit(SetPin(self._wall(), vip, target))
         raise RequestError(f"unknown op {op!r}")
+
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
+    def _commit_latency(self, samples: Any) -> list[float]:
+        """Time to commit one lease-renewal report, as seen by this member (a benchmark)."""
+        if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 1000:
+            raise RequestError("samples: expected an integer in 1..1000")
+        latencies = []
+        for _ in range(samples):
+            health = {name: value == "up" for name, value in self._health.items()}
+            cmd = Report(self._wall(), self.cfg.me, self._incarnation, self._next_seq(), health)
+            start = time.perf_counter()
+            failure = self.cluster.propose_and_wait(cmd, timeout=5.0)
+            if failure is not None:
+                raise RequestError(f"report not committed: {failure}")
+            latencies.append(time.perf_counter() - start)
+        return latencies
 
     def _commit(self, cmd: Any) -> dict[str, Any]:
         if not self.cluster.info().has_quorum:

@@ -265,16 +265,26 @@ class _Replica(SyncObj):  # type: ignore[misc]
         except Exception:
             log.exception("leader duties failed; retrying next tick")
 
+    def _track_links(self, now: float) -> None:
+        """Every member watches its peer links, so a new leader already knows which peer
+        dropped (the old leader, typically) and since when."""
+        for name, node in self._nodes.items():
+            if self.isNodeConnected(node):
+                self._was_connected.add(name)
+                self._down_since.pop(name, None)
+            elif name in self._was_connected:
+                self._down_since.setdefault(name, now)
+
     def _leader_duties(self) -> None:
+        now = time.monotonic()
+        self._track_links(now)
         if not self._isLeader():
             self._was_leader = False
             return
-        now = time.monotonic()
         state = self._state
         if not self._was_leader:
             self._was_leader = True
             self._lease_seen = {name: now for name in self._cfg.members}
-            self._down_since.clear()
             log.info(
                 "raft leader=%s term=%d: granted every member a fresh lease",
                 self._me,
@@ -291,17 +301,11 @@ class _Replica(SyncObj):  # type: ignore[misc]
             if not member.alive:
                 continue
             reason = None
+            down_since = self._down_since.get(name)
             if now - self._lease_seen.get(name, now) > lease:
                 reason = "lease"
-            elif name != self._me and name in self._nodes:
-                if self.isNodeConnected(self._nodes[name]):
-                    self._was_connected.add(name)
-                    self._down_since.pop(name, None)
-                elif (
-                    name in self._was_connected
-                    and now - self._down_since.setdefault(name, now) >= grace
-                ):
-                    reason = "disconnect"
+            elif name != self._me and down_since is not None and now - down_since >= grace:
+                reason = "disconnect"
             if reason is None:
                 continue
             key = (name, member.incarnation, member.seq)
@@ -309,7 +313,6 @@ class _Replica(SyncObj):  # type: ignore[misc]
                 continue
             self._expire_sent = {k: v for k, v in self._expire_sent.items() if now - v < 5.0}
             self._expire_sent[key] = now
-            self._was_connected.discard(name)
             log.info("raft leader expires member=%s reason=%s", name, reason)
             self.propose(Expire(time.time(), name, member.incarnation, member.seq, reason))
 

@@ -3,6 +3,8 @@
 Every problem names its key path and the offending value
 (`service[0].vips[2]: '10.0.0.300' is not an IP address`). Unknown keys are errors.
 `load_config` collects *all* problems and raises one `ConfigError` listing them.
+`load_secret` obtains the Raft shared secret (env or a mode-0600 file) without ever
+putting it in a message.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class Config:
 
 SECRET_ENV: Final = "RAFTVIP_SECRET"
 MIN_SECRET_LENGTH: Final = 16
+MAX_SECRET_FILE_BYTES: Final = 65536
 
 
 def load_config(
@@ -167,15 +170,14 @@ def load_config(
     root = _Reader(report, "", document, _TOP_KEYS)
     cluster = _read_cluster(root.table("cluster", _CLUSTER_KEYS, required=True), member)
     members = _read_members(root.table("members", None, required=_MEMBERS_REQUIRED))
-    service_tables = root.tables("service", _SERVICE_KEYS, required=_SERVICE_REQUIRED)
-    services = _read_services(service_tables, members)
     exabgp = _read_exabgp(root.table("exabgp", _EXABGP_KEYS))
+    service_tables = root.tables("service", _SERVICE_KEYS, required=_SERVICE_REQUIRED)
+    services = _read_services(service_tables, members, exabgp)
     raft = _read_raft(root.table("raft", _RAFT_KEYS))
     metrics = _read_metrics(root.table("metrics", _METRICS_KEYS))
 
     _check_member(report, cluster, members, overridden=member is not None)
     _check_lease(report, cluster, raft)
-    services = _derive_local_as(report, services, exabgp)
     if report.ok("cluster", "cluster.secret_file"):
         try:
             load_secret(cluster, environ)
@@ -188,7 +190,7 @@ def load_config(
         path=path,
         cluster=cluster,
         members=members,
-        services=tuple(services),
+        services=services,
         exabgp=exabgp,
         raft=raft,
         metrics=metrics,
@@ -217,8 +219,8 @@ def load_secret(cluster: ClusterConfig, environ: Mapping[str, str] | None = None
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SecretError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as secret_file:
-        mode = os.fstat(secret_file.fileno()).st_mode
+    try:
+        mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise SecretError(f"{where}: not a regular file")
         if mode & 0o077:
@@ -226,10 +228,13 @@ def load_secret(cluster: ClusterConfig, environ: Mapping[str, str] | None = None
                 f"{where}: accessible by group or others (mode {stat.S_IMODE(mode):04o});"
                 f" run `chmod 600 {path}`"
             )
-        try:
-            raw = secret_file.read()
-        except OSError as exc:
-            raise SecretError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        raw = os.read(fd, MAX_SECRET_FILE_BYTES + 1)
+        if len(raw) > MAX_SECRET_FILE_BYTES:
+            raise SecretError(f"{where}: larger than {MAX_SECRET_FILE_BYTES} bytes, not a secret")
+    except OSError as exc:
+        raise SecretError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -422,8 +427,10 @@ class _Reader:
 
     def boolean(self, key: str) -> bool | None:
         value = self._lookup(key, False)
-        if value is _MISSING or isinstance(value, bool):
-            return None if value is _MISSING else bool(value)
+        if value is _MISSING:
+            return None
+        if isinstance(value, bool):
+            return value
         self.add(key, f"expected a boolean (true or false), got {_show(value)}")
         return None
 
@@ -524,7 +531,7 @@ def _as_int(report: _Report, path: str, value: object, lo: int, hi: int | None) 
         report.add(path, f"expected an integer, got {_show(value)}")
         return None
     if hi is None and value < lo:
-        report.add(path, f"must be >= {lo}, got {value}")
+        report.add(path, f"must be >= {lo}, got {_show(value)}")
         return None
     if hi is not None and not lo <= value <= hi:
         report.add(path, f"must be between {lo} and {hi}, got {_show(value)}")
@@ -765,15 +772,20 @@ def _read_members(r: _Reader) -> dict[str, str]:
     return members
 
 
-def _read_services(readers: list[_Reader], members: Mapping[str, str]) -> list[ServiceConfig]:
+def _read_services(
+    readers: list[_Reader], members: Mapping[str, str], exabgp: ExabgpConfig
+) -> tuple[ServiceConfig, ...]:
     vip_places: dict[str, str] = {}  # normalised VIP -> key path of its first listing
     name_places: dict[str, str] = {}
-    return [_read_service(r, members, vip_places, name_places) for r in readers]
+    # Backup announcements prepend an AS number: by default the first neighbor's local_as.
+    local_as = exabgp.neighbors[0].local_as if exabgp.neighbors else None
+    return tuple(_read_service(r, members, local_as, vip_places, name_places) for r in readers)
 
 
 def _read_service(
     r: _Reader,
     members: Mapping[str, str],
+    default_local_as: int | None,
     vip_places: dict[str, str],
     name_places: dict[str, str],
 ) -> ServiceConfig:
@@ -811,7 +823,7 @@ def _read_service(
         preempt_delay=_or(r.number("preempt_delay", ge=0), defaults.preempt_delay),
         rebalance=_or(r.boolean("rebalance"), defaults.rebalance),
         check=_read_check(r.table("check", _CHECK_KEYS)),
-        announce=_read_announce(r.table("announce", _ANNOUNCE_KEYS)),
+        announce=_read_announce(r.table("announce", _ANNOUNCE_KEYS), default_local_as),
     )
 
 
@@ -880,8 +892,18 @@ def _read_check(r: _Reader) -> CheckConfig:
     )
 
 
-def _read_announce(r: _Reader) -> AnnounceConfig:
+def _read_announce(r: _Reader, default_local_as: int | None) -> AnnounceConfig:
     defaults = AnnounceConfig()
+    backup_prepend = _or(
+        r.integer("backup_prepend", lo=0, hi=MAX_BACKUP_PREPEND), defaults.backup_prepend
+    )
+    local_as = r.integer("local_as", lo=1, hi=MAX_U32)
+    if local_as is None and not r.has("local_as") and backup_prepend > 0:
+        local_as = default_local_as
+        if local_as is None:
+            r.add(
+                "local_as", "required when backup_prepend > 0 (or set exabgp.neighbors[0].local_as)"
+            )
     as_path = (
         _as_int(r.report, item_path, item, 1, MAX_U32) for item_path, item in r.array("as_path")
     )
@@ -892,10 +914,8 @@ def _read_announce(r: _Reader) -> AnnounceConfig:
         large_communities=r.parsed_items("large_communities", _large_community),
         extended_communities=r.parsed_items("extended_communities", _extended_community),
         as_path=tuple(asn for asn in as_path if asn is not None),
-        backup_prepend=_or(
-            r.integer("backup_prepend", lo=0, hi=MAX_BACKUP_PREPEND), defaults.backup_prepend
-        ),
-        local_as=r.integer("local_as", lo=1, hi=MAX_U32),
+        backup_prepend=backup_prepend,
+        local_as=local_as,
     )
 
 
@@ -943,14 +963,14 @@ def _read_raft(r: _Reader) -> RaftTuning:
     defaults = RaftTuning()
     values = {key: _or(r.number(key, gt=0), getattr(defaults, key)) for key in _RAFT_KEYS}
     raft = RaftTuning(**values)
-    _require(r, raft, "min_timeout", ">", "heartbeat", factor=3)
-    _require(r, raft, "max_timeout", ">", "min_timeout")
-    _require(r, raft, "connection_timeout", ">=", "max_timeout")
-    _require(r, raft, "leader_fallback", ">", "heartbeat")
+    _check_raft_bound(r, raft, "min_timeout", ">", "heartbeat", factor=3)
+    _check_raft_bound(r, raft, "max_timeout", ">", "min_timeout")
+    _check_raft_bound(r, raft, "connection_timeout", ">=", "max_timeout")
+    _check_raft_bound(r, raft, "leader_fallback", ">", "heartbeat")
     return raft
 
 
-def _require(
+def _check_raft_bound(
     r: _Reader, raft: RaftTuning, key: str, relation: str, other: str, *, factor: int = 1
 ) -> None:
     """Report `raft.KEY` unless it is RELATION factor * `raft.OTHER`."""
@@ -992,23 +1012,3 @@ def _check_lease(report: _Report, cluster: ClusterConfig, raft: RaftTuning) -> N
             f"must be > raft.max_timeout + raft.heartbeat ({_fmt(bound)}), got"
             f" {_fmt(cluster.lease)}: a new leader must be elected within one lease",
         )
-
-
-def _derive_local_as(
-    report: _Report, services: list[ServiceConfig], exabgp: ExabgpConfig
-) -> list[ServiceConfig]:
-    """Backup announcements prepend an AS: default it to the first neighbor's local_as."""
-    derived = []
-    for i, service in enumerate(services):
-        announce = service.announce
-        if announce.backup_prepend > 0 and announce.local_as is None:
-            if exabgp.neighbors:
-                announce = dataclasses.replace(announce, local_as=exabgp.neighbors[0].local_as)
-                service = dataclasses.replace(service, announce=announce)
-            elif report.ok("exabgp", "exabgp.neighbors"):
-                report.add(
-                    f"service[{i}].announce.local_as",
-                    "required when backup_prepend > 0 (or set exabgp.neighbors[0].local_as)",
-                )
-        derived.append(service)
-    return derived

@@ -64,11 +64,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def wait_until(probe: Callable[[], T], *, timeout: float, what: str, interval: float = 0.005) -> T:
-    """Call `probe` until it returns a truthy value and return that value; LabError on timeout.
+def wait_until(
+    probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.005
+) -> T:
+    """Call `probe` until it returns something other than None or False, and return that.
 
     Exceptions from `probe` count as "not yet" (a process may be still starting) and the last
     one is chained to the timeout error, except ProcessExited, which propagates at once.
+    Raises LabError on timeout.
     """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -80,7 +83,7 @@ def wait_until(probe: Callable[[], T], *, timeout: float, what: str, interval: f
         except Exception as exc:  # retried until the deadline, then reported with the timeout
             last_error = exc
         else:
-            if value:
+            if value is not None and value is not False:
                 return value
         if time.monotonic() >= deadline:
             raise LabError(f"timed out after {timeout:g} s waiting for {what}") from last_error
@@ -359,6 +362,8 @@ class Bird:
         ]
         if peer.passive:
             lines.append("  passive on;")
+        else:
+            lines.append("  connect delay time 1;")  # default 5 s before the first connect
         if peer.hold_time is not None:
             lines.append(f"  hold time {peer.hold_time};")
         lines.append(f"  ipv4 {{ import filter lab_import; {export}; }};")
@@ -447,9 +452,7 @@ class Bird:
             routes = self.routes()
             return routes if predicate(routes) else None
 
-        result = wait_until(probe, timeout=timeout, what=f"{self.name}: {what}", interval=interval)
-        assert result is not None  # for mypy: wait_until returns only truthy values
-        return result
+        return wait_until(probe, timeout=timeout, what=f"{self.name}: {what}", interval=interval)
 
     def __enter__(self) -> Self:
         self.start()
@@ -591,16 +594,16 @@ def emit(line):
         record("out", line)
 
 
-def pump():
-    # O_RDWR: never sees EOF between writers, and writers never block on open.
-    with os.fdopen(os.open(os.path.join(directory, "commands.fifo"), os.O_RDWR)) as fifo:
-        for line in fifo:
-            emit(line.rstrip("\\n"))
+def pump(fifo):
+    for line in fifo:
+        emit(line.rstrip("\\n"))
 
 
+# O_RDWR: never sees EOF between writers, and a writer's open never blocks.
+fifo = os.fdopen(os.open(os.path.join(directory, "commands.fifo"), os.O_RDWR))
 with lock:
     record("start", str(os.getpid()))
-threading.Thread(target=pump, daemon=True).start()
+threading.Thread(target=pump, args=(fifo,), daemon=True).start()
 with open(os.path.join(directory, "commands")) as commands:
     for line in commands.read().splitlines():
         emit(line)
@@ -643,19 +646,22 @@ class ScriptedHelper:
         """The command line for ExaBGP's `run` (shell syntax)."""
         return shlex.join([sys.executable, str(self.script_path), str(self.directory)])
 
-    def send(self, *lines: str) -> None:
-        """Have the running helper print `lines` to ExaBGP. LabError if it is not running."""
+    def send(self, *lines: str, timeout: float = 5.0) -> None:
+        """Have the helper print `lines` to ExaBGP; waits up to `timeout` for it to be running."""
         data = "".join(f"{line}\n" for line in lines).encode()
-        try:
-            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                raise LabError(f"helper in {self.directory} is not running") from None
-            raise
+        fd = wait_until(self._open_fifo, timeout=timeout, what=f"helper in {self.directory} to run")
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
+
+    def _open_fifo(self) -> int | None:
+        try:
+            return os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no reader: the helper is not (yet) running
+                return None
+            raise
 
     def records(self) -> list[HelperRecord]:
         if not self.log_path.exists():
@@ -678,6 +684,4 @@ class ScriptedHelper:
             lines = self.stdin_lines()
             return lines if predicate(lines) else None
 
-        result = wait_until(probe, timeout=timeout, what=what or f"{self.directory} stdin")
-        assert result is not None
-        return result
+        return wait_until(probe, timeout=timeout, what=what or f"{self.directory} stdin")

@@ -1,0 +1,355 @@
+"""Real ExaBGP 5 speakers, configured by `render_exabgp_config`, announcing to real BIRD 2 routers.
+
+Proves that the formatter's lines and the rendered ExaBGP config work against a real router, and
+pins down the ExaBGP behaviour raftvip relies on (acks, neighbor events, shutdown, kill -9).
+Timings are printed (`pytest -s`), never asserted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from raftvip.config import (
+    AnnounceConfig,
+    ClusterConfig,
+    Config,
+    ExabgpConfig,
+    NeighborConfig,
+    ServiceConfig,
+)
+from raftvip.exabgp import Route, announce_line, parse_stdin_line, route_for, withdraw_line
+from raftvip.exabgp_config import render_exabgp_config
+
+try:  # `tests` is importable when /work/main is on sys.path (python -m pytest, the lab)
+    from tests.bgplab import (
+        Bird,
+        BirdPath,
+        BirdPeer,
+        ExaBGP,
+        ScriptedHelper,
+        free_port,
+        lab_ipv6_next_hop,
+    )
+except ModuleNotFoundError:  # plain `pytest`: the rootdir-relative import puts tests/ on sys.path
+    from bgplab import (  # type: ignore[no-redef]
+        Bird,
+        BirdPath,
+        BirdPeer,
+        ExaBGP,
+        ScriptedHelper,
+        free_port,
+        lab_ipv6_next_hop,
+    )
+
+pytestmark = pytest.mark.slow
+
+ROUTER = "127.0.0.1"
+ROUTER_AS = 65000
+VIP4 = "10.20.255.1"
+VIP6 = "2001:db8::1"
+WAIT = 10.0  # generous bound for any single wait; typical waits are milliseconds
+
+
+@dataclass
+class Speaker:
+    """One LB: an ExaBGP running a scripted helper, peering with a router."""
+
+    number: int  # 11 -> 127.0.0.11, AS 65011
+    exabgp: ExaBGP
+    helper: ScriptedHelper
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.{self.number}"
+
+    @property
+    def asn(self) -> int:
+        return 65000 + self.number
+
+    def acks(self) -> list[str]:
+        return [line for line in self.helper.stdin_lines() if line in ("done", "error")]
+
+
+def speaker_config(
+    tmp_path: Path, number: int, router: str, router_as: int, router_port: int
+) -> Config:
+    """A raftvip Config for LB `number` with one neighbor: the router."""
+    address = f"127.0.0.{number}"
+    return Config(
+        path=str(tmp_path / f"lb{number}.toml"),
+        cluster=ClusterConfig(
+            name="lab",
+            member=f"lb{number}",
+            secret_file=None,
+            state_dir=str(tmp_path),
+            control_socket=str(tmp_path / f"lb{number}.sock"),
+        ),
+        members={f"lb{number}": f"{address}:7000"},
+        services=(ServiceConfig(name="apex", vips=(VIP4, VIP6)),),  # IPv6 VIP: ipv6 family
+        exabgp=ExabgpConfig(
+            neighbors=(
+                NeighborConfig(
+                    address=router,
+                    peer_as=router_as,
+                    local_address=address,
+                    local_as=65000 + number,
+                    port=router_port,
+                    hold_time=9,
+                ),
+            )
+        ),
+    )
+
+
+@pytest.fixture
+def router_port() -> int:
+    return free_port(ROUTER)
+
+
+@pytest.fixture
+def bird(tmp_path: Path, router_port: int) -> Iterator[Bird]:
+    """BIRD on 127.0.0.1:<free port>, AS 65000, passive towards LBs 127.0.0.11 and .12."""
+    peers = [
+        BirdPeer(
+            name=f"lb{n}",
+            address=f"127.0.0.{n}",
+            asn=65000 + n,
+            local_address=ROUTER,
+            local_as=ROUTER_AS,
+            local_port=router_port,
+            passive=True,
+        )
+        for n in (11, 12)
+    ]
+    router = Bird(tmp_path / "bird", ROUTER, peers)
+    try:
+        router.start()
+        yield router
+    finally:
+        router.stop()
+
+
+SpeakerFactory = Callable[..., Speaker]
+
+
+@pytest.fixture
+def start_speaker(tmp_path: Path) -> Iterator[SpeakerFactory]:
+    """Start LB `number` with `initial` helper lines against a router; stopped at teardown."""
+    started: list[Speaker] = []
+
+    def start(
+        number: int,
+        initial: list[str],
+        port: int,
+        router: str = ROUTER,
+        router_as: int = ROUTER_AS,
+    ) -> Speaker:
+        # A space in the helper's path checks that the rendered `run` quoting reaches argv intact.
+        helper = ScriptedHelper(tmp_path / f"helper {number}", initial)
+        cfg = speaker_config(tmp_path, number, router, router_as, port)
+        text = render_exabgp_config(cfg, helper.run_command)
+        exabgp = ExaBGP(tmp_path / f"exabgp{number}", text, name=f"exabgp{number}")
+        speaker = Speaker(number, exabgp, helper)
+        started.append(speaker)
+        exabgp.start()
+        return speaker
+
+    try:
+        yield start
+    finally:
+        for speaker in started:
+            speaker.exabgp.stop()
+
+
+def paths_from(routes: dict[str, list[BirdPath]], prefix: str, peer: str) -> list[BirdPath]:
+    return [path for path in routes.get(prefix, []) if path.from_peer == peer]
+
+
+def bird_port(bird: Bird) -> int:
+    return bird.peers[0].local_port
+
+
+def primary(number: int) -> AnnounceConfig:
+    return AnnounceConfig(med=100, communities=("65001:100",), local_as=65000 + number)
+
+
+def test_two_speakers_announce_to_bird(bird: Bird, start_speaker: SpeakerFactory) -> None:
+    # LB 11 owns the VIP; LB 12 announces a backup path (prepend 1, higher MED).
+    owner = route_for(VIP4, primary(11))
+    backup = route_for(VIP4, AnnounceConfig(med=200, local_as=65012), prepend=1)
+    owner6 = Route(VIP6, next_hop=lab_ipv6_next_hop("127.0.0.11"), med=100)
+    started = time.monotonic()
+    lb11 = start_speaker(11, [announce_line(owner), announce_line(owner6)], bird_port(bird))
+    lb12 = start_speaker(12, [announce_line(backup)], bird_port(bird))
+    bird.wait_established(timeout=WAIT)
+    established = time.monotonic() - started
+
+    def complete(routes: dict[str, list[BirdPath]]) -> bool:
+        return len(routes.get(f"{VIP4}/32", [])) == 2 and f"{VIP6}/128" in routes
+
+    routes = bird.wait_routes(complete, timeout=WAIT, what="both paths and the IPv6 VIP")
+    visible = time.monotonic() - started
+    print(f"\nstart -> Established {established * 1000:.0f} ms, routes {visible * 1000:.0f} ms")
+
+    (from11,) = paths_from(routes, f"{VIP4}/32", "127.0.0.11")
+    assert from11.protocol == "lb11" and from11.reachable
+    assert from11.as_path == (65011,) and from11.med == 100
+    assert from11.communities == ("(65001,100)",)
+    assert from11.best  # shorter AS path wins
+    (from12,) = paths_from(routes, f"{VIP4}/32", "127.0.0.12")
+    assert from12.as_path == (65012, 65012) and from12.med == 200 and not from12.best
+
+    # An IPv6 VIP over the IPv4 session, with an explicit IPv6 next hop, is reachable.
+    (v6,) = routes[f"{VIP6}/128"]
+    assert v6.from_peer == "127.0.0.11" and v6.reachable and v6.best
+    assert v6.next_hop == lab_ipv6_next_hop("127.0.0.11") and v6.med == 100
+
+    # What ExaBGP wrote on the helper's stdin: events (each then a blank line), then acks.
+    lines = lb11.helper.wait_stdin(lambda lines: lines.count("done") == 2, what="two acks")
+    assert lines[:4] == ["neighbor 127.0.0.1 connected", "", "neighbor 127.0.0.1 up", ""]
+    assert [parse_stdin_line(line).kind for line in lines[:4]] == [
+        "neighbor",
+        "blank",
+        "neighbor",
+        "blank",
+    ]
+    assert lb11.acks() == ["done", "done"]
+    assert lb12.helper.wait_stdin(lambda lines: "done" in lines)
+
+
+def test_announce_withdraw_latency(bird: Bird, start_speaker: SpeakerFactory) -> None:
+    lb11 = start_speaker(11, [], bird_port(bird))
+    bird.wait_established(["lb11"], timeout=WAIT)
+    announce_ms, withdraw_ms = [], []
+    for index in range(10):
+        route = Route(f"10.20.254.{index}", med=100 + index)
+        sent = time.monotonic()
+        lb11.helper.send(announce_line(route))
+        routes = bird.wait_routes(lambda r, p=route.prefix: p in r, timeout=WAIT)
+        announce_ms.append((time.monotonic() - sent) * 1000)
+        assert routes[route.prefix][0].med == 100 + index
+        sent = time.monotonic()
+        lb11.helper.send(withdraw_line(route))
+        bird.wait_routes(lambda r, p=route.prefix: p not in r, timeout=WAIT)
+        withdraw_ms.append((time.monotonic() - sent) * 1000)
+    # Re-announcing a prefix replaces its attributes (one path per session).
+    lb11.helper.send(announce_line(Route(VIP4, med=100)), announce_line(Route(VIP4, med=50)))
+    routes = bird.wait_routes(
+        lambda r: any(p.med == 50 for p in r.get(f"{VIP4}/32", [])), timeout=WAIT
+    )
+    assert len(routes[f"{VIP4}/32"]) == 1
+    assert lb11.helper.wait_stdin(lambda lines: lines.count("done") == 22)
+    announce_ms.sort()
+    withdraw_ms.sort()
+    print(
+        f"\nannounce -> visible median {announce_ms[5]:.1f} ms max {announce_ms[-1]:.1f} ms; "
+        f"withdraw -> gone median {withdraw_ms[5]:.1f} ms max {withdraw_ms[-1]:.1f} ms"
+    )
+
+
+def test_ipv6_next_hop_rules_over_ipv4_session(bird: Bird, start_speaker: SpeakerFactory) -> None:
+    lb11 = start_speaker(11, [], bird_port(bird))
+    bird.wait_established(["lb11"], timeout=WAIT)
+    # `next-hop self` cannot resolve to an IPv6 address on an IPv4 session: ExaBGP acks `error`.
+    lb11.helper.send(f"announce route {VIP6}/128 next-hop self")
+    assert lb11.helper.wait_stdin(lambda lines: "error" in lines)
+    # An IPv4-mapped next hop is accepted by ExaBGP but rejected by BIRD ("mismatched address
+    # family"); the marker route sent after it on the same session shows it has been processed.
+    lb11.helper.send(
+        announce_line(Route("2001:db8::2", next_hop="::ffff:127.0.0.11")),
+        announce_line(Route("2001:db8::3", next_hop=lab_ipv6_next_hop("127.0.0.11"))),
+    )
+    routes = bird.wait_routes(lambda r: "2001:db8::3/128" in r, timeout=WAIT)
+    assert "2001:db8::2/128" not in routes
+    assert "mismatched address family" in bird.log_text()
+    assert lb11.helper.wait_stdin(lambda lines: lines.count("done") == 2)
+
+
+def test_kill_9_of_one_speaker_drops_its_routes(bird: Bird, start_speaker: SpeakerFactory) -> None:
+    lb11 = start_speaker(11, [announce_line(route_for(VIP4, primary(11)))], bird_port(bird))
+    backup = route_for(VIP4, AnnounceConfig(med=200, local_as=65012), prepend=1)
+    lb12 = start_speaker(12, [announce_line(backup)], bird_port(bird))
+    bird.wait_routes(lambda r: len(r.get(f"{VIP4}/32", [])) == 2, timeout=WAIT)
+
+    killed = time.monotonic()
+    lb11.exabgp.crash()
+    routes = bird.wait_routes(
+        lambda r: not paths_from(r, f"{VIP4}/32", "127.0.0.11"), timeout=WAIT, what="drop"
+    )
+    print(f"\nkill -9 -> BIRD dropped the routes in {(time.monotonic() - killed) * 1000:.1f} ms")
+    (survivor,) = routes[f"{VIP4}/32"]
+    assert survivor.from_peer == "127.0.0.12" and survivor.best
+    assert bird.protocols()["lb11"] != "Established"
+    # The orphaned helper sees EOF on stdin; the other speaker is untouched.
+    lb11.helper.wait_stdin(lambda _: lb11.helper.records()[-1].dir == "eof", what="helper EOF")
+    assert lb12.exabgp.running and bird.protocols()["lb12"] == "Established"
+
+
+def test_sigterm_tells_the_helper_down_then_shutdown(
+    bird: Bird, start_speaker: SpeakerFactory
+) -> None:
+    lb11 = start_speaker(11, [announce_line(Route(VIP4))], bird_port(bird))
+    bird.wait_routes(lambda r: f"{VIP4}/32" in r, timeout=WAIT)
+    pid = lb11.exabgp.pid
+    stopped = time.monotonic()
+    assert lb11.exabgp.stop() == 0
+    print(f"\nSIGTERM -> ExaBGP exited in {(time.monotonic() - stopped) * 1000:.0f} ms")
+    events = [parse_stdin_line(line) for line in lb11.helper.stdin_lines()]
+    meaningful = [event for event in events if event.kind != "blank"]
+    down, shutdown = meaningful[-2:]
+    assert (down.kind, down.neighbor, down.state) == ("neighbor", "127.0.0.1", "down")
+    assert down.reason == "stop, message [shutting down]"
+    assert shutdown.kind == "shutdown" and shutdown.text.split()[1] == str(pid)
+    bird.wait_routes(lambda r: f"{VIP4}/32" not in r, timeout=WAIT)
+
+
+def test_two_tier_lb_tor_aggregation(tmp_path: Path, start_speaker: SpeakerFactory) -> None:
+    """LB -> ToR (AS 65001) -> aggregation (AS 65100): MED stops at the ToR, the AS path does not.
+
+    This is the problem raftvip's backup paths address: only AS-path length survives upward.
+    """
+    tor_port, agg_port = free_port("127.0.1.1"), free_port("127.0.2.1")
+    tor = Bird(
+        tmp_path / "tor",
+        "127.0.1.1",
+        [
+            BirdPeer("lb11", "127.0.0.11", 65011, "127.0.1.1", 65001, tor_port, passive=True),
+            BirdPeer("lb12", "127.0.0.12", 65012, "127.0.1.1", 65001, tor_port, passive=True),
+            BirdPeer("agg", "127.0.2.1", 65100, "127.0.1.1", 65001, tor_port, port=agg_port),
+        ],
+        name="tor",
+    )
+    agg = Bird(
+        tmp_path / "agg",
+        "127.0.2.1",
+        [BirdPeer("tor1", "127.0.1.1", 65001, "127.0.2.1", 65100, agg_port, port=tor_port)],
+        name="agg",
+    )
+    with tor, agg:
+        start_speaker(
+            11, [announce_line(route_for(VIP4, primary(11)))], tor_port, "127.0.1.1", 65001
+        )
+        backup = route_for(VIP4, AnnounceConfig(med=50, local_as=65012), prepend=2)
+        start_speaker(12, [announce_line(backup)], tor_port, "127.0.1.1", 65001)
+        tor.wait_established(timeout=WAIT)
+        agg.wait_established(timeout=WAIT)
+        tor_routes = tor.wait_routes(lambda r: len(r.get(f"{VIP4}/32", [])) == 2, timeout=WAIT)
+        assert {p.from_peer: p.med for p in tor_routes[f"{VIP4}/32"]} == {
+            "127.0.0.11": 100,
+            "127.0.0.12": 50,
+        }
+        routes = agg.wait_routes(
+            lambda r: any(p.as_path == (65001, 65011) for p in r.get(f"{VIP4}/32", [])),
+            timeout=WAIT,
+        )
+        # The ToR exports only its best path (shorter AS path beats the lower MED); the
+        # aggregation layer sees the ToR's AS prepended, and no MED.
+        (path,) = routes[f"{VIP4}/32"]
+        assert path.from_peer == "127.0.1.1" and path.reachable
+        assert path.med is None
+        assert path.communities == ("(65001,100)",)
