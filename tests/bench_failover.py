@@ -107,13 +107,16 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
-    parser.add_argument("--kinds", default="owner kill -9,leader kill -9,owner SIGSTOP,"
-                        "owner check fails")
+    parser.add_argument(
+        "--kinds", default="owner kill -9,leader kill -9,owner SIGSTOP,owner check fails"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="raftvip-bench-"))
     group = Group(root, size=args.members, fall=1, rise=1)
-    print(f"# raftvip failover benchmark: {args.members} members, {args.trials} trials each, "
-          f"lease 1.5 s, check interval 0.2 s / fast 0.1 s, rise 1, fall 1")
+    print(
+        f"# raftvip failover benchmark: {args.members} members, {args.trials} trials each, "
+        f"lease 1.5 s, check interval 0.2 s / fast 0.1 s, rise 1, fall 1"
+    )
     print(f"# python {sys.version.split()[0]}, {os.cpu_count()} cores, state in {root}")
     try:
         group.start_all()

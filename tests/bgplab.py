@@ -204,36 +204,38 @@ class BirdControl:
             sock.settimeout(self.timeout)
             sock.connect(self.socket_path)
             with sock.makefile("rb") as reader:
-                banner = self._read_reply(reader)
+                banner = read_reply(reader)
                 if not banner or banner[0][0] != "0001":
                     raise LabError(f"unexpected BIRD banner {banner!r}")
                 sock.sendall(command.encode() + b"\n")
-                reply = self._read_reply(reader)
+                reply = read_reply(reader)
         code, text = reply[-1]
         if code[0] in "89":
             raise BirdError(f"BIRD {command!r}: {code} {text}")
         return reply
 
-    @staticmethod
-    def _read_reply(reader: IO[bytes]) -> list[tuple[str, str]]:
-        lines: list[tuple[str, str]] = []
-        code = ""
-        while True:
-            raw = reader.readline()
-            if not raw:
-                raise LabError("BIRD closed the control connection mid-reply")
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            if line.startswith("+"):  # spontaneous printout, not part of the reply
-                continue
-            if len(line) >= 5 and line[:4].isdigit() and line[4] in "- ":
-                code, text = line[:4], line[5:]
-            elif line.startswith(" "):
-                text = line[1:]
-            else:
-                text = line
-            lines.append((code, text))
-            if _reply_end(line):
-                return lines
+
+def read_reply(reader: IO[bytes]) -> list[tuple[str, str]]:
+    """Read one reply from BIRD's control socket: (code, text) per line, continuations
+    carrying the code of the line they continue, up to and including the `DDDD ` last line."""
+    lines: list[tuple[str, str]] = []
+    code = ""
+    while True:
+        raw = reader.readline()
+        if not raw:
+            raise LabError("BIRD closed the control connection mid-reply")
+        line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        if line.startswith("+"):  # spontaneous printout, not part of the reply
+            continue
+        if len(line) >= 5 and line[:4].isdigit() and line[4] in "- ":
+            code, text = line[:4], line[5:]
+        elif line.startswith(" "):
+            text = line[1:]
+        else:
+            text = line
+        lines.append((code, text))
+        if _reply_end(line):
+            return lines
 
 
 def parse_routes(reply: Sequence[tuple[str, str]]) -> dict[str, list[BirdPath]]:
@@ -423,8 +425,22 @@ class Bird:
         return self.control.command(command)
 
     def routes(self) -> dict[str, list[BirdPath]]:
-        """Every path in every table: {prefix: [paths]}."""
-        return parse_routes(self.command("show route all"))
+        """Every path in every table: {prefix: [paths]}.
+
+        BIRD omits "from <address>" when it equals the gateway; the protocol's configured
+        neighbor address fills `from_peer` then.
+        """
+        neighbors = {peer.name: peer.address for peer in self.peers}
+        routes = parse_routes(self.command("show route all"))
+        return {
+            prefix: [
+                path
+                if path.from_peer is not None or path.protocol not in neighbors
+                else replace(path, from_peer=neighbors[path.protocol])
+                for path in paths
+            ]
+            for prefix, paths in routes.items()
+        }
 
     def protocols(self) -> dict[str, str]:
         """{protocol name: state}; BGP protocols give their BGP state ("Established", ...)."""
@@ -548,6 +564,19 @@ class ExaBGP:
         if self._proc is None:
             return None
         return _stop_process(self._proc, timeout=timeout, group=True)
+
+    def wait_configured(self, timeout: float = 10.0) -> None:
+        """Wait until ExaBGP has loaded its configuration; ProcessExited (with the log) if it
+        rejected it and exited."""
+
+        def loaded() -> bool:
+            if "loaded new configuration successfully" in self.log_text():
+                return True
+            if self._proc is None or self._proc.poll() is not None:
+                raise ProcessExited(f"{self.name} is not running; log:\n{self.log_text()}")
+            return False
+
+        wait_until(loaded, timeout=timeout, what=f"{self.name} to load its configuration")
 
     def crash(self) -> None:
         """kill -9 ExaBGP itself (not its helpers, which then see EOF); stop() still cleans up."""

@@ -7,6 +7,7 @@ Timings are printed (`pytest -s`), never asserted.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,9 +35,12 @@ try:  # `tests` is importable when /work/main is on sys.path (python -m pytest, 
         ScriptedHelper,
         free_port,
         lab_ipv6_next_hop,
+        parse_protocols,
+        parse_routes,
+        read_reply,
     )
 except ModuleNotFoundError:  # plain `pytest`: the rootdir-relative import puts tests/ on sys.path
-    from bgplab import (  # type: ignore[no-redef]
+    from bgplab import (  # type: ignore[no-redef,import-not-found,unused-ignore]
         Bird,
         BirdPath,
         BirdPeer,
@@ -44,9 +48,11 @@ except ModuleNotFoundError:  # plain `pytest`: the rootdir-relative import puts 
         ScriptedHelper,
         free_port,
         lab_ipv6_next_hop,
+        parse_protocols,
+        parse_routes,
+        read_reply,
     )
 
-pytestmark = pytest.mark.slow
 
 ROUTER = "127.0.0.1"
 ROUTER_AS = 65000
@@ -62,14 +68,6 @@ class Speaker:
     number: int  # 11 -> 127.0.0.11, AS 65011
     exabgp: ExaBGP
     helper: ScriptedHelper
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.{self.number}"
-
-    @property
-    def asn(self) -> int:
-        return 65000 + self.number
 
     def acks(self) -> list[str]:
         return [line for line in self.helper.stdin_lines() if line in ("done", "error")]
@@ -157,6 +155,7 @@ def start_speaker(tmp_path: Path) -> Iterator[SpeakerFactory]:
         speaker = Speaker(number, exabgp, helper)
         started.append(speaker)
         exabgp.start()
+        exabgp.wait_configured()
         return speaker
 
     try:
@@ -174,10 +173,113 @@ def bird_port(bird: Bird) -> int:
     return bird.peers[0].local_port
 
 
+def has(prefix: str) -> Callable[[dict[str, list[BirdPath]]], bool]:
+    return lambda routes: prefix in routes
+
+
+def lacks(prefix: str) -> Callable[[dict[str, list[BirdPath]]], bool]:
+    return lambda routes: prefix not in routes
+
+
 def primary(number: int) -> AnnounceConfig:
     return AnnounceConfig(med=100, communities=("65001:100",), local_as=65000 + number)
 
 
+# A control-socket transcript of BIRD 2.0.12 (two ExaBGP peers, `timeformat ... iso long`), plus
+# an AS set, a link-local second next hop and an unreachable route with a gateway.
+SHOW_ROUTE_ALL = (
+    b"1007-Table master4:\n"
+    b" 10.20.255.1/32       unicast [lb11 2026-11-25 22:17:02 from 127.0.0.11] * (100)"
+    b" [AS65011i]\n"
+    b" \tdev lo\n"
+    b"1008-\tType: BGP univ\n"
+    b"1012-\tBGP.origin: IGP\n"
+    b" \tBGP.as_path: 65011\n"
+    b" \tBGP.next_hop: 127.0.0.11\n"
+    b" \tBGP.med: 11\n"
+    b" \tBGP.local_pref: 100\n"
+    b" \tBGP.community: (65001,11) (65535,65281)\n"
+    b" \tBGP.ext_community: (rt, 65000, 11)\n"
+    b" \tBGP.large_community: (65000, 1, 11)\n"
+    b"1007-                     unicast [lb12 2026-11-25 22:17:02 from 127.0.0.12] (100)"
+    b" [AS65012i]\n"
+    b" \tdev lo\n"
+    b"1008-\tType: BGP univ\n"
+    b"1012-\tBGP.origin: IGP\n"
+    b" \tBGP.as_path: 65012 65012\n"
+    b" \tBGP.next_hop: 127.0.0.12\n"
+    b" \tBGP.local_pref: 100\n"
+    b"1007-\n"
+    b" Table master6:\n"
+    b" 2001:db8::1/128      unicast [lb11 2026-11-25 22:17:02 from 127.0.0.11] * (100)"
+    b" [AS65100i]\n"
+    b" \tdev lo\n"
+    b"1008-\tType: BGP univ\n"
+    b"1012-\tBGP.origin: IGP\n"
+    b" \tBGP.as_path: 65011 {65100 65101}\n"
+    b" \tBGP.next_hop: 2001:db8:ffff::7f00:b fe80::1\n"
+    b" \tBGP.local_pref: 100\n"
+    b"1007-10.9.9.9/32          unreachable [agg 2026-11-25 22:17:03] * (100) [AS65001i]\n"
+    b" \tvia 127.0.1.1 on lo\n"
+    b"1012-\tBGP.as_path: \n"
+    b"+spontaneous log line, not part of the reply\n"
+    b"0000 \n"
+    b"1007-the next reply\n"
+)
+
+SHOW_PROTOCOLS = [
+    ("2002", "Name       Proto      Table      State  Since         Info"),
+    ("1002", "device1    Device     ---        up     2026-11-25 22:17:02  "),
+    ("1002", "lb11       BGP        ---        up     2026-11-25 22:17:02  Established   "),
+    (
+        "1002",
+        "lb12       BGP        ---        start  2026-11-25 22:17:02  Active        Socket: x",
+    ),
+    ("0000", ""),
+]
+
+
+def test_parse_bird_routes() -> None:
+    reader = io.BytesIO(SHOW_ROUTE_ALL)
+    reply = read_reply(reader)
+    assert reply[0] == ("1007", "Table master4:") and reply[-1] == ("0000", "")
+    assert ("1012", "\tBGP.med: 11") in reply
+    assert reader.read() == b"1007-the next reply\n"  # stops at the last line
+    routes = parse_routes(reply)
+    assert list(routes) == ["10.20.255.1/32", "2001:db8::1/128", "10.9.9.9/32"]
+    first, second = routes["10.20.255.1/32"]
+    assert first == BirdPath(
+        prefix="10.20.255.1/32",
+        protocol="lb11",
+        from_peer="127.0.0.11",
+        as_path=(65011,),
+        med=11,
+        best=True,
+        next_hop="127.0.0.11",
+        reachable=True,
+        local_pref=100,
+        communities=("(65001,11)", "(65535,65281)"),
+        large_communities=("(65000, 1, 11)",),
+        ext_communities=("(rt, 65000, 11)",),
+    )
+    assert (second.protocol, second.from_peer, second.best) == ("lb12", "127.0.0.12", False)
+    assert (second.as_path, second.med, second.communities) == ((65012, 65012), None, ())
+    (v6,) = routes["2001:db8::1/128"]
+    assert v6.as_path == (65011, 65100, 65101) and v6.next_hop == "2001:db8:ffff::7f00:b"
+    (unreachable,) = routes["10.9.9.9/32"]
+    assert not unreachable.reachable and unreachable.from_peer is None
+    assert unreachable.next_hop == "127.0.1.1" and unreachable.as_path == ()
+
+
+def test_parse_bird_protocols() -> None:
+    assert parse_protocols(SHOW_PROTOCOLS) == {
+        "device1": "up",
+        "lb11": "Established",
+        "lb12": "Active",
+    }
+
+
+@pytest.mark.slow
 def test_two_speakers_announce_to_bird(bird: Bird, start_speaker: SpeakerFactory) -> None:
     # LB 11 owns the VIP; LB 12 announces a backup path (prepend 1, higher MED).
     owner = route_for(VIP4, primary(11))
@@ -222,6 +324,7 @@ def test_two_speakers_announce_to_bird(bird: Bird, start_speaker: SpeakerFactory
     assert lb12.helper.wait_stdin(lambda lines: "done" in lines)
 
 
+@pytest.mark.slow
 def test_announce_withdraw_latency(bird: Bird, start_speaker: SpeakerFactory) -> None:
     lb11 = start_speaker(11, [], bird_port(bird))
     bird.wait_established(["lb11"], timeout=WAIT)
@@ -230,12 +333,12 @@ def test_announce_withdraw_latency(bird: Bird, start_speaker: SpeakerFactory) ->
         route = Route(f"10.20.254.{index}", med=100 + index)
         sent = time.monotonic()
         lb11.helper.send(announce_line(route))
-        routes = bird.wait_routes(lambda r, p=route.prefix: p in r, timeout=WAIT)
+        routes = bird.wait_routes(has(route.prefix), timeout=WAIT)
         announce_ms.append((time.monotonic() - sent) * 1000)
         assert routes[route.prefix][0].med == 100 + index
         sent = time.monotonic()
         lb11.helper.send(withdraw_line(route))
-        bird.wait_routes(lambda r, p=route.prefix: p not in r, timeout=WAIT)
+        bird.wait_routes(lacks(route.prefix), timeout=WAIT)
         withdraw_ms.append((time.monotonic() - sent) * 1000)
     # Re-announcing a prefix replaces its attributes (one path per session).
     lb11.helper.send(announce_line(Route(VIP4, med=100)), announce_line(Route(VIP4, med=50)))
@@ -252,6 +355,7 @@ def test_announce_withdraw_latency(bird: Bird, start_speaker: SpeakerFactory) ->
     )
 
 
+@pytest.mark.slow
 def test_ipv6_next_hop_rules_over_ipv4_session(bird: Bird, start_speaker: SpeakerFactory) -> None:
     lb11 = start_speaker(11, [], bird_port(bird))
     bird.wait_established(["lb11"], timeout=WAIT)
@@ -270,6 +374,7 @@ def test_ipv6_next_hop_rules_over_ipv4_session(bird: Bird, start_speaker: Speake
     assert lb11.helper.wait_stdin(lambda lines: lines.count("done") == 2)
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_speaker_drops_its_routes(bird: Bird, start_speaker: SpeakerFactory) -> None:
     lb11 = start_speaker(11, [announce_line(route_for(VIP4, primary(11)))], bird_port(bird))
     backup = route_for(VIP4, AnnounceConfig(med=200, local_as=65012), prepend=1)
@@ -290,6 +395,7 @@ def test_kill_9_of_one_speaker_drops_its_routes(bird: Bird, start_speaker: Speak
     assert lb12.exabgp.running and bird.protocols()["lb12"] == "Established"
 
 
+@pytest.mark.slow
 def test_sigterm_tells_the_helper_down_then_shutdown(
     bird: Bird, start_speaker: SpeakerFactory
 ) -> None:
@@ -308,6 +414,7 @@ def test_sigterm_tells_the_helper_down_then_shutdown(
     bird.wait_routes(lambda r: f"{VIP4}/32" not in r, timeout=WAIT)
 
 
+@pytest.mark.slow
 def test_two_tier_lb_tor_aggregation(tmp_path: Path, start_speaker: SpeakerFactory) -> None:
     """LB -> ToR (AS 65001) -> aggregation (AS 65100): MED stops at the ToR, the AS path does not.
 
@@ -331,7 +438,7 @@ def test_two_tier_lb_tor_aggregation(tmp_path: Path, start_speaker: SpeakerFacto
         name="agg",
     )
     with tor, agg:
-        start_speaker(
+        lb11 = start_speaker(
             11, [announce_line(route_for(VIP4, primary(11)))], tor_port, "127.0.1.1", 65001
         )
         backup = route_for(VIP4, AnnounceConfig(med=50, local_as=65012), prepend=2)
@@ -353,3 +460,12 @@ def test_two_tier_lb_tor_aggregation(tmp_path: Path, start_speaker: SpeakerFacto
         assert path.from_peer == "127.0.1.1" and path.reachable
         assert path.med is None
         assert path.communities == ("(65001,100)",)
+        # The owner dies: the aggregation layer moves to the backup, its prepends intact.
+        lb11.exabgp.crash()
+        routes = agg.wait_routes(
+            lambda r: any(
+                p.as_path == (65001, 65012, 65012, 65012) for p in r.get(f"{VIP4}/32", [])
+            ),
+            timeout=WAIT,
+        )
+        assert len(routes[f"{VIP4}/32"]) == 1

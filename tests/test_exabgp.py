@@ -45,7 +45,7 @@ from raftvip.exabgp_config import (
 try:  # `tests` is importable when /work/main is on sys.path (python -m pytest, the lab)
     from tests.bgplab import exabgp_binary
 except ModuleNotFoundError:  # plain `pytest`: the rootdir-relative import puts tests/ on sys.path
-    from bgplab import exabgp_binary  # type: ignore[no-redef]
+    from bgplab import exabgp_binary  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 # ------------------------------------------------------------------------------------ routes
 
