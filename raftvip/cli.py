@@ -84,6 +84,10 @@ def run(config_path: str, member: str | None, log_level: str) -> None:
     cfg = load_config(config_path, member=member)
     secret = load_secret(cfg.cluster)
     from raftvip.agent import Agent  # heavy imports only for `run`
+    from raftvip.exabgp_config import next_hop_problems
+
+    for warning in next_hop_problems(cfg):
+        logging.getLogger("raftvip").warning("config %s", warning)
 
     agent = Agent(cfg, secret, out=sys.stdout, inp=sys.stdin.buffer)
     code = agent.run()
@@ -100,12 +104,16 @@ def run(config_path: str, member: str | None, log_level: str) -> None:
 @member_option
 def check_config(config_path: str, member: str | None) -> None:
     """Validate a config file: prints OK, or every problem with its key path (exit 1)."""
+    from raftvip.exabgp_config import next_hop_problems
+
     try:
-        load_config(config_path, member=member)
+        cfg = load_config(config_path, member=member)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
         sys.exit(1)
+    for warning in next_hop_problems(cfg):
+        click.echo(f"warning: {warning}", err=True)
     click.echo("OK")
 
 

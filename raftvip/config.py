@@ -75,6 +75,9 @@ class CheckConfig:
 @dataclass(frozen=True)
 class AnnounceConfig:
     next_hop: str = "self"
+    # Next hop for IPv6 VIPs; needed when the BGP sessions are IPv4 (`self` would be an IPv4
+    # address, which ExaBGP refuses for an IPv6 route). None: use `next_hop`.
+    next_hop6: str | None = None
     med: int | None = None
     communities: tuple[str, ...] = ()
     large_communities: tuple[str, ...] = ()
@@ -587,6 +590,13 @@ def _ipv4(text: str) -> str:
         raise _Invalid(f"{text!r} is not an IPv4 address") from None
 
 
+def _ipv6(text: str) -> str:
+    address = ipaddress.ip_address(_ip(text))
+    if address.version != 6:
+        raise _Invalid(f"{text!r} is not an IPv6 address")
+    return address.compressed
+
+
 def _vip(text: str) -> str:
     """A host address, optionally written as a /32 or /128 prefix; normalised."""
     address_text, slash, prefix = text.partition("/")
@@ -909,6 +919,7 @@ def _read_announce(r: _Reader, default_local_as: int | None) -> AnnounceConfig:
     )
     return AnnounceConfig(
         next_hop=_or(r.parsed("next_hop", _next_hop), defaults.next_hop),
+        next_hop6=r.parsed("next_hop6", _ipv6),
         med=r.integer("med", lo=0, hi=MAX_U32),
         communities=r.parsed_items("communities", _community),
         large_communities=r.parsed_items("large_communities", _large_community),

@@ -139,9 +139,12 @@ def route_for(vip: str, announce: AnnounceConfig, prepend: int = 0) -> Route:
                 f"VIP {vip}: a backup path (prepend {prepend}) needs announce.local_as to be set"
             )
         as_path = (announce.local_as,) * prepend + (as_path or (announce.local_as,))
+    next_hop = announce.next_hop
+    if announce.next_hop6 is not None and ipaddress.ip_address(vip).version == 6:
+        next_hop = announce.next_hop6
     return Route(
         vip=vip,
-        next_hop=announce.next_hop,
+        next_hop=next_hop,
         med=announce.med,
         communities=tuple(announce.communities),
         large_communities=tuple(announce.large_communities),

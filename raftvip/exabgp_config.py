@@ -147,10 +147,16 @@ def next_hop_problems(cfg: Config) -> list[str]:
     problems = []
     for index, service in enumerate(cfg.services):
         ipv6_vips = [vip for vip in service.vips if ":" in vip]
-        if service.announce.next_hop == "self" and ipv4_sessions and ipv6_vips:
+        announce = service.announce
+        if (
+            announce.next_hop == "self"
+            and announce.next_hop6 is None
+            and ipv4_sessions
+            and ipv6_vips
+        ):
             problems.append(
                 f"service[{index}].announce.next_hop: 'self' cannot announce IPv6 VIP "
                 f"{ipv6_vips[0]} over the IPv4 session to {ipv4_sessions[0]}; "
-                "set an explicit IPv6 next hop"
+                "set service.announce.next_hop6 to this host's IPv6 address"
             )
     return problems

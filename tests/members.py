@@ -118,7 +118,10 @@ class Group:
         rise: int = 1,
         fall: int = 1,
         extra_cluster: str = "",
+        router: tuple[str, int, int] | None = None,
     ) -> None:
+        """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
+        member lbN then speaks from its own 127.0.0.x address as AS 65010 + N."""
         self.root = root
         self.members: dict[str, Member] = {}
         self.vips: list[str] = []
@@ -135,7 +138,7 @@ class Group:
                 self.vips.append(vip)
                 self.preferred[vip] = name
         self.vips += [f"10.30.0.{k + 1}" for k in range(extra_vips)]
-        for name in names:
+        for index, name in enumerate(names, start=1):
             health_file = root / f"{name}.healthy"
             health_file.touch()
             check_section = (
@@ -174,11 +177,23 @@ preempt_delay = {preempt_delay}
 next_hop = "self"
 med = 100
 communities = ["65001:100"]
+{self._exabgp_section(router, addresses[name], index)}
 """
             )
             self.members[name] = Member(
                 name, addresses[name], cfg, health_file, root / f"{name}.stderr"
             )
+
+    @staticmethod
+    def _exabgp_section(router: tuple[str, int, int] | None, address: str, index: int) -> str:
+        if router is None:
+            return ""
+        host, port, asn = router
+        local = address.rsplit(":", 1)[0]
+        return (
+            f'\n[exabgp]\nneighbors = [{{ address = "{host}", port = {port}, '
+            f'peer_as = {asn}, local_address = "{local}", local_as = {65010 + index} }}]\n'
+        )
 
     # --- process control ---
 

@@ -432,6 +432,11 @@ COMMUNITY_RULE = (
 )
 
 BROKEN: list[tuple[str, Changes, str | list[str]]] = [
+    (
+        "next-hop6-v4",
+        {"service/0/announce/next_hop6": "10.0.0.1"},
+        "service[0].announce.next_hop6: '10.0.0.1' is not an IPv6 address",
+    ),
     # unknown keys, with and without a hint
     ("unknown-key", {"cluster/leese": 1.5}, "cluster.leese: unknown key (did you mean 'lease'?)"),
     ("unknown-top", {"services": {}}, "services: unknown key (did you mean 'service'?)"),

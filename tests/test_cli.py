@@ -1,0 +1,88 @@
+"""The `raftvip` command line as a user runs it: exit codes, messages, stdout vs stderr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.members import SECRET, Group
+
+
+def raftvip(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "raftvip", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_check_config_ok_and_warning_for_ipv6_over_ipv4(tmp_path: Path) -> None:
+    group = Group(tmp_path, size=3, router=("127.0.0.1", 1179, 65000))
+    config = group.members["lb1"].config
+    ok = raftvip("check-config", "-c", str(config))
+    assert ok.returncode == 0 and ok.stdout == "OK\n" and ok.stderr == ""
+    text = config.read_text().replace('"10.30.0.1"', '"2001:db8::1"')
+    text = text.replace("vips = [", 'vips = ["2001:db8::1", ', 1)
+    config.write_text(text)
+    warned = raftvip("check-config", "-c", str(config))
+    assert warned.returncode == 0 and warned.stdout == "OK\n"
+    assert "service[0].announce.next_hop: 'self' cannot announce IPv6 VIP 2001:db8::1" in (
+        warned.stderr
+    )
+    config.write_text(text.replace('next_hop = "self"', 'next_hop = "self"\nnext_hop6 = "::1"'))
+    assert raftvip("check-config", "-c", str(config)).stderr == ""
+
+
+def test_check_config_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    group = Group(tmp_path, size=3)
+    config = group.members["lb1"].config
+    text = config.read_text().replace('member = "lb1"', 'member = "lb9"')
+    text = text.replace("lease = 1.5", "lease = -1")
+    config.write_text(text)
+    result = raftvip("check-config", "-c", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "cluster.member: 'lb9' is not in [members] (known: lb1, lb2, lb3)" in result.stderr
+    assert "cluster.lease:" in result.stderr
+    assert SECRET not in result.stderr
+
+
+def test_run_refuses_a_bad_config_before_printing_anything(tmp_path: Path) -> None:
+    group = Group(tmp_path, size=3)
+    config = group.members["lb2"].config
+    (tmp_path / "secret").chmod(0o644)
+    result = raftvip("run", "-c", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "chmod 600" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_status_without_a_running_member_is_a_clear_error(tmp_path: Path) -> None:
+    group = Group(tmp_path, size=3)
+    result = raftvip("status", "-c", str(group.members["lb1"].config))
+    assert result.returncode == 1
+    assert "no control socket" in result.stderr and "raftvip run" in result.stderr
+
+
+def test_exabgp_config_prints_process_and_neighbor(tmp_path: Path) -> None:
+    group = Group(tmp_path, size=3, router=("127.0.0.1", 1179, 65000))
+    config = group.members["lb3"].config
+    result = raftvip("exabgp-config", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "process raftvip-test {" in out
+    assert f"run {sys.executable}" in out or "raftvip run -c" in out
+    assert "neighbor 127.0.0.1 {" in out and "local-address 127.0.0.13;" in out
+    assert "peer-as 65000;" in out and "local-as 65013;" in out and "connect 1179;" in out
+    assert "processes [ raftvip-test ];" in out
+    assert SECRET not in out
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    result = raftvip("maintenance", "sideways", "apex")
+    assert result.returncode == 2
+    assert "Invalid value" in result.stderr

@@ -1,0 +1,108 @@
+"""End to end with the real thing: 3 members, each under a real ExaBGP 5, peering with a real
+BIRD 2 on loopback. The ExaBGP configs are the ones `raftvip exabgp-config` renders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from raftvip.config import load_config
+from raftvip.exabgp_config import render_exabgp_config
+from tests.bgplab import Bird, BirdPath, BirdPeer, ExaBGP, free_port
+from tests.members import Group, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROUTER_AS = 65000
+
+
+@dataclass
+class Topology:
+    group: Group
+    bird: Bird
+    speakers: dict[str, ExaBGP]
+    as_of: dict[str, int]  # member -> its AS
+
+    def member_of(self, path: BirdPath) -> str | None:
+        for name, asn in self.as_of.items():
+            if path.as_path[:1] == (asn,):
+                return name
+        return None
+
+    def paths(self) -> dict[str, list[BirdPath]]:
+        return {prefix.split("/")[0]: paths for prefix, paths in self.bird.routes().items()}
+
+    def single_path_owner(self, vip: str) -> str | None:
+        paths = self.paths().get(vip, [])
+        if len(paths) != 1 or not paths[0].best:
+            return None
+        return self.member_of(paths[0])
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    if not os.path.exists("/usr/sbin/bird") and not os.path.exists("/usr/bin/bird"):
+        pytest.skip("BIRD 2 is not installed (deploy/test installs it)")
+    port = free_port("127.0.0.1")
+    group = Group(tmp_path, size=3, router=("127.0.0.1", port, ROUTER_AS))
+    as_of = {name: 65010 + i for i, name in enumerate(group.members, start=1)}
+    peers = [
+        BirdPeer(
+            name=name,
+            address=m.address.rsplit(":", 1)[0],
+            asn=as_of[name],
+            local_address="127.0.0.1",
+            local_as=ROUTER_AS,
+            local_port=port,
+            passive=True,
+        )
+        for name, m in group.members.items()
+    ]
+    bird = Bird(tmp_path / "bird", "127.0.0.1", peers, name="router")
+    (tmp_path / "bird").mkdir()
+    speakers: dict[str, ExaBGP] = {}
+    try:
+        bird.start()
+        for name, m in group.members.items():
+            cfg = load_config(str(m.config))
+            run = f"{sys.executable} -m raftvip run -c {m.config}"
+            speakers[name] = ExaBGP(tmp_path / name, render_exabgp_config(cfg, run), name=name)
+            (tmp_path / name).mkdir(exist_ok=True)
+            speakers[name].start()
+        yield Topology(group, bird, speakers, as_of)
+    finally:
+        for speaker in speakers.values():
+            speaker.stop()
+        bird.stop()
+
+
+def test_each_vip_has_one_path_from_its_owner_and_moves_on_kill(topology: Topology) -> None:
+    group = topology.group
+    topology.bird.wait_established(timeout=20)
+    # After preempt_delay, each preferred owner is the single path for its VIP.
+    wait_until(
+        lambda: all(topology.single_path_owner(v) == m for v, m in group.preferred.items()),
+        30,
+        0.02,
+    )
+    for vip in group.preferred:
+        (path,) = topology.paths()[vip]
+        assert path.med == 100
+        assert "(65001,100)" in path.communities
+
+    victim = "lb2"
+    vip = next(v for v, m in group.preferred.items() if m == victim)
+    speaker = topology.speakers[victim]
+    assert speaker.pid is not None
+    os.killpg(speaker.pid, signal.SIGKILL)  # ExaBGP and its raftvip helper, at once
+    wait_until(lambda: topology.single_path_owner(vip) in {"lb1", "lb3"}, 10, 0.005)
+    # The other VIPs never moved.
+    for v, m in group.preferred.items():
+        if m != victim:
+            assert topology.single_path_owner(v) == m
