@@ -42,9 +42,7 @@ def preferred_vip(group: Group, member: str) -> str:
 
 def test_three_members_each_announce_exactly_their_vip(group3: Group) -> None:
     # After preempt_delay every preferred owner holds its VIP, and nobody else announces it.
-    wait_until(
-        lambda: all(group3.announcers(v) == {m} for v, m in group3.preferred.items()), CONVERGE
-    )
+    wait_until(lambda: settled(group3), CONVERGE)
     for name, member in group3.members.items():
         assert member.announced() == {preferred_vip(group3, name)}
         assert member.stub is not None
@@ -59,7 +57,7 @@ def test_three_members_each_announce_exactly_their_vip(group3: Group) -> None:
 
 
 def test_status_json_shows_whole_group(group3: Group) -> None:
-    wait_until(lambda: all(group3.announcers(v) == {m} for v, m in group3.preferred.items()), 20)
+    wait_until(lambda: settled(group3), CONVERGE)
     doc = group3.status("lb2")
     for key in (
         "cluster",
@@ -103,9 +101,14 @@ def test_status_json_shows_whole_group(group3: Group) -> None:
     assert "10.20.0.2" in human and "yes (owner)" in human
 
 
+def settled(group: Group) -> bool:
+    """Past the cold start: every preferred owner announces its own VIP, and only it."""
+    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
+
+
 def _fail_and_check_moves(group: Group, victim: str, how: str) -> None:
     vip = preferred_vip(group, victim)
-    wait_until(lambda: group.announcers(vip) == {victim}, CONVERGE)
+    wait_until(lambda: settled(group), CONVERGE)
     if how == "kill":
         group.kill(victim)
     elif how == "stop":
@@ -168,9 +171,7 @@ def test_five_members_survive_two_kills(tmp_path: Path) -> None:
     group = Group(tmp_path, size=5)
     try:
         group.start_all()
-        wait_until(
-            lambda: all(group.announcers(v) == {m} for v, m in group.preferred.items()), CONVERGE
-        )
+        wait_until(lambda: settled(group), CONVERGE)
         leader = group.leader()
         assert leader is not None
         other = next(n for n in group.members if n != leader)
