@@ -205,3 +205,26 @@ def test_eof_on_stdin_withdraws_and_exits(group3: Group) -> None:
     assert "EOF on stdin" in group3.stderr("lb2")
     vip = preferred_vip(group3, "lb2")
     wait_until(lambda: len(group3.announcers(vip) - {"lb2"}) == 1, FAILOVER)
+
+
+def test_garbage_on_stdin_is_logged_and_survived(group3: Group) -> None:
+    member = group3.members["lb1"]
+    assert member.proc is not None and member.proc.stdin is not None and member.stub is not None
+    member.stub.ack = False
+    for chunk in (
+        b"error\n",
+        b"\x00\xff\xfe garbage \x1b[31m\n",
+        b"x" * 200_000 + b"\n",
+        b"neighbor 127.0.0.1 down - hold timer expired\n",
+        b"partial line without end",
+    ):
+        member.proc.stdin.write(chunk)
+        member.proc.stdin.flush()
+    wait_until(lambda: "state=down" in group3.stderr("lb1"), 5)
+    err = group3.stderr("lb1")
+    assert "unexpected stdin line" in err
+    assert "exabgp rejected command=" in err
+    assert "longer than 65536 bytes" in err
+    assert member.running
+    assert group3.status("lb1")["member"] == "lb1"
+    assert "Traceback" not in err
