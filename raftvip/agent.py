@@ -15,10 +15,10 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from raftvip.cluster import RaftCluster, RaftInfo
 from raftvip.config import Config
@@ -26,13 +26,55 @@ from raftvip.control import ControlServer, RequestError
 from raftvip.exabgp import Route, parse_stdin_line
 from raftvip.health import CheckStatus, HealthMonitor, HealthState
 from raftvip.reconcile import Decision, GroupView, decide, desired_routes, plan, resync_lines
-from raftvip.state import ClusterState, Expire, Report, SetDrain, SetMaintenance, SetPin
+from raftvip.state import (
+    ClusterState,
+    Command,
+    Expire,
+    Report,
+    SetDrain,
+    SetMaintenance,
+    SetPin,
+)
 from raftvip.status import build_status
 
 log = logging.getLogger(__name__)
 
 MAX_STDIN_LINE = 64 * 1024
 _TICK = 0.1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the loop decided in one iteration; immutable, safe to hand to other threads."""
+
+    state: ClusterState
+    info: RaftInfo
+    decisions: Mapping[str, Decision]
+    announced: frozenset[str]
+    health: Mapping[str, str]  # service -> up | down | disabled (local)
+    quorum_lost_for: float
+    time: float  # wall clock
+
+
+class Extension(Protocol):
+    """An optional part (ZooKeeper mirror, metrics) plugged into the agent.
+
+    `observe` runs on the agent loop after every iteration: it must not block (hand work to
+    your own thread). `status` adds a section to `raftvip status --json` (None: nothing).
+    `maintenance_veto(service, on)` may refuse an operator's maintenance change with a reason.
+    """
+
+    name: str
+
+    def start(self, agent: Agent) -> None: ...
+
+    def observe(self, snapshot: Snapshot) -> None: ...
+
+    def status(self) -> dict[str, Any] | None: ...
+
+    def maintenance_veto(self, service: str, on: bool) -> str | None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -80,9 +122,8 @@ class Agent:
         self._stop_reason: str | None = None
         self._exabgp_gone = False
         self._status_lock = threading.Lock()
-        self._status_inputs: (
-            tuple[ClusterState, RaftInfo, dict[str, Decision], dict[str, str], GroupView] | None
-        ) = None
+        self._snapshot: Snapshot | None = None
+        self._extensions: list[Extension] = []
 
     # --- lifecycle ---
 
@@ -93,6 +134,8 @@ class Agent:
             signal.signal(signum, self._on_signal)
         self._write(resync_lines(self.cfg))
         self.cluster.start()
+        for extension in self._extensions:
+            extension.start(self)
         self._monitor.start()
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         log.info(
@@ -107,6 +150,11 @@ class Agent:
                 self._step()
             return self._shutdown()
         finally:
+            for extension in self._extensions:
+                try:
+                    extension.stop()
+                except Exception:
+                    log.exception("extension=%s stop failed", extension.name)
             self._monitor.stop(timeout=1.0)
             self._control.stop()
             self.cluster.stop()
@@ -245,12 +293,37 @@ class Agent:
         self._write(plan(desired, self._announced))
         self._announced = desired
         self._decisions = decisions
-        self._publish_status(state, info, view)
-
-    def _publish_status(self, state: ClusterState, info: RaftInfo, view: GroupView) -> None:
-        # Only references to immutable values: the status document is built on request.
+        snapshot = Snapshot(
+            state=state,
+            info=info,
+            decisions=decisions,
+            announced=frozenset(desired),
+            health=dict(self._health),
+            quorum_lost_for=view.quorum_lost_for,
+            time=self._wall(),
+        )
         with self._status_lock:
-            self._status_inputs = (state, info, self._decisions, dict(self._health), view)
+            self._snapshot = snapshot  # the status document is built on request
+        for extension in self._extensions:
+            try:
+                extension.observe(snapshot)
+            except Exception:
+                log.exception("extension=%s observe failed", extension.name)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        with self._status_lock:
+            return self._snapshot
+
+    def add_extension(self, extension: Extension) -> None:
+        """Plug in an optional part before `run()`."""
+        self._extensions.append(extension)
+
+    def commit(self, cmd: Command, timeout: float = 5.0) -> str | None:
+        """Commit a command through the group (any thread); None, or why it failed."""
+        if not self.cluster.info().has_quorum:
+            return "no quorum: this member cannot reach a majority"
+        return self.cluster.propose_and_wait(cmd, timeout=timeout)
 
     def _shutdown(self) -> int:
         """Hand over, then withdraw everything. Bounded by cluster.shutdown_timeout."""
@@ -287,12 +360,21 @@ class Agent:
     # --- control socket (runs on control threads) ---
 
     def status(self) -> dict[str, Any]:
-        with self._status_lock:
-            inputs = self._status_inputs
-        if inputs is None:
+        snap = self.snapshot
+        if snap is None:
             raise RequestError("starting: no status yet")
-        state, info, decisions, health, view = inputs
-        return build_status(self.cfg, state, info, decisions, health, view.quorum_lost_for)
+        doc = build_status(
+            self.cfg, snap.state, snap.info, snap.decisions, snap.health, snap.quorum_lost_for
+        )
+        for extension in self._extensions:
+            try:
+                section = extension.status()
+            except Exception:
+                log.exception("extension=%s status failed", extension.name)
+                section = {"error": "status unavailable (see the member's log)"}
+            if section is not None:
+                doc[extension.name] = section
+        return doc
 
     def _handle_control(self, request: dict[str, Any]) -> Any:
         op = request["op"]
@@ -307,6 +389,10 @@ class Agent:
             ):
                 raise RequestError(f"unknown service {service!r}")
             on = _flag(request, "on")
+            for extension in self._extensions:
+                veto = extension.maintenance_veto(service, on)
+                if veto is not None:
+                    raise RequestError(veto)
             return self._commit(SetMaintenance(self._wall(), service, on))
         if op == "drain":
             member = str(request.get("member") or self.cfg.me)
@@ -343,12 +429,10 @@ class Agent:
             latencies.append(time.perf_counter() - start)
         return latencies
 
-    def _commit(self, cmd: Any) -> dict[str, Any]:
-        if not self.cluster.info().has_quorum:
-            raise RequestError("no quorum: this member cannot reach a majority; nothing changed")
-        failure = self.cluster.propose_and_wait(cmd, timeout=5.0)
+    def _commit(self, cmd: Command) -> dict[str, Any]:
+        failure = self.commit(cmd)
         if failure is not None:
-            raise RequestError(f"not committed: {failure}")
+            raise RequestError(f"not committed ({failure}); nothing changed")
         return {"version": self.cluster.state.version}
 
 

@@ -1,0 +1,1224 @@
+"""The raftvip lab: 3 racks (LB + ToR), an aggregation router, all on loopback addresses.
+
+    deploy/lab up [--mode raftvip|healthcheck]   start the lab (detached) and print it
+    deploy/lab status                             the group and the aggregation router's table
+    deploy/lab fail lb2 crash|hang|check          a fault, and the failover seen by the network
+    deploy/lab heal lb2                           repair it, and the time the VIP took to return
+    deploy/lab seed                               ExaBGP healthcheck vs raftvip, side by side
+    deploy/lab bench --trials 10                  failover median / max per fault kind
+    deploy/lab down                               stop everything the lab started
+
+Rack k: LB `lbk` on 127.0.1.k (AS 6501k: a real ExaBGP whose `process` is `raftvip run`, Raft
+port 7801, a tiny HTTP health server on port 8080), ToR BIRD `tork` on 127.0.2.k (AS 6510k),
+and one aggregation BIRD `agg` on 127.0.3.1 (AS 65000) peering with the three ToRs: that is
+where "the network" looks. Processes run detached in their own sessions, their logs and configs
+live in the lab directory (default <repo>/.lab), and `state.json` there records every PID (with
+its start time, so a recycled PID is never signalled). Nothing is added to the host: no address
+(127.0.0.0/8 is all on `lo` already), no namespace, no iptables rule, no kernel route.
+
+The BGP building blocks (Bird, BirdPeer, ExaBGP, wait_until) are the test harness's
+(tests/bgplab.py); the ExaBGP configs come from raftvip's own `render_exabgp_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import http.server
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `tests.bgplab` is the shared harness, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from raftvip.config import load_config  # noqa: E402
+from raftvip.control import request  # noqa: E402
+from raftvip.errors import RaftvipError  # noqa: E402
+from raftvip.exabgp_config import default_run_command, render_exabgp_config  # noqa: E402
+from raftvip.status import render_status  # noqa: E402
+from tests.bgplab import (  # noqa: E402
+    Bird,
+    BirdPath,
+    BirdPeer,
+    ExaBGP,
+    LabError,
+    exabgp_binary,
+    wait_until,
+)
+
+MODES = ("raftvip", "healthcheck")
+FAULTS = ("crash", "hang", "check")
+SERVICE = "apex"
+STATE_FILE = "state.json"
+WAIT = 30.0  # bound for any convergence the lab waits for
+POLL = 0.002  # aggregation-router poll period while timing a failover
+STOP_GRACE = 2.0  # SIGTERM -> SIGKILL
+
+
+def out(text: str = "") -> None:
+    """The controller's terminal output (the lab processes log to files)."""
+    print(text, flush=True)
+
+
+# ------------------------------------------------------------------------------- topology
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Addresses and AS numbers: `<prefix>.1.k` LB k, `<prefix>.2.k` ToR k, `<prefix>.3.1` agg."""
+
+    prefix: str = "127.0"
+    racks: int = 3
+    bgp_port: int = 179
+    raft_port: int = 7801
+    health_port: int = 8080
+    agg_as: int = 65000
+    hold_time: int = 3  # LB <-> ToR: a hung LB's routes go when this expires
+
+    def __post_init__(self) -> None:
+        octets = self.prefix.split(".")
+        if len(octets) != 2 or octets[0] != "127" or not all(o.isdigit() for o in octets):
+            raise ValueError(f"prefix {self.prefix!r}: must be 127.N (loopback only)")
+        if not 1 <= self.racks <= 9:
+            raise ValueError(f"racks: 1..9, got {self.racks}")
+
+    @property
+    def rack_numbers(self) -> range:
+        return range(1, self.racks + 1)
+
+    def lb(self, rack: int) -> str:
+        return f"lb{rack}"
+
+    def lb_address(self, rack: int) -> str:
+        return f"{self.prefix}.1.{rack}"
+
+    def tor_address(self, rack: int) -> str:
+        return f"{self.prefix}.2.{rack}"
+
+    @property
+    def agg_address(self) -> str:
+        return f"{self.prefix}.3.1"
+
+    def lb_as(self, rack: int) -> int:
+        return 65010 + rack
+
+    def tor_as(self, rack: int) -> int:
+        return 65100 + rack
+
+    def vip(self, rack: int) -> str:
+        """The VIP that LB `rack` is preferred for (ExaZK's auth-ip)."""
+        return f"10.20.255.{rack}"
+
+    @property
+    def vips(self) -> list[str]:
+        return [self.vip(rack) for rack in self.rack_numbers]
+
+    def rack_of(self, lb: str) -> int:
+        if lb.startswith("lb") and lb[2:].isdigit() and int(lb[2:]) in self.rack_numbers:
+            return int(lb[2:])
+        raise LabError(f"no LB named {lb!r}: the lab has {', '.join(self.lb_names)}")
+
+    @property
+    def lb_names(self) -> list[str]:
+        return [self.lb(rack) for rack in self.rack_numbers]
+
+    def lb_of_path(self, path: BirdPath) -> str | None:
+        """Which LB a path at the aggregation router leads to: AS path = ToR AS, LB AS."""
+        for rack in self.rack_numbers:
+            if path.as_path == (self.tor_as(rack), self.lb_as(rack)):
+                return self.lb(rack)
+        return None
+
+    def listeners(self) -> list[tuple[str, int, str]]:
+        """Every (address, port) the lab listens on, with what listens there."""
+        needed = [(self.agg_address, self.bgp_port, "BGP of the aggregation BIRD")]
+        for rack in self.rack_numbers:
+            needed.append((self.tor_address(rack), self.bgp_port, f"BGP of ToR BIRD tor{rack}"))
+            needed.append((self.lb_address(rack), self.raft_port, f"Raft port of lb{rack}"))
+            needed.append((self.lb_address(rack), self.health_port, f"health server of lb{rack}"))
+        return needed
+
+
+def check_ports(topology: Topology) -> None:
+    """LabError naming the first (address, port) that is taken."""
+    for address, port, what in topology.listeners():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the daemons do: a connection in TIME_WAIT does not block a new listener.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise LabError(
+                        f"{address}:{port} ({what}) is already in use: another lab or a BGP "
+                        f"daemon? see `ss -ltnp 'sport = :{port}'`"
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise LabError(
+                        f"{address}:{port} ({what}): permission denied; ports below 1024 "
+                        "need root (sudo deploy/lab ...)"
+                    ) from None
+                raise LabError(f"{address}:{port} ({what}): cannot bind: {exc}") from None
+
+
+# ------------------------------------------------------------------ processes by PID only
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process the lab started: PID plus its start time, so a recycled PID is never hit."""
+
+    pid: int
+    start: int  # /proc/<pid>/stat field 22, clock ticks since boot
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain spaces: split after the last ')'.
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def proc_of(pid: int) -> Proc:
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise LabError(f"process {pid} vanished right after it started")
+    return Proc(pid, int(fields[19]))
+
+
+def alive(proc: Proc) -> bool:
+    """Still running (a zombie is not) and still the process we started."""
+    fields = _stat_fields(proc.pid)
+    if fields is None or fields[0] in ("Z", "X") or int(fields[19]) != proc.start:
+        _reap(proc.pid)
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the process is our own child (tests run the lab in-process)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def children(pid: int) -> list[Proc]:
+    """Live children of `pid` (ExaBGP's helper runs in a process group of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
+            found.append(Proc(int(entry.name), int(fields[19])))
+    return found
+
+
+def signal_proc(proc: Proc, signum: int) -> None:
+    if alive(proc):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
+
+
+def stop_procs(procs: Sequence[Proc], grace: float = STOP_GRACE) -> list[Proc]:
+    """SIGCONT + SIGTERM, SIGKILL after `grace`; returns the processes still alive after that."""
+    for proc in procs:
+        signal_proc(proc, signal.SIGCONT)
+        signal_proc(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for proc in procs:
+        signal_proc(proc, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [p for p in procs if alive(p)]
+
+
+# ---------------------------------------------------------------------- the health server
+
+
+class _HealthHandler(http.server.BaseHTTPRequestHandler):
+    flag_file = Path("/nonexistent")
+
+    def do_GET(self) -> None:
+        try:
+            healthy = self.flag_file.read_text().strip() == "ok"
+        except OSError:
+            healthy = False
+        body = b"OK\n" if healthy else b"FAIL\n"
+        self.send_response(200 if healthy else 503)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one probe every 0.1 s per LB: not worth a log line
+
+
+def serve_health(address: str, port: int, flag_file: Path) -> None:
+    """HTTP 200 while `flag_file` says "ok", else 503 (`fail lbN check` writes "fail")."""
+    handler = type("Handler", (_HealthHandler,), {"flag_file": flag_file})
+    with http.server.ThreadingHTTPServer((address, port), handler) as server:
+        server.serve_forever()
+
+
+# ----------------------------------------------------------------------------- the lab
+
+
+@dataclass
+class LabState:
+    """What a later invocation needs: the topology, the mode and every PID started."""
+
+    topology: Topology
+    mode: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+    faults: dict[str, str] = field(default_factory=dict)  # lb -> crash | hang | check
+    created: float = field(default_factory=time.time)
+    up_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topology": dataclasses.asdict(self.topology),
+            "mode": self.mode,
+            "procs": {name: dataclasses.asdict(p) for name, p in self.procs.items()},
+            "faults": self.faults,
+            "created": self.created,
+            "up_seconds": self.up_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> LabState:
+        return cls(
+            topology=Topology(**doc["topology"]),
+            mode=str(doc["mode"]),
+            procs={name: Proc(**p) for name, p in doc["procs"].items()},
+            faults={str(k): str(v) for k, v in doc.get("faults", {}).items()},
+            created=float(doc.get("created", 0.0)),
+            up_seconds=doc.get("up_seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What the aggregation router saw after a fault (times from the fault, in seconds)."""
+
+    lb: str
+    fault: str
+    vip: str
+    new_lb: str
+    seconds: float  # best path for `vip` leads to another LB
+    gone_after: float | None  # the victim's path stopped being the best (None: never seen)
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """The side-by-side comparison, as data for the test."""
+
+    tor_meds: dict[str, dict[str, int | None]]  # tor -> vip -> MED of its LB's path
+    healthcheck_agg_meds: dict[str, list[int | None]]  # vip -> MEDs of the agg's paths
+    healthcheck_paths: dict[str, int]  # vip -> number of paths at the agg
+    healthcheck: dict[str, str | None]  # vip -> LB of the agg's best path
+    raftvip: dict[str, str | None]
+    raftvip_best_paths: dict[str, int]  # vip -> number of best paths at the agg
+    after_failure: dict[str, str | None]
+    after_recovery: dict[str, str | None]
+    failover: Failover
+
+
+class Lab:
+    """One lab in `lab_dir`; every method works from a fresh process (state is on disk)."""
+
+    def __init__(self, lab_dir: Path | str, topology: Topology | None = None) -> None:
+        self.dir = Path(lab_dir).resolve()
+        self.state_path = self.dir / STATE_FILE
+        self._requested = topology or Topology()
+
+    # ------------------------------------------------------------------- state on disk
+
+    def load(self) -> LabState | None:
+        try:
+            doc = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{self.state_path}: unreadable ({exc}); remove {self.dir}") from exc
+        return LabState.from_json(doc)
+
+    def save(self, state: LabState) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+        tmp.replace(self.state_path)
+
+    def running(self) -> LabState:
+        state = self.load()
+        if state is None:
+            raise LabError(f"no lab is running in {self.dir}: start one with `deploy/lab up`")
+        return state
+
+    @property
+    def topology(self) -> Topology:
+        state = self.load()
+        return state.topology if state else self._requested
+
+    # -------------------------------------------------------------------- the routers
+
+    def tor(self, rack: int, topology: Topology | None = None) -> Bird:
+        t = topology or self.topology
+        address, asn = t.tor_address(rack), t.tor_as(rack)
+        peers = [
+            BirdPeer(
+                f"lb{rack}",
+                t.lb_address(rack),
+                t.lb_as(rack),
+                address,
+                asn,
+                local_port=t.bgp_port,
+                port=t.bgp_port,
+                passive=True,  # ExaBGP connects, it does not listen
+                hold_time=t.hold_time,
+                export=False,  # the LB needs no routes
+            ),
+            BirdPeer(
+                "agg",
+                t.agg_address,
+                t.agg_as,
+                address,
+                asn,
+                local_port=t.bgp_port,
+                port=t.bgp_port,
+            ),
+        ]
+        return Bird(self.dir / f"tor{rack}", address, peers, name=f"tor{rack}")
+
+    def agg(self, topology: Topology | None = None) -> Bird:
+        t = topology or self.topology
+        peers = [
+            BirdPeer(
+                f"tor{rack}",
+                t.tor_address(rack),
+                t.tor_as(rack),
+                t.agg_address,
+                t.agg_as,
+                local_port=t.bgp_port,
+                port=t.bgp_port,
+                export=False,  # the top of this lab: it only looks
+            )
+            for rack in t.rack_numbers
+        ]
+        return Bird(self.dir / "agg", t.agg_address, peers, name="agg")
+
+    def best_lbs(self, routes: dict[str, list[BirdPath]] | None = None) -> dict[str, str | None]:
+        """VIP -> the LB the aggregation router's best path leads to (None: no route)."""
+        t = self.topology
+        routes = self.agg().routes() if routes is None else routes
+        best: dict[str, str | None] = {}
+        for vip in t.vips:
+            paths = [p for p in routes.get(f"{vip}/32", []) if p.best and p.reachable]
+            best[vip] = t.lb_of_path(paths[0]) if paths else None
+        return best
+
+    def spread(self) -> bool:
+        """Every VIP's best path at the aggregation router leads to its preferred LB."""
+        t = self.topology
+        return self.best_lbs() == {t.vip(rack): t.lb(rack) for rack in t.rack_numbers}
+
+    # ---------------------------------------------------------------------- configs
+
+    def config_path(self, rack: int) -> Path:
+        return self.dir / f"lb{rack}" / "raftvip.toml"
+
+    def _write_configs(self, t: Topology) -> None:
+        secret = self.dir / "secret"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        members = "\n".join(
+            f'{t.lb(r)} = "{t.lb_address(r)}:{t.raft_port}"' for r in t.rack_numbers
+        )
+        vips = ", ".join(f'"{v}"' for v in t.vips)
+        preferred = ", ".join(f'"{t.vip(r)}" = "{t.lb(r)}"' for r in t.rack_numbers)
+        for rack in t.rack_numbers:
+            lb_dir = self.dir / f"lb{rack}"
+            lb_dir.mkdir(parents=True, exist_ok=True)
+            (lb_dir / "health").write_text("ok\n")
+            self.config_path(rack).write_text(
+                f"""\
+# lb{rack} of the raftvip lab (generated by deploy/labctl.py)
+[cluster]
+name = "lab"
+member = "{t.lb(rack)}"
+secret_file = "{secret}"
+state_dir = "{lb_dir / "state"}"
+control_socket = "{lb_dir / "raftvip.sock"}"
+lease = 1.5
+
+[members]
+{members}
+
+[[service]]
+name = "{SERVICE}"
+vips = [{vips}]
+preferred = {{ {preferred} }}
+preempt = true
+preempt_delay = 2
+
+[service.check]
+http = "http://{t.lb_address(rack)}:{t.health_port}/healthcheck"
+interval = 0.2
+fast_interval = 0.1
+rise = 2
+fall = 2
+timeout = 0.2
+
+[service.announce]
+next_hop = "self"
+med = 100
+
+[exabgp]
+neighbors = [{{ address = "{t.tor_address(rack)}", peer_as = {t.tor_as(rack)}, \
+local_address = "{t.lb_address(rack)}", local_as = {t.lb_as(rack)}, port = {t.bgp_port}, \
+hold_time = {t.hold_time} }}]
+"""
+            )
+            self._write_healthcheck_config(t, rack)
+
+    def _write_healthcheck_config(self, t: Topology, rack: int) -> None:
+        """The seed's healthcheck-apex.conf: same VIPs everywhere, rotated so LB k has MED 100
+        on its own VIP (healthcheck adds 1 per further --ip)."""
+        order = [t.vip(1 + (rack - 1 + i) % t.racks) for i in range(t.racks)]
+        url = f"http://{t.lb_address(rack)}:{t.health_port}/healthcheck"
+        if shutil.which("curl"):
+            command = f"curl -sf --max-time 1 {url}"
+        else:  # curl is not everywhere; the same probe in Python
+            probe = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=1)"
+            command = f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)}"
+        lines = [
+            f"name = {SERVICE}",
+            "interval = 1",
+            "fast-interval = 0.2",
+            "rise = 2",
+            "fall = 2",
+            "timeout = 1",
+            f"command = {command}",
+            "no-syslog",
+            "no-ip-setup",  # do not add the VIPs to the host's loopback
+            *[f"ip = {vip}" for vip in order],
+        ]
+        path = self.dir / f"lb{rack}" / "healthcheck-apex.conf"
+        path.write_text("\n".join(lines) + "\n")
+
+    def exabgp_config_text(self, rack: int, mode: str) -> str:
+        cfg = load_config(str(self.config_path(rack)))
+        if mode == "raftvip":
+            return render_exabgp_config(cfg, default_run_command(str(self.config_path(rack))))
+        # Same neighbors, the exabgp package's healthcheck as the process, as the seed ran it.
+        healthcheck = Path(sys.executable).parent / "exabgp-healthcheck"
+        conf = self.dir / f"lb{rack}" / "healthcheck-apex.conf"
+        command = shlex.join([str(healthcheck), "--config", str(conf)])
+        cfg = dataclasses.replace(
+            cfg, exabgp=dataclasses.replace(cfg.exabgp, process_name="healthcheck-apex")
+        )
+        return render_exabgp_config(cfg, command)
+
+    # -------------------------------------------------------------------- processes
+
+    def _exabgp(self, rack: int, mode: str) -> ExaBGP:
+        return ExaBGP(
+            self.dir / f"lb{rack}",
+            self.exabgp_config_text(rack, mode),
+            name="exabgp",
+            env={"exabgp_api_cli": "false"},
+        )
+
+    def _start_exabgp(self, state: LabState, rack: int) -> None:
+        exabgp = self._exabgp(rack, state.mode)
+        exabgp.start()
+        assert exabgp.pid is not None
+        state.procs[f"lb{rack}.exabgp"] = proc_of(exabgp.pid)
+        self.save(state)
+
+    def _wait_exabgp(self, state: LabState, rack: int) -> None:
+        """ExaBGP loaded its config and started its helper; the helper's PID is recorded."""
+        exabgp = state.procs[f"lb{rack}.exabgp"]
+        log = self.dir / f"lb{rack}" / "exabgp.log"
+
+        def helper() -> Proc | None:
+            if not alive(exabgp):
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise LabError(f"ExaBGP of lb{rack} exited; {log}:\n{tail}")
+            found = children(exabgp.pid)
+            return found[0] if found else None
+
+        state.procs[f"lb{rack}.helper"] = wait_until(
+            helper, timeout=WAIT, what=f"ExaBGP of lb{rack} to start its process", interval=0.02
+        )
+        self.save(state)
+
+    def _start_health(self, state: LabState, rack: int) -> None:
+        t = state.topology
+        log = self.dir / f"lb{rack}" / "health.log"
+        with open(log, "ab") as handle:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "health-server",
+                    t.lb_address(rack),
+                    str(t.health_port),
+                    str(self.dir / f"lb{rack}" / "health"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        state.procs[f"lb{rack}.health"] = proc_of(proc.pid)
+        self.save(state)
+
+    def _wait_health(self, state: LabState, rack: int) -> None:
+        t = state.topology
+
+        def answers() -> bool:
+            if not alive(state.procs[f"lb{rack}.health"]):
+                log = (self.dir / f"lb{rack}" / "health.log").read_text(errors="replace")
+                raise LabError(f"the health server of lb{rack} exited:\n{log[-2000:]}")
+            with socket.create_connection((t.lb_address(rack), t.health_port), timeout=0.5):
+                return True
+
+        wait_until(answers, timeout=10.0, what=f"health server of lb{rack}", interval=0.02)
+
+    # -------------------------------------------------------------------------- up
+
+    def up(self, mode: str = "raftvip", *, quiet: bool = False) -> LabState:
+        """Start the lab (detached) and wait until the network sees the VIPs."""
+        if mode not in MODES:
+            raise LabError(f"mode {mode!r}: one of {', '.join(MODES)}")
+        existing = self.load()
+        if existing is not None:
+            if any(alive(p) for p in existing.procs.values()):
+                raise LabError(
+                    f"a lab is already running in {self.dir} (mode {existing.mode}); "
+                    "`deploy/lab status` shows it, `deploy/lab down` stops it"
+                )
+            out(f"cleaning up the remains of an earlier lab in {self.dir}")
+            self.down(quiet=True)
+        elif self.dir.exists() and any(self.dir.iterdir()):
+            shutil.rmtree(self.dir)  # a lab dir without state: nothing of it can be running
+        t = self._requested
+        bird_binary = shutil.which("bird") or "/usr/sbin/bird"
+        if not os.access(bird_binary, os.X_OK):
+            raise LabError("BIRD 2 (`bird`) not found: apt-get install bird2")
+        exabgp_binary()  # LabError when missing
+        check_ports(t)
+        began = time.monotonic()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = LabState(topology=t, mode=mode)
+        self.save(state)
+        try:
+            self._write_configs(t)
+            routers = [self.agg(t), *(self.tor(rack, t) for rack in t.rack_numbers)]
+            for router in routers:
+                router.start()
+                assert router.pid is not None
+                state.procs[router.name] = proc_of(router.pid)
+                self.save(state)
+            for rack in t.rack_numbers:
+                self._start_health(state, rack)
+            for rack in t.rack_numbers:
+                self._wait_health(state, rack)
+            for rack in t.rack_numbers:
+                self._start_exabgp(state, rack)
+            for rack in t.rack_numbers:
+                self._wait_exabgp(state, rack)
+            self._wait_converged(state)
+        except BaseException:
+            out(f"lab start failed: stopping what was started (logs in {self.dir})")
+            self._stop_all(state)
+            raise
+        state.up_seconds = time.monotonic() - began
+        self.save(state)
+        if not quiet:
+            self.print_status()
+            out(f"\nlab up in {state.up_seconds:.1f} s ({mode} mode), files in {self.dir}")
+            out("next: deploy/lab fail lb2 crash|hang|check, deploy/lab heal lb2, deploy/lab down")
+        return state
+
+    def _wait_converged(self, state: LabState) -> None:
+        t = state.topology
+        for rack in t.rack_numbers:
+            self.tor(rack, t).wait_established(timeout=WAIT)
+        self.agg(t).wait_established(timeout=WAIT)
+        if state.mode == "raftvip":
+            wait_until(
+                self.spread,
+                timeout=WAIT,
+                what="each VIP at the aggregation router via its preferred LB",
+                interval=0.02,
+            )
+        else:
+            wait_until(
+                lambda: self._all_paths_seen(t),
+                timeout=WAIT,
+                what="every LB's healthcheck announcements at the aggregation router",
+                interval=0.02,
+            )
+
+    def _all_paths_seen(self, t: Topology) -> bool:
+        routes = self.agg(t).routes()
+        return all(len(routes.get(f"{vip}/32", [])) == t.racks for vip in t.vips)
+
+    def switch(self, mode: str) -> None:
+        """Replace every LB's ExaBGP by one running `mode`; routers and health servers stay."""
+        state = self.running()
+        t = state.topology
+        doomed = [p for name, p in state.procs.items() if name.endswith((".exabgp", ".helper"))]
+        for rack in t.rack_numbers:
+            exabgp = state.procs.get(f"lb{rack}.exabgp")
+            if exabgp is not None:
+                doomed += children(exabgp.pid)
+        left = stop_procs(doomed)
+        if left:
+            raise LabError(f"could not stop {[p.pid for p in left]}")
+        for rack in t.rack_numbers:
+            state.procs.pop(f"lb{rack}.exabgp", None)
+            state.procs.pop(f"lb{rack}.helper", None)
+            (self.dir / f"lb{rack}" / "health").write_text("ok\n")
+        state.faults.clear()
+        state.mode = mode
+        self.save(state)
+        self.agg(t).wait_routes(
+            lambda routes: not any(f"{vip}/32" in routes for vip in t.vips),
+            timeout=WAIT,
+            what="the old announcements to go",
+        )
+        for rack in t.rack_numbers:
+            self._start_exabgp(state, rack)
+        for rack in t.rack_numbers:
+            self._wait_exabgp(state, rack)
+        self._wait_converged(state)
+
+    # ------------------------------------------------------------------------ down
+
+    def _stop_all(self, state: LabState) -> None:
+        procs = list(state.procs.values())
+        for name, proc in state.procs.items():
+            if name.endswith(".exabgp"):
+                procs += children(proc.pid)  # a helper ExaBGP restarted since it was recorded
+        left = stop_procs(procs)
+        if left:
+            raise LabError(
+                "still running after SIGKILL: "
+                + ", ".join(str(p.pid) for p in left)
+                + f"; {self.state_path} is kept so that `deploy/lab down` can retry"
+            )
+
+    def down(self, *, quiet: bool = False) -> bool:
+        """Stop every recorded process (by PID), verify, remove the lab dir. Idempotent."""
+        state = self.load()
+        if state is None:
+            if self.dir.exists():
+                shutil.rmtree(self.dir)
+            if not quiet:
+                out(f"no lab running in {self.dir}; nothing to do")
+            return False
+        count = sum(1 for p in state.procs.values() if alive(p))
+        self._stop_all(state)
+        shutil.rmtree(self.dir)
+        if not quiet:
+            out(f"lab down: {count} processes stopped, {self.dir} removed")
+        return True
+
+    # ---------------------------------------------------------------------- status
+
+    def group_status(self, state: LabState) -> dict[str, Any] | None:
+        """`raftvip status` of the first LB that answers (skipping broken ones)."""
+        for rack in state.topology.rack_numbers:
+            if state.faults.get(f"lb{rack}") in ("crash", "hang"):
+                continue
+            socket_path = str(self.dir / f"lb{rack}" / "raftvip.sock")
+            with contextlib.suppress(RaftvipError, OSError):
+                doc: dict[str, Any] = request(socket_path, {"op": "status"}, timeout=2.0)
+                return doc
+        return None
+
+    def agg_table(self, state: LabState) -> str:
+        t = state.topology
+        routes = self.agg(t).routes()
+        lines = [
+            f"aggregation router agg {t.agg_address} AS {t.agg_as} (`show route all`):",
+            f"  {'VIP':<15} {'BEST -> LB':<11} {'AS PATH':<13} {'VIA':<12} {'MED':<5} OTHER PATHS",
+        ]
+        for vip in t.vips:
+            paths = routes.get(f"{vip}/32", [])
+            best = next((p for p in paths if p.best), None)
+            others = [p for p in paths if p is not best]
+            other_text = ", ".join(
+                f"{t.lb_of_path(p) or '?'} ({' '.join(map(str, p.as_path))})" for p in others
+            )
+            if best is None:
+                lines.append(f"  {vip:<15} {'(no route)':<11}")
+                continue
+            lines.append(
+                f"  {vip:<15} {t.lb_of_path(best) or '?':<11} "
+                f"{' '.join(map(str, best.as_path)):<13} {best.from_peer or '-':<12} "
+                f"{'-' if best.med is None else best.med:<5} {other_text or '-'}"
+            )
+        return "\n".join(lines)
+
+    def tor_table(self, state: LabState) -> str:
+        t = state.topology
+        lines = ["top-of-rack routers (what each ToR learned from its LB):"]
+        for rack in t.rack_numbers:
+            routes = self.tor(rack, t).routes()
+            cells = []
+            for vip in t.vips:
+                mine = [p for p in routes.get(f"{vip}/32", []) if p.protocol == f"lb{rack}"]
+                if mine:
+                    med = "-" if mine[0].med is None else str(mine[0].med)
+                    cells.append(f"{vip} med {med}")
+            lines.append(
+                f"  tor{rack} {t.tor_address(rack)} AS {t.tor_as(rack)} <- lb{rack}: "
+                + (", ".join(cells) or "nothing")
+            )
+        return "\n".join(lines)
+
+    def print_status(self) -> None:
+        state = self.running()
+        t = state.topology
+        out(f"raftvip lab in {self.dir} ({state.mode} mode)")
+        out("")
+        lbs = []
+        for rack in t.rack_numbers:
+            lb = t.lb(rack)
+            exabgp = state.procs.get(f"{lb}.exabgp")
+            running = exabgp is not None and alive(exabgp)
+            helper = children(exabgp.pid) if exabgp is not None and running else []
+            fault = state.faults.get(lb)
+            lbs.append(
+                f"  {lb}  {t.lb_address(rack):<11} AS {t.lb_as(rack)}  "
+                f"exabgp {'pid ' + str(exabgp.pid) if running and exabgp else 'DOWN':<10} "
+                f"{state.mode} {'pid ' + str(helper[0].pid) if helper else 'DOWN':<10} "
+                f"-> tor{rack} {t.tor_address(rack)} AS {t.tor_as(rack)}"
+                + (f"   FAULT: {fault}" if fault else "")
+            )
+        out("load balancers:")
+        out("\n".join(lbs))
+        out("")
+        if state.mode == "raftvip":
+            doc = self.group_status(state)
+            if doc is None:
+                out("raftvip status: no member answers on its control socket")
+            else:
+                out(f"raftvip status (as {doc['member']} sees it):")
+                out("\n".join("  " + line for line in render_status(doc).splitlines()))
+        else:
+            out(self.tor_table(state))
+        out("")
+        out(self.agg_table(state))
+
+    # ---------------------------------------------------------------------- faults
+
+    def _rack(self, state: LabState, lb: str) -> int:
+        return state.topology.rack_of(lb)
+
+    def _lb_procs(self, state: LabState, rack: int) -> list[Proc]:
+        """The LB's ExaBGP and its helper(s), if running."""
+        exabgp = state.procs.get(f"lb{rack}.exabgp")
+        if exabgp is None or not alive(exabgp):
+            return []
+        return [exabgp, *children(exabgp.pid)]
+
+    def fail(self, lb: str, kind: str, *, watch: bool = True, quiet: bool = False) -> Failover:
+        """Break `lb` and time the failover on the aggregation router."""
+        state = self.running()
+        if state.mode != "raftvip" and watch:
+            raise LabError("fail/heal time raftvip's failover: start the lab in raftvip mode")
+        if kind not in FAULTS:
+            raise LabError(f"fault {kind!r}: one of {', '.join(FAULTS)}")
+        rack = self._rack(state, lb)
+        if lb in state.faults:
+            raise LabError(f"{lb} is already failed ({state.faults[lb]}): `deploy/lab heal {lb}`")
+        t = state.topology
+        vip = t.vip(rack)
+        before = self.best_lbs().get(vip)
+        if before != lb:
+            raise LabError(
+                f"{vip} is not on {lb} at the aggregation router (it is on {before}): "
+                "wait until the lab has settled"
+            )
+        procs = self._lb_procs(state, rack)
+        if kind in ("crash", "hang") and not procs:
+            raise LabError(f"{lb}'s ExaBGP is not running")
+        agg = self.agg(t)
+        if kind == "crash":
+            # Freeze first: ExaBGP must neither respawn the helper nor tell it "shutdown",
+            # and the helper must not start a graceful handover on EOF. Then kill both.
+            for proc in procs:
+                signal_proc(proc, signal.SIGSTOP)
+            began = time.monotonic()
+            for proc in procs:
+                signal_proc(proc, signal.SIGKILL)
+            what = "kill -9 of ExaBGP and raftvip (pids " + " ".join(str(p.pid) for p in procs)
+        elif kind == "hang":
+            began = time.monotonic()
+            for proc in procs:
+                signal_proc(proc, signal.SIGSTOP)
+            what = "SIGSTOP of ExaBGP and raftvip (pids " + " ".join(str(p.pid) for p in procs)
+        else:
+            began = time.monotonic()
+            (self.dir / f"lb{rack}" / "health").write_text("fail\n")
+            what = f"health server of {lb} answers 503 (check failure"
+        state.faults[lb] = kind
+        self.save(state)
+        if not quiet:
+            out(f"fail {lb} {kind}: {what})")
+        result = self._watch_away(agg, t, vip, lb, kind, began) if watch else None
+        if result is None:
+            return Failover(lb, kind, vip, "?", float("nan"), None)
+        for proc in procs if kind == "crash" else []:
+            _reap(proc.pid)
+        if not quiet:
+            gone = (
+                f"the path via {lb} was gone after {result.gone_after * 1000:.0f} ms, "
+                if result.gone_after is not None and result.gone_after < result.seconds
+                else ""
+            )
+            out(
+                f"aggregation router: {vip} {lb} -> {result.new_lb} in "
+                f"{result.seconds * 1000:.0f} ms ({gone}measured by polling BIRD every "
+                f"{POLL * 1000:.0f} ms)"
+            )
+            out("")
+            out(self.agg_table(state))
+        return result
+
+    def _watch_away(
+        self, agg: Bird, t: Topology, vip: str, lb: str, kind: str, began: float
+    ) -> Failover:
+        gone_after: float | None = None
+
+        def moved() -> Failover | None:
+            nonlocal gone_after
+            best = self.best_lbs(agg.routes()).get(vip)
+            now = time.monotonic() - began
+            if best != lb and gone_after is None:
+                gone_after = now
+            if best is not None and best != lb:
+                return Failover(lb, kind, vip, best, now, gone_after)
+            return None
+
+        return wait_until(moved, timeout=WAIT, what=f"{vip} to leave {lb}", interval=POLL)
+
+    def heal(self, lb: str, *, watch: bool = True, quiet: bool = False) -> float | None:
+        """Repair `lb` (restart / continue / health 200); returns the seconds until its VIP
+        is back on it at the aggregation router (preempt_delay included)."""
+        state = self.running()
+        rack = self._rack(state, lb)
+        t = state.topology
+        kind = state.faults.get(lb)
+        began = time.monotonic()
+        exabgp = state.procs.get(f"{lb}.exabgp")
+        if exabgp is None or not alive(exabgp):
+            for helper in (state.procs.get(f"{lb}.helper"),):
+                if helper is not None:
+                    signal_proc(helper, signal.SIGKILL)  # an orphan of the crash, if any
+            self._start_exabgp(state, rack)
+            self._wait_exabgp(state, rack)
+            action = "restarted ExaBGP (and with it raftvip)"
+        else:
+            for proc in self._lb_procs(state, rack):
+                signal_proc(proc, signal.SIGCONT)
+            action = "SIGCONT to ExaBGP and raftvip" if kind == "hang" else "processes running"
+        (self.dir / f"lb{rack}" / "health").write_text("ok\n")
+        if kind == "check":
+            action = "health server answers 200 again"
+        state.faults.pop(lb, None)
+        self.save(state)
+        if not quiet:
+            out(f"heal {lb}: {action}")
+        if not watch or state.mode != "raftvip":
+            return None
+        vip = t.vip(rack)
+        wait_until(
+            lambda: self.best_lbs(self.agg(t).routes()).get(vip) == lb,
+            timeout=WAIT,
+            what=f"{vip} to return to {lb}",
+            interval=0.01,
+        )
+        seconds = time.monotonic() - began
+        if not quiet:
+            out(
+                f"aggregation router: {vip} back on {lb} after {seconds:.2f} s "
+                "(rise + preempt_delay 2 s: a returning owner proves itself first)"
+            )
+            out("")
+            out(self.agg_table(state))
+        return seconds
+
+    # ------------------------------------------------------------------------ seed
+
+    def seed(self, *, keep: bool = False) -> SeedResult:
+        """ExaBGP's healthcheck (the seed's setup) then raftvip, on the same topology."""
+        t = self._requested
+        out("== (a) ExaBGP healthcheck, as in the seed: every LB announces every VIP, MED-ranked")
+        out("   (LB k lists its own VIP first: MED 100, then 101, 102 for the others)")
+        self.up("healthcheck", quiet=True)
+        try:
+            return self._seed_compare(t, keep)
+        finally:
+            if not keep:
+                self.down(quiet=True)
+
+    def _seed_compare(self, t: Topology, keep: bool) -> SeedResult:
+        state = self.running()
+        tor_meds: dict[str, dict[str, int | None]] = {}
+        for rack in t.rack_numbers:
+            routes = self.tor(rack, t).routes()
+            tor_meds[f"tor{rack}"] = {
+                vip: next(
+                    (p.med for p in routes.get(f"{vip}/32", []) if p.protocol == f"lb{rack}"),
+                    None,
+                )
+                for vip in t.vips
+            }
+        agg_routes = self.agg(t).routes()
+        hc_meds = {vip: [p.med for p in agg_routes.get(f"{vip}/32", [])] for vip in t.vips}
+        hc_paths = {vip: len(agg_routes.get(f"{vip}/32", [])) for vip in t.vips}
+        healthcheck = self.best_lbs(agg_routes)
+        out(self.tor_table(state))
+        out("")
+        out(self.agg_table(state))
+        out("")
+        out("== (b) raftvip on the same topology: one owner per VIP, decided by the Raft group")
+        began = time.monotonic()
+        self.switch("raftvip")
+        out(f"   (switched in {time.monotonic() - began:.1f} s)")
+        state = self.running()
+        routes = self.agg(t).routes()
+        raftvip = self.best_lbs(routes)
+        best_paths = {vip: sum(1 for p in routes.get(f"{vip}/32", []) if p.best) for vip in t.vips}
+        out(self.agg_table(state))
+        out("")
+        victim = t.lb(2 if t.racks >= 2 else 1)
+        out(f"== (b) after a crash of {victim}")
+        failover = self.fail(victim, "crash", quiet=False)
+        after_failure = self.best_lbs()
+        out("")
+        out(f"== (b) after {victim} recovers")
+        self.heal(victim, quiet=False)
+        after_recovery = self.best_lbs()
+        out("")
+        out("== summary: who carries each VIP at the aggregation router")
+        out("   healthcheck: " + _owners_line(healthcheck) + "  (MED lost at the ToR)")
+        out("   raftvip:     " + _owners_line(raftvip))
+        out(f"   raftvip after {victim} crashed: " + _owners_line(after_failure))
+        out(f"   raftvip after {victim} returned: " + _owners_line(after_recovery))
+        if keep:
+            out("\nthe lab stays up in raftvip mode: deploy/lab status | fail | heal | down")
+        return SeedResult(
+            tor_meds=tor_meds,
+            healthcheck_agg_meds=hc_meds,
+            healthcheck_paths=hc_paths,
+            healthcheck=healthcheck,
+            raftvip=raftvip,
+            raftvip_best_paths=best_paths,
+            after_failure=after_failure,
+            after_recovery=after_recovery,
+            failover=failover,
+        )
+
+    # ----------------------------------------------------------------------- bench
+
+    def leader(self) -> str:
+        state = self.running()
+        doc = wait_until(lambda: self.group_status(state), timeout=WAIT, what="a member to answer")
+        return str(doc["leader"])
+
+    def settled(self) -> bool:
+        """Spread at the aggregation router and every member alive and healthy in the group."""
+        if not self.spread():
+            return False
+        doc = self.group_status(self.running())
+        if doc is None or not doc.get("has_quorum") or not doc.get("leader"):
+            return False
+        return all(m["alive"] and all(m["healthy"].values()) for m in doc["members"].values())
+
+    def bench(self, trials: int, kinds: Sequence[str]) -> dict[str, list[float]]:
+        """`trials` faults of each kind; seconds until the agg's best path moved."""
+        results: dict[str, list[float]] = {kind: [] for kind in kinds}
+        t = self.running().topology
+        for kind in kinds:
+            for trial in range(trials):
+                wait_until(self.settled, timeout=WAIT, what="the lab to settle", interval=0.05)
+                time.sleep(0.3)  # leases renewed, links warm: every trial starts alike
+                leader = self.leader()
+                if kind == "leader crash":
+                    victim = leader
+                else:
+                    others = [lb for lb in t.lb_names if lb != leader]
+                    victim = others[trial % len(others)]
+                fault = {"owner check failure": "check", "owner hang": "hang"}.get(kind, "crash")
+                result = self.fail(victim, fault, quiet=True)
+                results[kind].append(result.seconds)
+                out(
+                    f"  {kind:<20} #{trial + 1:<3} {victim} -> {result.new_lb}  "
+                    f"{result.seconds * 1000:7.1f} ms"
+                )
+                self.heal(victim, quiet=True)
+        return results
+
+
+def _owners_line(best: dict[str, str | None]) -> str:
+    return ", ".join(f"{vip} -> {lb or 'nobody'}" for vip, lb in best.items())
+
+
+BENCH_KINDS = ("owner crash", "leader crash", "owner hang", "owner check failure")
+
+
+def bench_table(results: dict[str, list[float]], trials: int) -> str:
+    lines = [
+        "failover as seen on the aggregation router (fault -> best path via another LB):",
+        f"  {'FAULT':<21} {'TRIALS':>6} {'MEDIAN':>9} {'MAX':>9} {'MIN':>9}",
+    ]
+    for kind, values in results.items():
+        if not values:
+            continue
+        lines.append(
+            f"  {kind:<21} {len(values):>6} {statistics.median(values) * 1000:>7.0f}ms "
+            f"{max(values) * 1000:>7.0f}ms {min(values) * 1000:>7.0f}ms"
+        )
+    lines.append(f"  (deploy/lab bench --trials {trials})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- CLI
+
+
+def _lab_dir(args: argparse.Namespace) -> Path:
+    return Path(args.lab_dir or os.environ.get("RAFTVIP_LAB_DIR") or REPO / ".lab")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="deploy/lab",
+        description="raftvip lab: 3 LBs (raftvip + ExaBGP), 3 ToR BIRDs, 1 aggregation BIRD.",
+    )
+    parser.add_argument(
+        "--lab-dir",
+        help="state and logs (default <repo>/.lab; env RAFTVIP_LAB_DIR)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the lab (detached) and print it")
+    p_up.add_argument("--mode", choices=MODES, default="raftvip")
+    p_up.add_argument("--prefix", default="127.0", help="addresses <prefix>.{1,2,3}.k")
+    p_up.add_argument("--bgp-port", type=int, default=179)
+    sub.add_parser("status", help="the group and the aggregation router's table")
+    p_fail = sub.add_parser("fail", help="break an LB and time the failover")
+    p_fail.add_argument("lb")
+    p_fail.add_argument("kind", nargs="?", choices=FAULTS, default="crash")
+    p_heal = sub.add_parser("heal", help="repair an LB and time the VIP's return")
+    p_heal.add_argument("lb")
+    p_seed = sub.add_parser("seed", help="ExaBGP healthcheck vs raftvip on the same topology")
+    p_seed.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p_seed.add_argument("--prefix", default="127.0")
+    p_seed.add_argument("--bgp-port", type=int, default=179)
+    p_bench = sub.add_parser("bench", help="failover median/max per fault kind")
+    p_bench.add_argument("--trials", type=int, default=10)
+    p_bench.add_argument("--kind", action="append", choices=BENCH_KINDS)
+    sub.add_parser("down", help="stop everything the lab started")
+    p_health = sub.add_parser("health-server", help=argparse.SUPPRESS)
+    p_health.add_argument("address")
+    p_health.add_argument("port", type=int)
+    p_health.add_argument("flag_file", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "health-server":
+        serve_health(args.address, args.port, args.flag_file)
+        return 0
+    try:
+        return _run(args)
+    except (LabError, RaftvipError, ValueError) as exc:
+        print(f"deploy/lab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("deploy/lab: interrupted (`deploy/lab down` cleans up)", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    lab_dir = _lab_dir(args)
+    command = args.command
+    if command in ("up", "seed"):
+        topology = Topology(prefix=args.prefix, bgp_port=args.bgp_port)
+        lab = Lab(lab_dir, topology)
+        if command == "up":
+            lab.up(args.mode)
+        else:
+            lab.seed(keep=args.keep)
+        return 0
+    lab = Lab(lab_dir)
+    if command == "status":
+        lab.print_status()
+    elif command == "fail":
+        lab.fail(args.lb, args.kind)
+    elif command == "heal":
+        lab.heal(args.lb)
+    elif command == "down":
+        lab.down()
+    elif command == "bench":
+        _bench(lab, args.trials, args.kind or list(BENCH_KINDS))
+    return 0
+
+
+def _bench(lab: Lab, trials: int, kinds: Sequence[str]) -> None:
+    if trials < 1:
+        raise LabError("--trials: at least 1")
+    started_here = lab.load() is None
+    if started_here:
+        lab.up("raftvip", quiet=True)
+    elif lab.running().mode != "raftvip":
+        raise LabError("bench needs the lab in raftvip mode: deploy/lab down; deploy/lab up")
+    try:
+        results = lab.bench(trials, kinds)
+    finally:
+        if started_here:
+            lab.down(quiet=True)
+    out("")
+    out(bench_table(results, trials))
+
+
+@contextlib.contextmanager
+def temporary_lab(lab_dir: Path, topology: Topology, mode: str = "raftvip") -> Iterator[Lab]:
+    """A lab for tests: always torn down, also when the body or `up` fails."""
+    lab = Lab(lab_dir, topology)
+    try:
+        lab.up(mode, quiet=True)
+        yield lab
+    finally:
+        lab.down(quiet=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
