@@ -29,6 +29,7 @@ from raftvip.reconcile import Decision, GroupView, decide, desired_routes, plan,
 from raftvip.state import (
     ClusterState,
     Command,
+    Confirm,
     Expire,
     Report,
     SetDrain,
@@ -124,6 +125,12 @@ class Agent:
         self._status_lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._extensions: list[Extension] = []
+        # Make before break: VIPs whose current announce ExaBGP acked, confirmations sent,
+        # and since when this member has been handing each VIP over.
+        self._acked: set[str] = set()
+        self._confirm_sent: dict[str, float] = {}
+        self._handover_since: dict[str, float] = {}
+        self._leave_deadline: float | None = None
 
     # --- lifecycle ---
 
@@ -146,7 +153,7 @@ class Agent:
             sum(len(s.vips) for s in self.cfg.services),
         )
         try:
-            while self._stop_reason is None:
+            while not self._done_leaving():
                 self._step()
             return self._shutdown()
         finally:
@@ -160,7 +167,48 @@ class Agent:
             self.cluster.stop()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._stop_reason = signal.Signals(signum).name
+        if self._stop_reason is None:
+            self._stop_reason = signal.Signals(signum).name
+
+    def _done_leaving(self) -> bool:
+        """False while running; on a stop request, hand over first (make before break).
+
+        SIGTERM: ask the group to move this member's VIPs and keep announcing them until their
+        new owners confirm, at most `shutdown_timeout`. When ExaBGP itself stops (EOF,
+        `shutdown`) its sessions are going down anyway: ask once and leave.
+        """
+        if self._stop_reason is None:
+            return False
+        if self._exabgp_gone:
+            return True
+        now = self._clock()
+        if self._leave_deadline is None:
+            log.info("member=%s stopping (%s): handing over", self.cfg.me, self._stop_reason)
+            self._leave_deadline = now + self.cfg.cluster.shutdown_timeout
+            if not self._propose_leave():
+                return True
+        state = self.cluster.state
+        me = state.members.get(self.cfg.me)
+        if me is not None and not me.alive:
+            mine = [v for v, a in state.owners.items() if a.owner == self.cfg.me]
+            handing = [v for v, m in state.handovers.items() if m == self.cfg.me]
+            if not mine and not handing:
+                return True
+        if now >= self._leave_deadline:
+            log.warning(
+                "member=%s handover not confirmed within shutdown_timeout=%gs; withdrawing anyway",
+                self.cfg.me,
+                self.cfg.cluster.shutdown_timeout,
+            )
+            return True
+        return False
+
+    def _propose_leave(self) -> bool:
+        me = self.cluster.state.members.get(self.cfg.me)
+        if me is None or not me.alive or not self.cluster.info().has_quorum:
+            return False
+        self.cluster.propose(Expire(self._wall(), self.cfg.me, me.incarnation, me.seq, "leaving"))
+        return True
 
     def _step(self) -> None:
         now = self._clock()
@@ -230,7 +278,9 @@ class Agent:
     def _on_stdin(self, event: Any) -> None:
         if event.kind == "ack_done":
             if self._pending_acks:
-                self._pending_acks.popleft()
+                line = self._pending_acks.popleft()
+                if line.startswith("announce route "):
+                    self._acked.add(line.split()[2].split("/")[0])
         elif event.kind == "ack_error":
             command = self._pending_acks.popleft() if self._pending_acks else "<unknown>"
             log.error("exabgp rejected command=%r", command)
@@ -255,6 +305,8 @@ class Agent:
     # --- group side ---
 
     def _maybe_report(self) -> None:
+        if self._leave_deadline is not None:
+            return  # leaving: a report would make this member alive again
         now = self._clock()
         me = self.cluster.state.members.get(self.cfg.me)
         if (me is None or not me.alive or me.incarnation != self._incarnation) and (
@@ -288,10 +340,17 @@ class Agent:
         state = self.cluster.state
         info = self.cluster.info()
         view = self._group_view(info)
-        decisions = decide(self.cfg, state, self._health, view, self._announced.keys())
+        expired = self._handover_expired(state)
+        decisions = decide(self.cfg, state, self._health, view, self._announced.keys(), expired)
         desired = desired_routes(self.cfg, decisions)
-        self._write(plan(desired, self._announced))
+        lines = plan(desired, self._announced)
+        for vip, route in desired.items():
+            if self._announced.get(vip) != route:
+                self._acked.discard(vip)  # a new announce: wait for its ack
+        self._acked &= desired.keys()
+        self._write(lines)
         self._announced = desired
+        self._confirm(state)
         self._decisions = decisions
         snapshot = Snapshot(
             state=state,
@@ -310,6 +369,42 @@ class Agent:
             except Exception:
                 log.exception("extension=%s observe failed", extension.name)
 
+    def _handover_expired(self, state: ClusterState) -> frozenset[str]:
+        now = self._clock()
+        handing = {v for v, m in state.handovers.items() if m == self.cfg.me}
+        self._handover_since = {v: self._handover_since.get(v, now) for v in handing}
+        expired = frozenset(
+            v
+            for v, t in self._handover_since.items()
+            if now - t > self.cfg.cluster.handover_timeout
+        )
+        for vip in expired:
+            if self._decisions.get(vip, Decision(False, "")).reason == "handover":
+                log.warning(
+                    "vip=%s handover to %s not confirmed within handover_timeout=%gs; "
+                    "withdrawing anyway",
+                    vip,
+                    state.owner_of(vip),
+                    self.cfg.cluster.handover_timeout,
+                )
+        return expired
+
+    def _confirm(self, state: ClusterState) -> None:
+        """Tell the group which handed-over VIPs this member now announces (ExaBGP acked)."""
+        now = self._clock()
+        due = sorted(
+            vip
+            for vip in self._acked
+            if vip in state.handovers
+            and state.owner_of(vip) == self.cfg.me
+            and now - self._confirm_sent.get(vip, -1.0) > 0.5
+        )
+        if due:
+            for vip in due:
+                self._confirm_sent[vip] = now
+            self.cluster.propose(Confirm(self._wall(), self.cfg.me, tuple(due)))
+        self._confirm_sent = {v: t for v, t in self._confirm_sent.items() if now - t < 5.0}
+
     @property
     def snapshot(self) -> Snapshot | None:
         with self._status_lock:
@@ -326,35 +421,14 @@ class Agent:
         return self.cluster.propose_and_wait(cmd, timeout=timeout)
 
     def _shutdown(self) -> int:
-        """Hand over, then withdraw everything. Bounded by cluster.shutdown_timeout."""
-        log.info("member=%s stopping: %s", self.cfg.me, self._stop_reason)
-        state = self.cluster.state
-        mine = [vip for vip, a in state.owners.items() if a.owner == self.cfg.me]
-        me = state.members.get(self.cfg.me)
-        info = self.cluster.info()
-        if me is not None and me.alive and info.has_quorum:
-            self.cluster.propose(
-                Expire(self._wall(), self.cfg.me, me.incarnation, me.seq, "leaving")
-            )
-            if mine and not self._exabgp_gone:
-                deadline = self._clock() + self.cfg.cluster.shutdown_timeout
-                while self._clock() < deadline:
-                    owners = self.cluster.state.owners
-                    if all(owners.get(v) is None or owners[v].owner != self.cfg.me for v in mine):
-                        break
-                    time.sleep(0.01)
-                else:
-                    log.warning(
-                        "handover not committed within %.1fs; withdrawing anyway",
-                        self.cfg.cluster.shutdown_timeout,
-                    )
-            else:
-                time.sleep(0.1)  # let the expire reach the leader before the link closes
+        """Withdraw everything (after the handover in `_done_leaving`) and report."""
+        if self._exabgp_gone and self._leave_deadline is None and self._propose_leave():
+            time.sleep(0.1)  # let the leave reach the leader before our links close
         if not self._exabgp_gone:
             with contextlib.suppress(OSError, ValueError):
                 self._write(plan({}, self._announced))
         self._announced = {}
-        log.info("member=%s stopped", self.cfg.me)
+        log.info("member=%s stopped: %s", self.cfg.me, self._stop_reason)
         return 0
 
     # --- control socket (runs on control threads) ---
@@ -397,17 +471,46 @@ class Agent:
         if op == "drain":
             member = str(request.get("member") or self.cfg.me)
             if member not in self.cfg.members:
-                raise RequestError(f"unknown member {member!r}")
-            return self._commit(SetDrain(self._wall(), member, _flag(request, "on")))
+                raise RequestError(
+                    f"unknown member {member!r} (known: {', '.join(self.cfg.members)})"
+                )
+            on = _flag(request, "on")
+            if on and not request.get("force"):
+                self._refuse_last_eligible(member)
+            return self._commit(SetDrain(self._wall(), member, on))
         if op == "pin":
             vip = _arg(request, "vip")
-            if self.cfg.service_of(vip) is None:
+            pinned_service = self.cfg.service_of(vip)
+            if pinned_service is None:
                 raise RequestError(f"unknown VIP {vip!r}")
             target = request.get("member")
-            if target is not None and target not in self.cfg.members:
-                raise RequestError(f"unknown member {target!r}")
+            if target is not None:
+                if target not in self.cfg.members:
+                    raise RequestError(
+                        f"unknown member {target!r} (known: {', '.join(self.cfg.members)})"
+                    )
+                state = self.cluster.state
+                name = pinned_service.name
+                if not state.eligible(target, name):
+                    raise RequestError(
+                        f"{target} is not eligible for service {name!r} "
+                        f"({_why_not_eligible(state, target, name)}); nothing changed"
+                    )
             return self._commit(SetPin(self._wall(), vip, target))
         raise RequestError(f"unknown op {op!r}")
+
+    def _refuse_last_eligible(self, member: str) -> None:
+        state = self.cluster.state
+        for service in self.cfg.services:
+            owns = any(state.owner_of(v) == member for v in service.vips)
+            others = [
+                m for m in self.cfg.members if m != member and state.eligible(m, service.name)
+            ]
+            if owns and not others:
+                raise RequestError(
+                    f"refusing to drain {member}: it is the last eligible member for service "
+                    f"{service.name!r}, whose VIPs would be withdrawn; use --force to drain anyway"
+                )
 
     def _next_seq(self) -> int:
         with self._seq_lock:
@@ -434,6 +537,15 @@ class Agent:
         if failure is not None:
             raise RequestError(f"not committed ({failure}); nothing changed")
         return {"version": self.cluster.state.version}
+
+
+def _why_not_eligible(state: ClusterState, member: str, service: str) -> str:
+    m = state.members.get(member)
+    if m is None or not m.alive:
+        return "not alive"
+    if m.drained:
+        return "drained"
+    return f"unhealthy for {service}"
 
 
 def _arg(request: dict[str, Any], key: str) -> str:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -90,6 +91,10 @@ def run(config_path: str, member: str | None, log_level: str) -> None:
         logging.getLogger("raftvip").warning("config %s", warning)
 
     agent = Agent(cfg, secret, out=sys.stdout, inp=sys.stdin.buffer)
+    if cfg.zookeeper is not None:
+        from raftvip.zkmirror import ZkMirror  # kazoo only with a [zookeeper] section
+
+        agent.add_extension(ZkMirror(cfg))
     code = agent.run()
     # The stdin reader is a daemon thread blocked in read(): interpreter finalisation would
     # abort on its buffer lock, so flush what matters and leave without finalising.
@@ -170,16 +175,68 @@ def maintenance(config_path: str, member: str | None, state: str, service: str) 
     click.echo(f"maintenance {state} for {service}: committed")
 
 
+def _on_member(doc: dict[str, Any], member: str) -> list[str]:
+    """VIPs that `member` still owns or still announces while handing them over."""
+    return [
+        vip
+        for vip, v in doc["vips"].items()
+        if v["owner"] == member or v.get("handover_from") == member
+    ]
+
+
 @main.command()
 @config_option
 @member_option
 @click.argument("target", required=False)
+@click.option("--no-wait", is_flag=True, help="Return once the drain is committed.")
+@click.option("--force", is_flag=True, help="Drain even the last eligible member of a service.")
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for the member to own nothing.",
+)
 @domain_errors
-def drain(config_path: str, member: str | None, target: str | None) -> None:
-    """Move every VIP away from TARGET (default: this member)."""
+def drain(
+    config_path: str,
+    member: str | None,
+    target: str | None,
+    no_wait: bool,
+    force: bool,
+    timeout: float,
+) -> None:
+    """Move every VIP away from TARGET (default: this member), make before break.
+
+    The new owners are committed and confirm through the group that they announce before
+    TARGET withdraws. Waits and shows progress; exits 0 when TARGET owns nothing.
+    """
     cfg = _client(config_path, member)
-    request(cfg.cluster.control_socket, {"op": "drain", "member": target or cfg.me, "on": True})
-    click.echo(f"{target or cfg.me} drained: committed")
+    name = target or cfg.me
+    sock = cfg.cluster.control_socket
+    total = len(_on_member(request(sock, {"op": "status"}), name))
+    request(sock, {"op": "drain", "member": name, "on": True, "force": force})
+    if no_wait:
+        click.echo(f"{name} drain committed ({total} VIPs to move)")
+        return
+    start = time.monotonic()
+    shown = -1
+    while True:
+        remaining = _on_member(request(sock, {"op": "status"}), name)
+        moved = max(0, total - len(remaining))
+        if moved != shown:
+            click.echo(f"draining {name}: {moved}/{total} VIPs moved")
+            shown = moved
+        if not remaining:
+            click.echo(f"{name} drained in {time.monotonic() - start:.2f}s: it owns nothing")
+            return
+        if time.monotonic() - start > timeout:
+            raise click.ClickException(
+                f"{name} still holds {len(remaining)} VIPs after {timeout:g}s "
+                f"({', '.join(remaining[:5])}{'...' if len(remaining) > 5 else ''}): no other "
+                "eligible member, or the new owners have not confirmed yet (see raftvip status)"
+            )
+        time.sleep(0.05)
 
 
 @main.command()

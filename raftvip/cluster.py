@@ -219,7 +219,8 @@ class _Replica(SyncObj):  # type: ignore[misc]
             log.error("raft ignored a malformed command: %s", exc)
             return
         try:
-            new = apply(self._state, cmd)
+            # During an apply pysyncobj has not yet counted this entry as applied.
+            new = apply(self._state, cmd, index=int(self.raftLastApplied) + 1)
         except Exception:
             log.exception("raft command=%s failed to apply; ignored", type(cmd).__name__)
             return

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import stat
+import string
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -55,8 +56,11 @@ class ClusterConfig:
     on_quorum_loss: QuorumLossPolicy = "hold"
     # How often a member renews its lease through the log; default lease / 3.
     report_interval: float = 0.5
-    # Graceful handover bound on SIGTERM / ExaBGP shutdown (seconds).
+    # Graceful handover bound on SIGTERM (seconds).
     shutdown_timeout: float = 5.0
+    # A member handing a VIP over (drain, preemption, rebalance) keeps announcing it until the
+    # new owner confirms through the log, at most this long (then withdraws, and says so).
+    handover_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,26 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ZookeeperConfig:
+    """`[zookeeper]`: the optional ExaZK-compatible mirror (raftvip/zkmirror.py).
+
+    Path templates take `{cluster}` and `{service}`; `maintenance_path` may end with
+    `/{member}` (ExaZK's per-node layout: that node drains the member).
+    """
+
+    hosts: tuple[str, ...]
+    service_path: str = "/exabgp/service/{service}"
+    maintenance_path: str = "/exabgp/maintenance/{service}"
+    state_path: str = "/raftvip/{cluster}"
+    session_timeout: float = 10.0
+    auth_file: str | None = None  # "user:password", mode 0600: digest ACL on state_path
+
+    @property
+    def per_member_maintenance(self) -> bool:
+        return self.maintenance_path.endswith("/{member}")
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     cluster: ClusterConfig
@@ -136,6 +160,7 @@ class Config:
     exabgp: ExabgpConfig = field(default_factory=ExabgpConfig)
     raft: RaftTuning = field(default_factory=RaftTuning)
     metrics: MetricsConfig | None = None
+    zookeeper: ZookeeperConfig | None = None
 
     @property
     def me(self) -> str:
@@ -178,12 +203,20 @@ def load_config(
     services = _read_services(service_tables, members, exabgp)
     raft = _read_raft(root.table("raft", _RAFT_KEYS))
     metrics = _read_metrics(root.table("metrics", _METRICS_KEYS))
+    zookeeper = (
+        _read_zookeeper(root.table("zookeeper", _ZOOKEEPER_KEYS)) if root.has("zookeeper") else None
+    )
 
     _check_member(report, cluster, members, overridden=member is not None)
     _check_lease(report, cluster, raft)
     if report.ok("cluster", "cluster.secret_file"):
         try:
             load_secret(cluster, environ)
+        except SecretError as exc:
+            report.add_line(str(exc))
+    if zookeeper is not None and zookeeper.auth_file and report.ok("zookeeper.auth_file"):
+        try:
+            load_zookeeper_auth(zookeeper)
         except SecretError as exc:
             report.add_line(str(exc))
 
@@ -197,6 +230,7 @@ def load_config(
         exabgp=exabgp,
         raft=raft,
         metrics=metrics,
+        zookeeper=zookeeper,
     )
 
 
@@ -217,6 +251,27 @@ def load_secret(cluster: ClusterConfig, environ: Mapping[str, str] | None = None
             f"cluster.secret_file: required (or set {SECRET_ENV}): the Raft port is encrypted"
         )
     where = f"cluster.secret_file: {path}"
+    return _checked_secret(_read_private_file(path, where).rstrip(), where)
+
+
+def load_zookeeper_auth(zookeeper: ZookeeperConfig) -> tuple[str, str] | None:
+    """ZooKeeper digest credentials (user, password) from `zookeeper.auth_file`, or None.
+
+    Same rules as the Raft secret file (regular file, mode 0600, UTF-8); the file holds
+    `user:password`. Raises `SecretError` naming the file, never the password.
+    """
+    path = zookeeper.auth_file
+    if path is None:
+        return None
+    where = f"zookeeper.auth_file: {path}"
+    user, colon, password = _read_private_file(path, where).strip().partition(":")
+    if not colon or not user or not password:
+        raise SecretError(f"{where}: expected one line 'user:password'")
+    return user, password
+
+
+def _read_private_file(path: str, where: str) -> str:
+    """The text of a file that must be readable by its owner only (secrets)."""
     try:
         # O_NONBLOCK: a FIFO must not hang the loader; the regular-file check rejects it.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -243,7 +298,7 @@ def load_secret(cluster: ClusterConfig, environ: Mapping[str, str] | None = None
     except UnicodeDecodeError:
         # The decoder's own message quotes a byte of the secret: do not repeat it.
         raise SecretError(f"{where}: not valid UTF-8 text") from None
-    return _checked_secret(text.rstrip(), where)
+    return text
 
 
 def _checked_secret(secret: str, where: str) -> str:
@@ -259,10 +314,10 @@ def _checked_secret(secret: str, where: str) -> str:
 
 # ------------------------------------------------------------------- keys and syntax
 
-_TOP_KEYS: Final = ("cluster", "members", "service", "exabgp", "raft", "metrics")
+_TOP_KEYS: Final = ("cluster", "members", "service", "exabgp", "raft", "metrics", "zookeeper")
 _CLUSTER_KEYS: Final = (
     *["name", "member", "secret_file", "state_dir", "control_socket"],
-    *["lease", "on_quorum_loss", "report_interval", "shutdown_timeout"],
+    *["lease", "on_quorum_loss", "report_interval", "shutdown_timeout", "handover_timeout"],
 )
 _SERVICE_KEYS: Final = (
     *["name", "vips", "preferred", "preempt", "preempt_delay"],
@@ -278,6 +333,7 @@ _EXABGP_KEYS: Final = tuple(f.name for f in dataclasses.fields(ExabgpConfig))
 _NEIGHBOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(NeighborConfig))
 _RAFT_KEYS: Final = tuple(f.name for f in dataclasses.fields(RaftTuning))
 _METRICS_KEYS: Final = ("listen",)
+_ZOOKEEPER_KEYS: Final = tuple(f.name for f in dataclasses.fields(ZookeeperConfig))
 
 _MEMBERS_REQUIRED: Final = 'required (a table of member name = "host:port")'
 _SERVICE_REQUIRED: Final = "at least one [[service]] is required"
@@ -753,6 +809,7 @@ def _read_cluster(r: _Reader, member: str | None) -> ClusterConfig:
         on_quorum_loss=policy,
         report_interval=report_interval,
         shutdown_timeout=_or(r.number("shutdown_timeout", gt=0), defaults.shutdown_timeout),
+        handover_timeout=_or(r.number("handover_timeout", gt=0), defaults.handover_timeout),
     )
 
 
@@ -997,6 +1054,55 @@ def _read_metrics(r: _Reader) -> MetricsConfig | None:
     """Metrics are served only when `metrics.listen` is set (an empty [metrics] is allowed)."""
     listen = r.parsed("listen", _host_port)
     return None if listen is None else MetricsConfig(listen=listen)
+
+
+def _read_zookeeper(r: _Reader) -> ZookeeperConfig:
+    defaults = ZookeeperConfig(hosts=())
+    hosts = r.parsed_items("hosts", _host_port)
+    if not r.has("hosts"):
+        r.add("hosts", 'required (e.g. ["127.0.0.1:2181"])')
+    elif r.ok("hosts") and not r.array("hosts"):
+        r.add("hosts", "must not be empty")
+
+    def path(key: str, fields: tuple[str, ...], default: str) -> str:
+        return _or(r.parsed(key, lambda text: _zk_path(text, fields)), default)
+
+    return ZookeeperConfig(
+        hosts=hosts,
+        service_path=path("service_path", ("cluster", "service"), defaults.service_path),
+        maintenance_path=path(
+            "maintenance_path", ("cluster", "service", "member"), defaults.maintenance_path
+        ),
+        state_path=path("state_path", ("cluster",), defaults.state_path),
+        session_timeout=_or(r.number("session_timeout", gt=0), defaults.session_timeout),
+        auth_file=r.text("auth_file"),
+    )
+
+
+def _zk_path(text: str, fields: tuple[str, ...]) -> str:
+    """An absolute znode path template using only `fields` as {placeholders}."""
+    if not text.startswith("/") or text == "/" or text.endswith("/") or "//" in text:
+        raise _Invalid(
+            f"{text!r} is not an absolute znode path (e.g. '/exabgp/service/{{service}}')"
+        )
+    parts = text.split("/")[1:]
+    if any(part in (".", "..") for part in parts) or parts[0] == "zookeeper":
+        raise _Invalid(f"{text!r}: '.', '..' and /zookeeper are reserved by ZooKeeper")
+    try:
+        placeholders = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(text)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise _Invalid(f"{text!r}: {exc}") from None
+    allowed = ", ".join("{" + name + "}" for name in fields)
+    for name, spec, conversion in placeholders:
+        if name not in fields or spec or conversion:
+            raise _Invalid(f"{text!r}: unknown placeholder {{{name}}} (allowed: {allowed})")
+    if "{member}" in text and not (text.endswith("/{member}") and text.count("{member}") == 1):
+        raise _Invalid(f"{text!r}: {{member}} may only be the last path component")
+    return text
 
 
 # ----------------------------------------------------------------------- cross-checks

@@ -6,6 +6,10 @@
 - `not_owner` / `unowned`: the group gave it to another member / to nobody;
 - `unhealthy` / `disabled`: assigned to me but my local check fails / is disabled —
   local health withdraws at once, before the group agrees;
+- `handover`: no longer assigned to me, but I keep announcing until the new owner confirms
+  through the log that it announces (make before break), or until the handover timeout;
+- `backup`: `backup_prepend > 0` and I am eligible but not the owner: announced with my AS
+  prepended, so routers hold a standby path;
 - `maintenance`, `drained`: operator flags from the replicated state;
 - `starting`: this process has not yet caught up with the group;
 - `no_quorum_hold`: the group is unreachable and `on_quorum_loss = "hold"`: keep what was
@@ -39,6 +43,7 @@ class GroupView:
 class Decision:
     announce: bool
     reason: str
+    prepend: int = 0  # > 0: a backup path
 
 
 LocalHealth = Mapping[str, str]  # service -> "up" | "down" | "disabled"
@@ -50,13 +55,18 @@ def decide(
     health: LocalHealth,
     view: GroupView,
     announced: Set[str],
+    handover_expired: Set[str] = frozenset(),
 ) -> dict[str, Decision]:
+    """`handover_expired`: VIPs I have been handing over for longer than the timeout."""
     me = cfg.me
     fence = cfg.cluster.lease / 2
     decisions: dict[str, Decision] = {}
     member = state.members.get(me)
+    drained = member is not None and member.drained
+    alive = member is not None and member.alive
     for service in cfg.services:
         local = health.get(service.name, "down")
+        backup = service.announce.backup_prepend
         for vip in service.vips:
             owner = state.owner_of(vip)
             if not view.ready:
@@ -67,18 +77,22 @@ def decide(
                 decisions[vip] = Decision(False, "unhealthy")
             elif service.name in state.maintenance:
                 decisions[vip] = Decision(False, "maintenance")
-            elif member is not None and member.drained:
-                decisions[vip] = Decision(False, "drained")
             elif not view.has_quorum:
                 hold = cfg.cluster.on_quorum_loss == "hold" or view.quorum_lost_for < fence
                 if hold and vip in announced:
                     decisions[vip] = Decision(True, "no_quorum_hold")
                 else:
                     decisions[vip] = Decision(False, "no_quorum")
-            elif owner == me:
+            elif owner == me and not drained:
                 decisions[vip] = Decision(True, "owner")
+            elif state.handovers.get(vip) == me and vip not in handover_expired:
+                decisions[vip] = Decision(True, "handover")
+            elif drained:
+                decisions[vip] = Decision(False, "drained")
             elif owner is None:
                 decisions[vip] = Decision(False, "unowned")
+            elif backup > 0 and alive:
+                decisions[vip] = Decision(True, "backup", prepend=backup)
             else:
                 decisions[vip] = Decision(False, "not_owner")
     return decisions
@@ -90,7 +104,7 @@ def desired_routes(cfg: Config, decisions: Mapping[str, Decision]) -> dict[str, 
         for vip in service.vips:
             decision = decisions.get(vip)
             if decision is not None and decision.announce:
-                routes[vip] = route_for(vip, service.announce)
+                routes[vip] = route_for(vip, service.announce, prepend=decision.prepend)
     return routes
 
 

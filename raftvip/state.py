@@ -34,6 +34,9 @@ class MemberState:
     healthy: Mapping[str, bool] = field(default_factory=dict)
     healthy_since: Mapping[str, float] = field(default_factory=dict)
     drained: bool = False
+    # Left on purpose (SIGTERM, ExaBGP stop): not alive, but still announcing until the new
+    # owners of its VIPs confirm (make before break). Cleared by its next report.
+    leaving: bool = False
 
     def is_healthy(self, service: str) -> bool:
         return self.healthy.get(service, False)
@@ -43,9 +46,10 @@ class MemberState:
 class Event:
     version: int
     time: float
-    kind: str  # owner | alive | health | maintenance | drain | pin | config
+    kind: str  # owner | handover | alive | health | maintenance | drain | pin | config
     subject: str
     detail: str
+    index: int = 0  # the Raft log index of the command (0 when unknown)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class ClusterState:
     maintenance: frozenset[str] = frozenset()
     pins: Mapping[str, str] = field(default_factory=dict)
     owners: Mapping[str, Assignment] = field(default_factory=dict)
+    # vip -> the previous owner that keeps announcing until the new owner confirms through
+    # the log that it announces (make before break on drain, preemption, rebalancing, leave).
+    handovers: Mapping[str, str] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
 
     def owner_of(self, vip: str) -> str | None:
@@ -78,6 +85,11 @@ class ClusterState:
     def eligible(self, member: str, service: str) -> bool:
         state = self.members.get(member)
         return bool(state and state.alive and not state.drained and state.is_healthy(service))
+
+    def can_still_announce(self, member: str, service: str) -> bool:
+        """Whether `member` can keep announcing during a handover (drained is fine)."""
+        state = self.members.get(member)
+        return bool(state and (state.alive or state.leaving) and state.is_healthy(service))
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -129,7 +141,16 @@ class SetPin:
     member: str | None
 
 
-Command = Configure | Report | Expire | SetMaintenance | SetDrain | SetPin
+@dataclass(frozen=True)
+class Confirm:
+    """`member` announces `vips` (ExaBGP acked): the previous owners may withdraw."""
+
+    ts: float
+    member: str
+    vips: tuple[str, ...]
+
+
+Command = Configure | Report | Expire | SetMaintenance | SetDrain | SetPin | Confirm
 
 
 class CommandError(ValueError):
@@ -167,6 +188,8 @@ def encode_command(cmd: Command) -> bytes:
             body = {"op": "drain", "member": cmd.member, "on": cmd.on}
         case SetPin():
             body = {"op": "pin", "vip": cmd.vip, "member": cmd.member}
+        case Confirm():
+            body = {"op": "confirm", "member": cmd.member, "vips": list(cmd.vips)}
     body["v"] = WIRE_VERSION
     body["ts"] = float(cmd.ts)
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
@@ -215,6 +238,11 @@ def decode_command(payload: bytes) -> Command:
         if member is not None and not isinstance(member, str):
             raise CommandError("pin.member: not a string or nil")
         return SetPin(ts, _str(body, "vip"), member)
+    if op == "confirm":
+        vips = body.get("vips")
+        if not isinstance(vips, list) or not all(isinstance(v, str) for v in vips):
+            raise CommandError("confirm.vips: not a list of strings")
+        return Confirm(ts, _str(body, "member"), tuple(vips))
     raise CommandError(f"unknown op {op!r}")
 
 
@@ -285,8 +313,23 @@ def _spec_from_wire(body: Any) -> ServiceSpec:
 # --- transitions ----------------------------------------------------------------------------
 
 
-def apply(state: ClusterState, cmd: Command) -> ClusterState:
-    """The next state. Returns `state` itself when the command does not apply."""
+def apply(state: ClusterState, cmd: Command, index: int = 0) -> ClusterState:
+    """The next state. Returns `state` itself when the command does not apply.
+
+    `index` is the command's Raft log index, recorded in the events it causes.
+    """
+    new = _apply(state, cmd)
+    if index and new.version != state.version:
+        new = replace(
+            new,
+            events=tuple(
+                replace(e, index=index) if e.version == new.version else e for e in new.events
+            ),
+        )
+    return new
+
+
+def _apply(state: ClusterState, cmd: Command) -> ClusterState:
     match cmd:
         case Configure():
             return _configure(state, cmd)
@@ -326,7 +369,21 @@ def apply(state: ClusterState, cmd: Command) -> ClusterState:
             return _replace_and_place(
                 state, new, cmd.ts, [_event(state, cmd.ts, "pin", cmd.vip, detail)]
             )
+        case Confirm():
+            return _confirm(state, cmd)
     return state  # pragma: no cover - the match is exhaustive
+
+
+def _confirm(state: ClusterState, cmd: Confirm) -> ClusterState:
+    done = [vip for vip in cmd.vips if vip in state.handovers and state.owner_of(vip) == cmd.member]
+    if not done:
+        return state
+    handovers = {vip: m for vip, m in state.handovers.items() if vip not in done}
+    events = [
+        _event(state, cmd.ts, "handover", vip, f"{state.handovers[vip]} -> {cmd.member} confirmed")
+        for vip in done
+    ]
+    return _bump(replace(state, handovers=handovers), events)
 
 
 def _onoff(on: bool) -> str:
@@ -389,6 +446,7 @@ def _report(state: ClusterState, cmd: Report) -> ClusterState:
         healthy=healthy,
         healthy_since=since,
         drained=old.drained,
+        leaving=False,
     )
     new = replace(state, members={**state.members, cmd.member: member})
     if not events and _ready_sets(state) == _ready_sets(new):
@@ -401,7 +459,9 @@ def _expire(state: ClusterState, cmd: Expire) -> ClusterState:
     old = state.members.get(cmd.member)
     if old is None or not old.alive or (old.incarnation, old.seq) != (cmd.incarnation, cmd.seq):
         return state  # renewed since the leader decided, or already expired
-    new = replace(state, members={**state.members, cmd.member: replace(old, alive=False)})
+    leaving = cmd.reason == "leaving"
+    member = replace(old, alive=False, leaving=leaving)
+    new = replace(state, members={**state.members, cmd.member: member})
     return _replace_and_place(
         state, new, cmd.ts, [_event(state, cmd.ts, "alive", cmd.member, f"expired ({cmd.reason})")]
     )
@@ -439,7 +499,35 @@ def _replace_and_place(
                 f" ({after.reason if after else 'no eligible member'})"
             )
             events.append(_event(old, ts, "owner", vip, detail))
-    return _bump(replace(new, owners=owners), events)
+    return _bump(replace(new, owners=owners, handovers=_handovers(old, new, owners)), events)
+
+
+def _handovers(
+    old: ClusterState, new: ClusterState, owners: Mapping[str, Assignment]
+) -> dict[str, str]:
+    """Who keeps announcing each moved VIP until its new owner confirms.
+
+    A VIP that moves away from a member that can still announce it (planned moves: drain,
+    preemption, rebalancing, a graceful leave) is handed over; a VIP whose owner died or
+    failed its check is not (there is nothing to keep).
+    """
+    handovers: dict[str, str] = {}
+    for service in new.services:
+        for vip in service.vips:
+            after = owners.get(vip)
+            if after is None:
+                continue
+            before = old.owners.get(vip)
+            keeper = old.handovers.get(vip)
+            if keeper is None and before is not None and before.owner != after.owner:
+                keeper = before.owner
+            if (
+                keeper is not None
+                and keeper != after.owner
+                and new.can_still_announce(keeper, service.name)
+            ):
+                handovers[vip] = keeper
+    return handovers
 
 
 def _all_vips(state: ClusterState) -> list[str]:
@@ -474,13 +562,15 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
                 "healthy": dict(m.healthy),
                 "since": dict(m.healthy_since),
                 "drained": m.drained,
+                "leaving": m.leaving,
             }
             for name, m in state.members.items()
         },
         "maintenance": sorted(state.maintenance),
         "pins": dict(state.pins),
         "owners": {vip: [a.owner, a.reason] for vip, a in state.owners.items()},
-        "events": [[e.version, e.time, e.kind, e.subject, e.detail] for e in state.events],
+        "handovers": dict(state.handovers),
+        "events": [[e.version, e.time, e.kind, e.subject, e.detail, e.index] for e in state.events],
     }
 
 
@@ -503,13 +593,17 @@ def state_from_wire(body: Any) -> ClusterState:
                     healthy=dict(m["healthy"]),
                     healthy_since=dict(m["since"]),
                     drained=bool(m["drained"]),
+                    leaving=bool(m["leaving"]),
                 )
                 for name, m in body["members"].items()
             },
             maintenance=frozenset(body["maintenance"]),
             pins=dict(body["pins"]),
             owners={vip: Assignment(o[0], o[1]) for vip, o in body["owners"].items()},
-            events=tuple(Event(int(e[0]), float(e[1]), e[2], e[3], e[4]) for e in body["events"]),
+            handovers=dict(body["handovers"]),
+            events=tuple(
+                Event(int(e[0]), float(e[1]), e[2], e[3], e[4], int(e[5])) for e in body["events"]
+            ),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CommandError(f"malformed snapshot: {exc!r}") from None

@@ -20,6 +20,7 @@ def build_status(
     health: LocalHealth,
     quorum_lost_for: float,
     now: float | None = None,
+    events: int = 50,
 ) -> dict[str, Any]:
     """The whole group as this member sees it. Never contains secrets."""
     now = time.time() if now is None else now
@@ -38,7 +39,9 @@ def build_status(
             "alive": bool(m and m.alive),
             "healthy": healthy,
             "drained": bool(m and m.drained),
+            "leaving": bool(m and m.leaving),
             "vips": owned.get(name, 0),
+            "handing_over": sum(1 for keeper in state.handovers.values() if keeper == name),
             "connected": name == cfg.me or name in info.connected,
         }
     vips: dict[str, Any] = {}
@@ -52,6 +55,7 @@ def build_status(
                 "assigned_because": assignment.reason if assignment else None,
                 "preferred": service.preferred.get(vip),
                 "pinned": state.pins.get(vip),
+                "handover_from": state.handovers.get(vip),
                 "announced": decision.announce,
                 "reason": decision.reason,
             }
@@ -76,13 +80,14 @@ def build_status(
         },
         "events": [
             {
+                "index": e.index,
                 "version": e.version,
                 "time": e.time,
                 "kind": e.kind,
                 "subject": e.subject,
                 "detail": e.detail,
             }
-            for e in state.events[-20:]
+            for e in state.events[-events:]
         ],
         "time": now,
     }
@@ -118,6 +123,6 @@ def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
         for e in doc.get("events", []):
             stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
             lines.append(
-                f"  #{e['version']:<6} {stamp} {e['kind']:<11} {e['subject']}: {e['detail']}"
+                f"  index {e['index']:<7} {stamp} {e['kind']:<11} {e['subject']}: {e['detail']}"
             )
     return "\n".join(lines)

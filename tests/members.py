@@ -119,9 +119,11 @@ class Group:
         fall: int = 1,
         extra_cluster: str = "",
         router: tuple[str, int, int] | None = None,
+        zookeeper: str = "",
     ) -> None:
         """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
-        member lbN then speaks from its own 127.0.0.x address as AS 65010 + N."""
+        member lbN then speaks from its own 127.0.0.x address as AS 65010 + N.
+        `zookeeper`: the body of a [zookeeper] section added to every member's config."""
         self.root = root
         self.members: dict[str, Member] = {}
         self.vips: list[str] = []
@@ -178,6 +180,7 @@ next_hop = "self"
 med = 100
 communities = ["65001:100"]
 {self._exabgp_section(router, addresses[name], index)}
+{f"[zookeeper]{chr(10)}{zookeeper}" if zookeeper else ""}
 """
             )
             self.members[name] = Member(
@@ -312,6 +315,57 @@ communities = ["65001:100"]
 
     def stderr(self, name: str) -> str:
         return self.members[name].stderr_path.read_text(errors="replace")
+
+
+def longest_gap(group: Group, vip: str, start: float, end: float) -> float:
+    """Longest interval in [start, end] during which no member announced `vip`.
+
+    Built from every member's recorded timeline (event-driven, exact to the read time), so
+    it does not depend on a sampling period.
+    """
+    events: list[tuple[float, int]] = []
+    initially = 0
+    for member in group.members.values():
+        for stub in member.history:
+            with stub.lock:
+                changes = list(stub.changes)
+            on = False
+            for change in changes:
+                if change.vip != vip:
+                    continue
+                if change.time <= start:
+                    on = change.action == "announce"
+                    continue
+                if change.action == "announce" and not on:
+                    events.append((change.time, +1))
+                    on = True
+                elif change.action == "withdraw" and on:
+                    events.append((change.time, -1))
+                    on = False
+            initially += int(_state_at(changes, vip, start))
+    count = initially
+    gap_start = start if count == 0 else None
+    longest = 0.0
+    for when, delta in sorted(events):
+        if when > end:
+            break
+        count += delta
+        if count == 0 and gap_start is None:
+            gap_start = when
+        elif count > 0 and gap_start is not None:
+            longest = max(longest, when - gap_start)
+            gap_start = None
+    if gap_start is not None:
+        longest = max(longest, end - gap_start)
+    return longest
+
+
+def _state_at(changes: list[Change], vip: str, when: float) -> bool:
+    on = False
+    for change in changes:
+        if change.vip == vip and change.time <= when:
+            on = change.action == "announce"
+    return on
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> float:

@@ -193,7 +193,7 @@ def test_sigterm_hands_over_and_exits_zero(group3: Group) -> None:
     assert vip not in group3.members["lb1"].announced()
     wait_until(lambda: len(group3.announcers(vip)) == 1, FAILOVER)
     err = group3.stderr("lb1")
-    assert "stopping: SIGTERM" in err
+    assert "stopping (SIGTERM): handing over" in err
     assert "Traceback" not in err
 
 
