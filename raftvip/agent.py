@@ -24,7 +24,7 @@ from raftvip.cluster import RaftCluster, RaftInfo
 from raftvip.config import Config
 from raftvip.control import ControlServer, RequestError
 from raftvip.exabgp import Route, parse_stdin_line
-from raftvip.health import CheckStatus, HealthMonitor, HealthState
+from raftvip.health import CheckStatus, HealthMonitor, HealthState, ProbeResult
 from raftvip.reconcile import Decision, GroupView, decide, desired_routes, plan, resync_lines
 from raftvip.state import (
     ClusterState,
@@ -106,8 +106,11 @@ class Agent:
         self._health: dict[str, str] = {
             s.name: ("up" if s.check.kind == "none" else "down") for s in cfg.services
         }
+        self._probe_listeners: list[Callable[[str, ProbeResult], None]] = []
         self._monitor = HealthMonitor(
-            checked, on_change=lambda name, st: self._events.put(_Event("health", (name, st)))
+            checked,
+            on_change=lambda name, st: self._events.put(_Event("health", (name, st))),
+            on_result=self._on_probe,
         )
         self._control = ControlServer(cfg.cluster.control_socket, self._handle_control)
         self._announced: dict[str, Route] = {}
@@ -137,22 +140,22 @@ class Agent:
     def run(self) -> int:
         """Run until ExaBGP goes away or a signal arrives; return the exit code."""
         self._control.start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
-        self._write(resync_lines(self.cfg))
-        self.cluster.start()
-        for extension in self._extensions:
-            extension.start(self)
-        self._monitor.start()
-        threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
-        log.info(
-            "member=%s started: cluster=%s members=%d vips=%d",
-            self.cfg.me,
-            self.cfg.cluster.name,
-            len(self.cfg.members),
-            sum(len(s.vips) for s in self.cfg.services),
-        )
         try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._on_signal)
+            for extension in self._extensions:
+                extension.start(self)
+            self._write(resync_lines(self.cfg))
+            self.cluster.start()
+            self._monitor.start()
+            threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+            log.info(
+                "member=%s started: cluster=%s members=%d vips=%d",
+                self.cfg.me,
+                self.cfg.cluster.name,
+                len(self.cfg.members),
+                sum(len(s.vips) for s in self.cfg.services),
+            )
             while not self._done_leaving():
                 self._step()
             return self._shutdown()
@@ -413,6 +416,18 @@ class Agent:
     def add_extension(self, extension: Extension) -> None:
         """Plug in an optional part before `run()`."""
         self._extensions.append(extension)
+
+    @property
+    def extensions(self) -> tuple[Extension, ...]:
+        return tuple(self._extensions)
+
+    def add_probe_listener(self, listener: Callable[[str, ProbeResult], None]) -> None:
+        """`listener(service, result)` after every probe, on the check's thread."""
+        self._probe_listeners.append(listener)
+
+    def _on_probe(self, service: str, result: ProbeResult) -> None:
+        for listener in self._probe_listeners:
+            listener(service, result)
 
     def commit(self, cmd: Command, timeout: float = 5.0) -> str | None:
         """Commit a command through the group (any thread); None, or why it failed."""

@@ -95,6 +95,10 @@ def run(config_path: str, member: str | None, log_level: str) -> None:
         from raftvip.zkmirror import ZkMirror  # kazoo only with a [zookeeper] section
 
         agent.add_extension(ZkMirror(cfg))
+    if cfg.metrics is not None:
+        from raftvip.metrics import Metrics
+
+        agent.add_extension(Metrics(cfg))
     code = agent.run()
     # The stdin reader is a daemon thread blocked in read(): interpreter finalisation would
     # abort on its buffer lock, so flush what matters and leave without finalising.

@@ -343,7 +343,7 @@ class RaftCluster:
         self._secret = secret
         self._listeners: list[Callable[[ClusterState], None]] = []
         self._replica: _Replica | None = None
-        self._lock = threading.Lock()
+        self.last_change = time.monotonic()  # when the replicated state last changed here
 
     def add_listener(self, listener: Callable[[ClusterState], None]) -> None:
         """`listener(state)` runs on the Raft tick thread after each change: keep it cheap."""
@@ -384,6 +384,7 @@ class RaftCluster:
         self._replica = _Replica(self._cfg, conf, self._dispatch)
 
     def _dispatch(self, state: ClusterState) -> None:
+        self.last_change = time.monotonic()
         for listener in self._listeners:
             listener(state)
 

@@ -120,6 +120,7 @@ class Group:
         extra_cluster: str = "",
         router: tuple[str, int, int] | None = None,
         zookeeper: str = "",
+        metrics: bool = False,
     ) -> None:
         """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
         member lbN then speaks from its own 127.0.0.x address as AS 65010 + N.
@@ -132,6 +133,7 @@ class Group:
         secret.write_text(SECRET + "\n")
         secret.chmod(0o600)
         port = free_port("127.0.0.1")
+        self.metrics_port = free_port("127.0.0.1") if metrics else None
         names = [f"lb{i}" for i in range(1, size + 1)]
         addresses = {n: f"127.0.0.{10 + i}:{port}" for i, n in enumerate(names, start=1)}
         for i, name in enumerate(names):
@@ -181,11 +183,22 @@ med = 100
 communities = ["65001:100"]
 {self._exabgp_section(router, addresses[name], index)}
 {f"[zookeeper]{chr(10)}{zookeeper}" if zookeeper else ""}
+{self._metrics_section(addresses[name])}
 """
             )
             self.members[name] = Member(
                 name, addresses[name], cfg, health_file, root / f"{name}.stderr"
             )
+
+    def metrics_url(self, name: str) -> str:
+        host = self.members[name].address.rsplit(":", 1)[0]
+        return f"http://{host}:{self.metrics_port}/metrics"
+
+    def _metrics_section(self, address: str) -> str:
+        if self.metrics_port is None:
+            return ""
+        host = address.rsplit(":", 1)[0]
+        return f'\n[metrics]\nlisten = "{host}:{self.metrics_port}"\n'
 
     @staticmethod
     def _exabgp_section(router: tuple[str, int, int] | None, address: str, index: int) -> str:

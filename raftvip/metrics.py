@@ -1,0 +1,184 @@
+"""Prometheus metrics (`[metrics] listen = "127.0.0.1:9273"`), served by prometheus-client.
+
+An agent extension: gauges are refreshed from the loop's snapshots (at most every
+`REFRESH` seconds unless the state or the announced set changed); health-check results
+arrive from the check threads; ages are computed at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from raftvip import __version__
+from raftvip.config import Config
+from raftvip.errors import RaftvipError
+from raftvip.health import ProbeResult
+
+if TYPE_CHECKING:
+    from raftvip.agent import Agent, Snapshot
+
+log = logging.getLogger(__name__)
+
+REFRESH = 1.0
+_REASON = re.compile(r"\((\w+)\)$")
+
+
+class Metrics:
+    name = "metrics"
+
+    def __init__(self, cfg: Config) -> None:
+        if cfg.metrics is None:
+            raise RaftvipError("metrics: no [metrics] section in the configuration")
+        self._cfg = cfg
+        self._listen = cfg.metrics.listen
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._info = Gauge(
+            "raftvip_info", "This member (value 1).", ["cluster", "member", "version"], registry=r
+        )
+        self._leader = Gauge("raftvip_is_leader", "1 if this member leads the group.", registry=r)
+        self._term = Gauge("raftvip_raft_term", "Current Raft term.", registry=r)
+        self._commit = Gauge("raftvip_raft_commit_index", "Raft commit index.", registry=r)
+        self._quorum = Gauge(
+            "raftvip_has_quorum", "1 if this member reaches a majority.", registry=r
+        )
+        self._no_quorum = Gauge(
+            "raftvip_no_quorum_seconds",
+            "Seconds since quorum was lost (0 with quorum).",
+            registry=r,
+        )
+        self._alive = Gauge(
+            "raftvip_member_alive", "1 if the member's lease is valid.", ["member"], registry=r
+        )
+        self._healthy = Gauge(
+            "raftvip_member_healthy",
+            "1 if the member reported the service healthy.",
+            ["member", "service"],
+            registry=r,
+        )
+        self._drained = Gauge(
+            "raftvip_member_drained", "1 if the member is drained.", ["member"], registry=r
+        )
+        self._maintenance = Gauge(
+            "raftvip_service_maintenance",
+            "1 if the service is in maintenance.",
+            ["service"],
+            registry=r,
+        )
+        self._owned = Gauge(
+            "raftvip_vip_owned",
+            "1 if the group assigned the VIP to this member.",
+            ["vip", "service"],
+            registry=r,
+        )
+        self._announced = Gauge(
+            "raftvip_vip_announced",
+            "1 if this member announces the VIP.",
+            ["vip", "service"],
+            registry=r,
+        )
+        self._changes = Counter(
+            "raftvip_ownership_changes",
+            "VIP owner changes seen by this member, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._check_duration = Histogram(
+            "raftvip_health_check_duration_seconds",
+            "Duration of local health-check probes.",
+            ["service"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self._check_results = Counter(
+            "raftvip_health_check_results",
+            "Local health-check probe results.",
+            ["service", "result"],
+            registry=r,
+        )
+        self._apply_age = Gauge(
+            "raftvip_last_apply_age_seconds",
+            "Seconds since this member last applied a change from the Raft log.",
+            registry=r,
+        )
+        self._info.labels(cfg.cluster.name, cfg.me, __version__).set(1)
+        self._service_of = {vip: s.name for s in cfg.services for vip in s.vips}
+        self._last_refresh = 0.0
+        self._last_key: tuple[int, int, frozenset[str]] | None = None
+        self._last_event = 0
+        self._server: Any = None
+
+    def start(self, agent: Agent) -> None:
+        host, _, port = self._listen.rpartition(":")
+        host = host.strip("[]")
+        try:
+            self._server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        except OSError as exc:
+            raise RaftvipError(
+                f"metrics.listen: cannot listen on {self._listen}: {exc.strerror}"
+            ) from None
+        self._apply_age.set_function(lambda: time.monotonic() - agent.cluster.last_change)
+        zk = next((e for e in agent.extensions if e.name == "zookeeper"), None)
+        if zk is not None:  # only with a [zookeeper] section
+            Gauge(
+                "raftvip_zookeeper_connected",
+                "1 if the ZooKeeper mirror is connected.",
+                registry=self.registry,
+            ).set_function(lambda: float(bool(getattr(zk, "connected", False))))
+        agent.add_probe_listener(self.on_probe)
+        log.info("metrics listen=%s", self._listen)
+
+    def on_probe(self, service: str, result: ProbeResult) -> None:
+        self._check_duration.labels(service).observe(result.duration)
+        self._check_results.labels(service, "success" if result.ok else "failure").inc()
+
+    def observe(self, snapshot: Snapshot) -> None:
+        state, info = snapshot.state, snapshot.info
+        self._leader.set(1 if info.is_leader else 0)
+        self._term.set(info.term)
+        self._commit.set(info.commit_index)
+        self._quorum.set(1 if info.has_quorum else 0)
+        self._no_quorum.set(snapshot.quorum_lost_for)
+        for event in state.events:
+            if event.version > self._last_event and event.kind == "owner":
+                match = _REASON.search(event.detail)
+                self._changes.labels(match.group(1) if match else "none").inc()
+        if state.events:
+            self._last_event = max(self._last_event, state.events[-1].version)
+        key = (id(state), state.version, snapshot.announced)
+        now = time.monotonic()
+        if key == self._last_key and now - self._last_refresh < REFRESH:
+            return
+        self._last_key, self._last_refresh = key, now
+        for name in self._cfg.members:
+            m = state.members.get(name)
+            self._alive.labels(name).set(1 if m and m.alive else 0)
+            self._drained.labels(name).set(1 if m and m.drained else 0)
+            for service in self._cfg.services:
+                healthy = bool(m and m.is_healthy(service.name))
+                self._healthy.labels(name, service.name).set(1 if healthy else 0)
+        for service in self._cfg.services:
+            self._maintenance.labels(service.name).set(
+                1 if service.name in state.maintenance else 0
+            )
+        for vip, service_name in self._service_of.items():
+            self._owned.labels(vip, service_name).set(
+                1 if state.owner_of(vip) == self._cfg.me else 0
+            )
+            self._announced.labels(vip, service_name).set(1 if vip in snapshot.announced else 0)
+
+    def status(self) -> dict[str, Any] | None:
+        return {"listen": self._listen}
+
+    def maintenance_veto(self, service: str, on: bool) -> str | None:
+        return None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
