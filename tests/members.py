@@ -121,6 +121,7 @@ class Group:
         router: tuple[str, int, int] | None = None,
         zookeeper: str = "",
         metrics: bool = False,
+        backup_prepend: int = 0,
     ) -> None:
         """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
         member lbN then speaks from its own 127.0.0.x address as AS 65010 + N.
@@ -181,6 +182,7 @@ preempt_delay = {preempt_delay}
 next_hop = "self"
 med = 100
 communities = ["65001:100"]
+backup_prepend = {backup_prepend}
 {self._exabgp_section(router, addresses[name], index)}
 {f"[zookeeper]{chr(10)}{zookeeper}" if zookeeper else ""}
 {self._metrics_section(addresses[name])}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +46,17 @@ class Topology:
         return self.member_of(paths[0])
 
 
-@pytest.fixture
-def topology(tmp_path: Path) -> Iterator[Topology]:
+@pytest.fixture(params=[0], ids=["owners-only"])
+def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topology]:
     if not os.path.exists("/usr/sbin/bird") and not os.path.exists("/usr/bin/bird"):
         pytest.skip("BIRD 2 is not installed (deploy/test installs it)")
     port = free_port("127.0.0.1")
-    group = Group(tmp_path, size=3, router=("127.0.0.1", port, ROUTER_AS))
+    group = Group(
+        tmp_path,
+        size=3,
+        router=("127.0.0.1", port, ROUTER_AS),
+        backup_prepend=request.param,
+    )
     as_of = {name: 65010 + i for i, name in enumerate(group.members, start=1)}
     peers = [
         BirdPeer(
@@ -106,3 +112,45 @@ def test_each_vip_has_one_path_from_its_owner_and_moves_on_kill(topology: Topolo
     for v, m in group.preferred.items():
         if m != victim:
             assert topology.single_path_owner(v) == m
+
+
+@pytest.mark.parametrize("topology", [2], ids=["backup-prepend-2"], indirect=True)
+def test_backup_paths_take_over_before_raft_reassigns(topology: Topology) -> None:
+    group = topology.group
+    topology.bird.wait_established(timeout=20)
+
+    def shaped() -> bool:
+        paths = topology.paths()
+        for vip, owner in group.preferred.items():
+            got = paths.get(vip, [])
+            best = [p for p in got if p.best]
+            if len(got) != 3 or len(best) != 1 or topology.member_of(best[0]) != owner:
+                return False
+            if len(best[0].as_path) != 1 or any(len(p.as_path) != 3 for p in got if not p.best):
+                return False
+        return True
+
+    # The router holds one best path (the owner) and two prepended backups per VIP.
+    wait_until(shaped, 30, 0.02)
+    victim = "lb1"
+    vip = next(v for v, m in group.preferred.items() if m == victim)
+    speaker = topology.speakers[victim]
+    assert speaker.pid is not None
+    t0 = time.monotonic()
+    os.killpg(speaker.pid, signal.SIGKILL)
+    backup_best = raft_owner = None
+    empty_samples = 0
+    while time.monotonic() - t0 < 10 and raft_owner is None:
+        paths = topology.paths().get(vip, [])
+        best = [p for p in paths if p.best]
+        if not best:
+            empty_samples += 1
+        elif topology.member_of(best[0]) != victim and backup_best is None:
+            backup_best = time.monotonic() - t0
+        if any(len(p.as_path) == 1 and topology.member_of(p) != victim for p in paths):
+            raft_owner = time.monotonic() - t0
+        time.sleep(0.001)
+    assert backup_best is not None and raft_owner is not None
+    # Traffic moved to a standby path before the group had even reassigned the VIP.
+    assert backup_best <= raft_owner
+    assert empty_samples == 0
