@@ -21,16 +21,18 @@ from types import FrameType
 from typing import IO, Any, Protocol
 
 from raftvip.cluster import RaftCluster, RaftInfo
-from raftvip.config import Config
+from raftvip.config import Config, check_member
 from raftvip.control import ControlServer, RequestError
 from raftvip.exabgp import Route, parse_stdin_line
 from raftvip.health import CheckStatus, HealthMonitor, HealthState, ProbeResult
 from raftvip.reconcile import Decision, GroupView, decide, desired_routes, plan, resync_lines
 from raftvip.state import (
+    AddMember,
     ClusterState,
     Command,
     Confirm,
     Expire,
+    RemoveMember,
     Report,
     SetDrain,
     SetMaintenance,
@@ -226,6 +228,8 @@ class Agent:
                 event = self._events.get_nowait()
         except queue.Empty:
             pass
+        if self.cluster.fatal is not None and self._stop_reason is None:
+            self._stop_reason = self.cluster.fatal  # hand over, withdraw, exit 1
         try:
             self._maybe_report()
             self._reconcile()
@@ -444,7 +448,7 @@ class Agent:
                 self._write(plan({}, self._announced))
         self._announced = {}
         log.info("member=%s stopped: %s", self.cfg.me, self._stop_reason)
-        return 0
+        return 0 if self.cluster.fatal is None else 1
 
     # --- control socket (runs on control threads) ---
 
@@ -485,9 +489,9 @@ class Agent:
             return self._commit(SetMaintenance(self._wall(), service, on))
         if op == "drain":
             member = str(request.get("member") or self.cfg.me)
-            if member not in self.cfg.members:
+            if member not in self._members():
                 raise RequestError(
-                    f"unknown member {member!r} (known: {', '.join(self.cfg.members)})"
+                    f"unknown member {member!r} (known: {', '.join(self._members())})"
                 )
             on = _flag(request, "on")
             if on and not request.get("force"):
@@ -500,9 +504,9 @@ class Agent:
                 raise RequestError(f"unknown VIP {vip!r}")
             target = request.get("member")
             if target is not None:
-                if target not in self.cfg.members:
+                if target not in self._members():
                     raise RequestError(
-                        f"unknown member {target!r} (known: {', '.join(self.cfg.members)})"
+                        f"unknown member {target!r} (known: {', '.join(self._members())})"
                     )
                 state = self.cluster.state
                 name = pinned_service.name
@@ -512,15 +516,69 @@ class Agent:
                         f"({_why_not_eligible(state, target, name)}); nothing changed"
                     )
             return self._commit(SetPin(self._wall(), vip, target))
+        if op == "members_add":
+            return self._members_add(_arg(request, "member"), _arg(request, "address"))
+        if op == "members_remove":
+            return self._members_remove(_arg(request, "member"), bool(request.get("force")))
         raise RequestError(f"unknown op {op!r}")
+
+    def _members(self) -> dict[str, str]:
+        """member -> address: the replicated list (it changes at run time), else the config's."""
+        return dict(self.cluster.state.addresses) or dict(self.cfg.members)
+
+    def _members_add(self, name: str, address: str) -> dict[str, Any]:
+        problem = check_member(name, address)
+        if problem:
+            raise RequestError(problem)
+        members = self._members()
+        if name in members and members[name] != address:
+            raise RequestError(f"member {name!r} already exists with address {members[name]}")
+        if name not in members and address in members.values():
+            raise RequestError(f"address {address} is already used by another member")
+        if not self.cluster.info().has_quorum:
+            raise RequestError("no quorum: this member cannot reach a majority; nothing changed")
+        peers = {node.address for node in self.cluster.replica.otherNodes}
+        if address not in peers and address != self.cfg.self_address:
+            failure = self.cluster.change_membership(add=True, address=address, timeout=10.0)
+            if failure is not None:
+                raise RequestError(f"Raft peer {address} not added ({failure}); nothing changed")
+        return self._commit(AddMember(self._wall(), name, address))
+
+    def _members_remove(self, name: str, force: bool) -> dict[str, Any]:
+        members = self._members()
+        if name not in members:
+            raise RequestError(f"unknown member {name!r} (known: {', '.join(members)})")
+        if name == self.cfg.me:
+            raise RequestError("a member cannot remove itself: run this on another member")
+        deadline = time.monotonic() + 3.0  # a just-stopped leader is replaced in < 1 s
+        while self.cluster.info().leader == name and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.cluster.info().leader == name:
+            raise RequestError(
+                f"{name} is the leader: stop raftvip on {name} first (a new leader is "
+                "elected in under a second), then remove it"
+            )
+        state = self.cluster.state
+        target = state.members.get(name)
+        if target is not None and target.alive and not force:
+            raise RequestError(
+                f"{name} is still alive: drain and stop it first, or use --force "
+                "(it would keep announcing what it holds until it notices)"
+            )
+        result = self._commit(RemoveMember(self._wall(), name))
+        failure = self.cluster.change_membership(add=False, address=members[name], timeout=10.0)
+        if failure is not None:
+            raise RequestError(
+                f"{name} removed from the VIP group but its Raft peer was not ({failure}); "
+                "run the command again"
+            )
+        return result
 
     def _refuse_last_eligible(self, member: str) -> None:
         state = self.cluster.state
         for service in self.cfg.services:
             owns = any(state.owner_of(v) == member for v in service.vips)
-            others = [
-                m for m in self.cfg.members if m != member and state.eligible(m, service.name)
-            ]
+            others = [m for m in self._members() if m != member and state.eligible(m, service.name)]
             if owns and not others:
                 raise RequestError(
                     f"refusing to drain {member}: it is the last eligible member for service "

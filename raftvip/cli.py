@@ -278,3 +278,36 @@ def unpin(config_path: str, member: str | None, vip: str) -> None:
     cfg = _client(config_path, member)
     request(cfg.cluster.control_socket, {"op": "pin", "vip": vip, "member": None})
     click.echo(f"{vip} unpinned: committed")
+
+
+@main.group()
+def members() -> None:
+    """Change the group's membership without restarting it (one change at a time)."""
+
+
+@members.command("add")
+@config_option
+@member_option
+@click.argument("name")
+@click.argument("address")
+@domain_errors
+def members_add(config_path: str, member: str | None, name: str, address: str) -> None:
+    """Add member NAME whose Raft address is ADDRESS (host:port), then start it there."""
+    cfg = _client(config_path, member)
+    request(cfg.cluster.control_socket, {"op": "members_add", "member": name, "address": address})
+    click.echo(
+        f"{name} ({address}) added: start raftvip on it with a [members] list that includes it"
+    )
+
+
+@members.command("remove")
+@config_option
+@member_option
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Remove even a member that is still alive.")
+@domain_errors
+def members_remove(config_path: str, member: str | None, name: str, force: bool) -> None:
+    """Remove member NAME (drain and stop it first); its VIPs move to the others."""
+    cfg = _client(config_path, member)
+    request(cfg.cluster.control_socket, {"op": "members_remove", "member": name, "force": force})
+    click.echo(f"{name} removed")

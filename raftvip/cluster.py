@@ -31,6 +31,7 @@ from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
+from raftvip import diskguard
 from raftvip.config import Config, RaftTuning
 from raftvip.errors import RaftvipError
 from raftvip.placement import ServiceSpec
@@ -190,7 +191,6 @@ class _Replica(SyncObj):  # type: ignore[misc]
         self._me = cfg.me
         self._state = ClusterState()
         self._on_state = on_state
-        self._name_of = {addr: name for name, addr in cfg.members.items()}
         self._specs = service_specs(cfg)
         # Leader bookkeeping (tick thread only).
         self._was_leader = False
@@ -203,8 +203,29 @@ class _Replica(SyncObj):  # type: ignore[misc]
         conf.deserializer = self._load
         others = [addr for name, addr in cfg.members.items() if name != cfg.me]
         super().__init__(cfg.self_address, others, conf, transportClass=_Transport)
-        self._nodes = {self._name_of[n.address]: n for n in self.otherNodes}
         self.addOnTickCallback(self._leader_tick)
+
+    def _addresses(self) -> dict[str, str]:
+        """member -> address: the replicated list (dynamic membership), else the config's."""
+        return dict(self._state.addresses) or dict(self._cfg.members)
+
+    def name_of(self, address: str) -> str | None:
+        for name, addr in self._addresses().items():
+            if addr == address:
+                return name
+        for name, addr in self._cfg.members.items():
+            if addr == address:
+                return name
+        return None
+
+    @property
+    def _nodes(self) -> dict[str, Any]:
+        """Peer name -> pysyncobj node, for the peers pysyncobj currently has."""
+        nodes = {}
+        for node in self.otherNodes:
+            name = self.name_of(node.address)
+            nodes[name if name is not None else node.address] = node
+        return nodes
 
     @property
     def state(self) -> ClusterState:
@@ -285,13 +306,13 @@ class _Replica(SyncObj):  # type: ignore[misc]
         state = self._state
         if not self._was_leader:
             self._was_leader = True
-            self._lease_seen = {name: now for name in self._cfg.members}
+            self._lease_seen = {name: now for name in self._addresses()}
             log.info(
                 "raft leader=%s term=%d: granted every member a fresh lease",
                 self._me,
                 self._getTerm(),
             )
-        if (state.services != self._specs or dict(state.addresses) != dict(self._cfg.members)) and (
+        if (state.services != self._specs or not state.addresses) and (
             now - self._configure_sent > 1.0
         ):
             self._configure_sent = now
@@ -324,7 +345,7 @@ class _Replica(SyncObj):  # type: ignore[misc]
         leader = self._getLeader()
         connected = frozenset(n for n, node in self._nodes.items() if self.isNodeConnected(node))
         return RaftInfo(
-            leader=self._name_of.get(leader.address) if leader is not None else None,
+            leader=self.name_of(leader.address) if leader is not None else None,
             is_leader=bool(self._isLeader()),
             term=int(self.raftCurrentTerm),
             commit_index=int(self.raftCommitIndex),
@@ -344,6 +365,8 @@ class RaftCluster:
         self._listeners: list[Callable[[ClusterState], None]] = []
         self._replica: _Replica | None = None
         self.last_change = time.monotonic()  # when the replicated state last changed here
+        # Set (tick thread) when state_dir is full: the agent hands over and exits.
+        self.fatal: str | None = None
 
     def add_listener(self, listener: Callable[[ClusterState], None]) -> None:
         """`listener(state)` runs on the Raft tick thread after each change: keep it cheap."""
@@ -361,6 +384,7 @@ class RaftCluster:
             raise RaftvipError(
                 f"cluster.state_dir: cannot write to {state_dir!r}: {exc.strerror}"
             ) from None
+        diskguard.install(self._on_disk_full)
         base = os.path.join(state_dir, f"{self._cfg.cluster.name}-{self._cfg.me}")
         tuning = self._cfg.raft
         conf = SyncObjConf(
@@ -376,12 +400,20 @@ class RaftCluster:
             leaderFallbackTimeout=tuning.leader_fallback,
             appendEntriesUseBatch=False,
             commandsWaitLeader=False,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
             tcp_keepalive=(1, 1, 3),
             maxBindRetries=0,
             bindRetryTime=0.5,
         )
         self._replica = _Replica(self._cfg, conf, self._dispatch)
+
+    def _on_disk_full(self, detail: str) -> None:
+        if self.fatal is None:
+            self.fatal = (
+                f"cluster.state_dir: {self._cfg.cluster.state_dir!r} is full, the Raft journal "
+                f"cannot be written ({detail})"
+            )
+            log.error("%s", self.fatal)
 
     def _dispatch(self, state: ClusterState) -> None:
         self.last_change = time.monotonic()
@@ -416,6 +448,28 @@ class RaftCluster:
         self.replica.propose(cmd, on_result)
         if not done.wait(timeout):
             return f"not committed within {timeout:g}s (no quorum?)"
+        return None if outcome[0] == 0 else FAIL_REASONS.get(outcome[0], str(outcome[0]))
+
+    def change_membership(self, add: bool, address: str, timeout: float) -> str | None:
+        """Add or remove a Raft peer (pysyncobj dynamic membership; one change at a time).
+
+        None on success, else why it failed.
+        """
+        done = threading.Event()
+        outcome: list[int] = []
+
+        def on_result(_res: Any, err: int) -> None:
+            outcome.append(err)
+            done.set()
+
+        if add:
+            self.replica.addNodeToCluster(address, callback=on_result)
+        else:
+            self.replica.removeNodeFromCluster(address, callback=on_result)
+        if not done.wait(timeout):
+            return f"not committed within {timeout:g}s"
+        if outcome[0] == 6:
+            return "refused by the leader (another membership change is in progress?)"
         return None if outcome[0] == 0 else FAIL_REASONS.get(outcome[0], str(outcome[0]))
 
     def stop(self) -> None:

@@ -709,6 +709,25 @@ def _member_address(text: str) -> str:
     return f"{address}:{port}"
 
 
+def check_member(name: str, address: str) -> str | None:
+    """A problem with a member name and its `host:port` Raft address, or None.
+
+    For `raftvip members add`; `address` must already be in the normalised form that
+    [members] values take (`addr:port`, IPv6 without brackets).
+    """
+    try:
+        _name(name)
+    except _Invalid as exc:
+        return f"member name: {exc}"
+    try:
+        normalised = _member_address(address)
+    except _Invalid as exc:
+        return f"member address: {exc}"
+    if normalised != address:
+        return f"member address: write it as {normalised!r}"
+    return None
+
+
 def _is_hostname(host: str) -> bool:
     labels = host.rstrip(".").split(".")
     return (

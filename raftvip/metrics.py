@@ -155,7 +155,7 @@ class Metrics:
         if key == self._last_key and now - self._last_refresh < REFRESH:
             return
         self._last_key, self._last_refresh = key, now
-        for name in self._cfg.members:
+        for name in dict(state.addresses) or self._cfg.members:
             m = state.members.get(name)
             self._alive.labels(name).set(1 if m and m.alive else 0)
             self._drained.labels(name).set(1 if m and m.drained else 0)

@@ -46,7 +46,7 @@ class MemberState:
 class Event:
     version: int
     time: float
-    kind: str  # owner | handover | alive | health | maintenance | drain | pin | config
+    kind: str  # owner | handover | alive | health | maintenance | drain | pin | config | membership
     subject: str
     detail: str
     index: int = 0  # the Raft log index of the command (0 when unknown)
@@ -150,7 +150,30 @@ class Confirm:
     vips: tuple[str, ...]
 
 
-Command = Configure | Report | Expire | SetMaintenance | SetDrain | SetPin | Confirm
+@dataclass(frozen=True)
+class AddMember:
+    ts: float
+    member: str
+    address: str  # "host:port", as the member's own pysyncobj node id
+
+
+@dataclass(frozen=True)
+class RemoveMember:
+    ts: float
+    member: str
+
+
+Command = (
+    Configure
+    | Report
+    | Expire
+    | SetMaintenance
+    | SetDrain
+    | SetPin
+    | Confirm
+    | AddMember
+    | RemoveMember
+)
 
 
 class CommandError(ValueError):
@@ -190,6 +213,10 @@ def encode_command(cmd: Command) -> bytes:
             body = {"op": "pin", "vip": cmd.vip, "member": cmd.member}
         case Confirm():
             body = {"op": "confirm", "member": cmd.member, "vips": list(cmd.vips)}
+        case AddMember():
+            body = {"op": "add_member", "member": cmd.member, "address": cmd.address}
+        case RemoveMember():
+            body = {"op": "remove_member", "member": cmd.member}
     body["v"] = WIRE_VERSION
     body["ts"] = float(cmd.ts)
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
@@ -243,6 +270,10 @@ def decode_command(payload: bytes) -> Command:
         if not isinstance(vips, list) or not all(isinstance(v, str) for v in vips):
             raise CommandError("confirm.vips: not a list of strings")
         return Confirm(ts, _str(body, "member"), tuple(vips))
+    if op == "add_member":
+        return AddMember(ts, _str(body, "member"), _str(body, "address"))
+    if op == "remove_member":
+        return RemoveMember(ts, _str(body, "member"))
     raise CommandError(f"unknown op {op!r}")
 
 
@@ -371,6 +402,25 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
             )
         case Confirm():
             return _confirm(state, cmd)
+        case AddMember():
+            if cmd.member in state.addresses or cmd.address in state.addresses.values():
+                return state
+            new = replace(state, addresses={**state.addresses, cmd.member: cmd.address})
+            return _bump(
+                new, [_event(state, cmd.ts, "membership", cmd.member, f"added {cmd.address}")]
+            )
+        case RemoveMember():
+            if cmd.member not in state.addresses:
+                return state
+            new = replace(
+                state,
+                addresses={n: a for n, a in state.addresses.items() if n != cmd.member},
+                members={n: m for n, m in state.members.items() if n != cmd.member},
+                pins={v: m for v, m in state.pins.items() if m != cmd.member},
+            )
+            return _replace_and_place(
+                state, new, cmd.ts, [_event(state, cmd.ts, "membership", cmd.member, "removed")]
+            )
     return state  # pragma: no cover - the match is exhaustive
 
 
@@ -391,21 +441,24 @@ def _onoff(on: bool) -> str:
 
 
 def _configure(state: ClusterState, cmd: Configure) -> ClusterState:
-    if cmd.services == state.services and dict(cmd.addresses) == dict(state.addresses):
+    """The leader's service layout. Its member list only bootstraps an empty group: after
+    that, membership changes through AddMember / RemoveMember (`raftvip members`)."""
+    addresses = dict(state.addresses) or dict(cmd.addresses)
+    if cmd.services == state.services and addresses == dict(state.addresses):
         return state
-    members = {name: m for name, m in state.members.items() if name in cmd.addresses}
+    members = {name: m for name, m in state.members.items() if name in addresses}
     known_vips = {vip for s in cmd.services for vip in s.vips}
-    pins = {vip: m for vip, m in state.pins.items() if vip in known_vips and m in cmd.addresses}
+    pins = {vip: m for vip, m in state.pins.items() if vip in known_vips and m in addresses}
     names = {s.name for s in cmd.services}
     new = replace(
         state,
         services=cmd.services,
-        addresses=dict(cmd.addresses),
+        addresses=addresses,
         members=members,
         pins=pins,
         maintenance=frozenset(state.maintenance & names),
     )
-    detail = f"{len(cmd.services)} services, {len(known_vips)} VIPs, {len(cmd.addresses)} members"
+    detail = f"{len(cmd.services)} services, {len(known_vips)} VIPs, {len(addresses)} members"
     return _replace_and_place(state, new, cmd.ts, [_event(state, cmd.ts, "config", "-", detail)])
 
 

@@ -28,7 +28,8 @@ def build_status(
     for owner in state.owners.values():
         owned[owner.owner] = owned.get(owner.owner, 0) + 1
     members: dict[str, Any] = {}
-    for name, address in cfg.members.items():
+    # The replicated member list (it changes at run time), else the config's.
+    for name, address in (dict(state.addresses) or dict(cfg.members)).items():
         m = state.members.get(name)
         healthy = {s.name: bool(m and m.is_healthy(s.name)) for s in cfg.services}
         if name == cfg.me:

@@ -483,24 +483,31 @@ class ZkMirror:
                 self._held.discard(path)
         foreign = set()
         for path in sorted(want - self._held):
-            try:
-                self._call(self._client.create_async, path, b"", ephemeral=True, makepath=True)
-                log.info("zookeeper node=%s action=create", path)
-            except NodeExistsError:
-                stat = self._call(self._client.exists_async, path, watch=self._on_watch)
-                if stat is None:  # deleted in between: the watch fired, try again then
-                    continue
-                if stat.ephemeralOwner != session:
-                    # Another session (a previous owner, or a crashed one until its session
-                    # expires) holds it; the watch wakes us when it goes.
-                    foreign.add(path)
-                    continue
-            with self._cond:
-                self._held.add(path)
+            owner = self._create_ephemeral(path, session)
+            if owner == session:
+                with self._cond:
+                    self._held.add(path)
+            else:
+                # Another session holds it (the previous owner until it sees the change, or a
+                # crashed member until its session expires): the exists watch wakes us.
+                foreign.add(path)
         with self._cond:
             if foreign - self._foreign:
                 log.info("zookeeper nodes held by another session, waiting: %s", sorted(foreign))
             self._foreign = foreign
+
+    def _create_ephemeral(self, path: str, session: int) -> int:
+        """Create `path` for this session; the session that holds it afterwards."""
+        while True:
+            try:
+                self._call(self._client.create_async, path, b"", ephemeral=True, makepath=True)
+                log.info("zookeeper node=%s action=create", path)
+                return session
+            except NodeExistsError:
+                stat = self._call(self._client.exists_async, path, watch=self._on_watch)
+                if stat is not None:
+                    return int(stat.ephemeralOwner)
+                # Deleted in between (the watch now waits for a creation): create again.
 
     def _write_state(self, force: bool) -> None:
         desired = self._desired
