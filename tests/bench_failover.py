@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from raftvip.control import request
-from tests.members import Group, wait_until
+from tests.members import Group, longest_gap, wait_until
 
 TARGETS = {
     "owner kill -9": "<= 0.100 s median, <= 0.300 s p99",
@@ -88,6 +88,33 @@ def trial(group: Group, kind: str, timeout: float = 15.0) -> float:
     return took - t0
 
 
+def drain_trial(group: Group, member: str) -> tuple[float, float, int]:
+    """Drain `member` through its control socket like `raftvip drain`; return the time until
+    it owns and announces nothing, the longest interval any of its VIPs had no announcer,
+    and how many VIPs moved. Then undrain and wait until the group is settled again."""
+    sock = str(group.root / f"{member}.sock")
+    mine = [v for v in group.vips if group.announcers(v) == {member}]
+    start = time.monotonic()
+    request(sock, {"op": "drain", "member": member, "on": True})
+
+    def done() -> bool:
+        doc = request(sock, {"op": "status"})
+        return (
+            not any(
+                v["owner"] == member or v.get("handover_from") == member
+                for v in doc["vips"].values()
+            )
+            and not group.members[member].announced()
+        )
+
+    wait_until(done, 30, 0.005)
+    took = time.monotonic() - start
+    gap = max((longest_gap(group, vip, start, time.monotonic()) for vip in mine), default=0.0)
+    request(sock, {"op": "drain", "member": member, "on": False})
+    wait_until(lambda: settled(group), 60)
+    return took, gap, len(mine)
+
+
 def proc_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -108,11 +135,14 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--drain-vips", type=int, default=0, help="also drain a member owning this many VIPs"
+    )
+    parser.add_argument(
         "--kinds", default="owner kill -9,leader kill -9,owner SIGSTOP,owner check fails"
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="raftvip-bench-"))
-    group = Group(root, size=args.members, fall=1, rise=1)
+    group = Group(root, size=args.members, fall=1, rise=1, vips_per_member=max(1, args.drain_vips))
     print(
         f"# raftvip failover benchmark: {args.members} members, {args.trials} trials each, "
         f"lease 1.5 s, check interval 0.2 s / fast 0.1 s, rise 1, fall 1"
@@ -135,6 +165,21 @@ def main() -> int:
         wait_until(lambda: settled(group), 30)
         leader = leader_of(group)
         follower = next(n for n in group.members if n != leader)
+        if args.drain_vips:
+            drains = [drain_trial(group, follower) for _ in range(args.trials)]
+            took = [d[0] for d in drains]
+            gaps = [d[1] for d in drains]
+            print()
+            print(
+                f"drain of a member owning {drains[0][2]} VIPs, {len(drains)} trials: "
+                f"time until it owns nothing median {statistics.median(took):.3f}s "
+                f"max {max(took):.3f}s; "
+                f"longest interval any VIP had no announcer: max {max(gaps) * 1000:.1f} ms "
+                f"(expected 0: make before break)"
+            )
+            wait_until(lambda: settled(group), 30)
+            leader = leader_of(group)
+            follower = next(n for n in group.members if n != leader)
         print()
         for who in (leader, follower):
             sock = str(group.root / f"{who}.sock")
