@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,17 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     result = raftvip("maintenance", "sideways", "apex")
     assert result.returncode == 2
     assert "Invalid value" in result.stderr
+
+
+def test_the_readme_example_config_passes_check_config(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "apex.toml"
+    config.write_text(block)
+    env = {**os.environ, "RAFTVIP_SECRET": SECRET}
+    result = raftvip("check-config", "-c", str(config), env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "OK\n", "")
+    snippet = raftvip("exabgp-config", "-c", str(config), env=env)
+    assert snippet.returncode == 0
+    assert "neighbor 10.20.151.129 {" in snippet.stdout
+    assert "processes [ raftvip-apex ];" in snippet.stdout
