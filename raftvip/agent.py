@@ -136,6 +136,9 @@ class Agent:
         self._confirm_sent: dict[str, float] = {}
         self._handover_since: dict[str, float] = {}
         self._leave_deadline: float | None = None
+        self._decided_key: tuple[Any, ...] | None = None
+        self._announced_set: frozenset[str] = frozenset()
+        self._announced_version = 0
 
     # --- lifecycle ---
 
@@ -348,22 +351,41 @@ class Agent:
         info = self.cluster.info()
         view = self._group_view(info)
         expired = self._handover_expired(state)
-        decisions = decide(self.cfg, state, self._health, view, self._announced.keys(), expired)
-        desired = desired_routes(self.cfg, decisions)
-        lines = plan(desired, self._announced)
-        for vip, route in desired.items():
-            if self._announced.get(vip) != route:
-                self._acked.discard(vip)  # a new announce: wait for its ack
-        self._acked &= desired.keys()
-        self._write(lines)
-        self._announced = desired
+        fenced = not view.has_quorum and view.quorum_lost_for >= self.cfg.cluster.lease / 2
+        # Everything `decide` reads. Pure lease renewals replace the state object but keep
+        # its version, so with thousands of VIPs the loop does no work while nothing changes.
+        key = (
+            state.version,
+            id(state.owners),
+            id(state.handovers),
+            tuple(self._health.items()),
+            view.ready,
+            view.has_quorum,
+            fenced,
+            expired,
+            self._announced_version,
+        )
+        if key != self._decided_key:
+            decisions = decide(self.cfg, state, self._health, view, self._announced.keys(), expired)
+            desired = desired_routes(self.cfg, decisions)
+            lines = plan(desired, self._announced)
+            if lines:
+                for vip, route in desired.items():
+                    if self._announced.get(vip) != route:
+                        self._acked.discard(vip)  # a new announce: wait for its ack
+                self._acked &= desired.keys()
+                self._write(lines)
+                self._announced = desired
+                self._announced_set = frozenset(desired)
+                self._announced_version += 1
+            self._decisions = decisions
+            self._decided_key = (*key[:-1], self._announced_version)
         self._confirm(state)
-        self._decisions = decisions
         snapshot = Snapshot(
             state=state,
             info=info,
-            decisions=decisions,
-            announced=frozenset(desired),
+            decisions=self._decisions,
+            announced=self._announced_set,
             health=dict(self._health),
             quorum_lost_for=view.quorum_lost_for,
             time=self._wall(),
@@ -398,6 +420,8 @@ class Agent:
 
     def _confirm(self, state: ClusterState) -> None:
         """Tell the group which handed-over VIPs this member now announces (ExaBGP acked)."""
+        if not state.handovers:
+            return
         now = self._clock()
         due = sorted(
             vip

@@ -17,6 +17,7 @@ Formats verified against ExaBGP 5.0.15 talking to BIRD 2.0.12 (tests/test_bgplab
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ class Route:
         return f"{self.vip}/{32 if ':' not in self.vip else 128}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # routes are rebuilt for every VIP on every decision
 def route_for(vip: str, announce: AnnounceConfig, prepend: int = 0) -> Route:
     """The route for `vip` with a service's attributes; `prepend` > 0 builds a backup path.
 

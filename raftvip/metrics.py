@@ -150,7 +150,7 @@ class Metrics:
                 self._changes.labels(match.group(1) if match else "none").inc()
         if state.events:
             self._last_event = max(self._last_event, state.events[-1].version)
-        key = (id(state), state.version, snapshot.announced)
+        key = (state.version, id(state.owners), snapshot.announced)
         now = time.monotonic()
         if key == self._last_key and now - self._last_refresh < REFRESH:
             return

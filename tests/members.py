@@ -139,7 +139,7 @@ class Group:
         addresses = {n: f"127.0.0.{10 + i}:{port}" for i, n in enumerate(names, start=1)}
         for i, name in enumerate(names):
             for j in range(vips_per_member):
-                vip = f"10.20.{j}.{i + 1}"
+                vip = f"10.{20 + j // 256}.{j % 256}.{i + 1}"
                 self.vips.append(vip)
                 self.preferred[vip] = name
         self.vips += [f"10.30.0.{k + 1}" for k in range(extra_vips)]
