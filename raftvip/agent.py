@@ -137,6 +137,8 @@ class Agent:
         self._handover_since: dict[str, float] = {}
         self._leave_deadline: float | None = None
         self._decided_key: tuple[Any, ...] | None = None
+        self._last_step = clock()
+        self._fence_seq: int | None = None
         self._announced_set: frozenset[str] = frozenset()
         self._announced_version = 0
 
@@ -220,6 +222,19 @@ class Agent:
 
     def _step(self) -> None:
         now = self._clock()
+        if now - self._last_step > self.cfg.cluster.lease:
+            # This process was frozen (SIGSTOP, VM pause) for longer than a lease: the group
+            # has moved on without us. Withdraw until a fresh report of ours is committed, so
+            # ExaBGP does not re-advertise stale routes when its sessions come back.
+            self._fence_seq = self._seq + 1
+            self._report_due = True
+            log.warning(
+                "member=%s was paused for %.1fs (longer than the lease): withdrawing until the "
+                "group has heard from it again",
+                self.cfg.me,
+                now - self._last_step,
+            )
+        self._last_step = now
         timeout = min(_TICK, max(0.0, self._next_report - now))
         try:
             event: _Event | None = self._events.get(timeout=timeout)
@@ -317,6 +332,8 @@ class Agent:
     def _maybe_report(self) -> None:
         if self._leave_deadline is not None:
             return  # leaving: a report would make this member alive again
+        if not self.cluster.info().ready:
+            return  # not caught up with the group yet: claiming health would attract VIPs
         now = self._clock()
         me = self.cluster.state.members.get(self.cfg.me)
         if (me is None or not me.alive or me.incarnation != self._incarnation) and (
@@ -352,6 +369,7 @@ class Agent:
         view = self._group_view(info)
         expired = self._handover_expired(state)
         fenced = not view.has_quorum and view.quorum_lost_for >= self.cfg.cluster.lease / 2
+        resuming = self._resuming(state)
         # Everything `decide` reads. Pure lease renewals replace the state object but keep
         # its version, so with thousands of VIPs the loop does no work while nothing changes.
         key = (
@@ -363,6 +381,7 @@ class Agent:
             view.has_quorum,
             fenced,
             expired,
+            resuming,
             self._announced_version,
         )
         if key != self._decided_key:
@@ -397,6 +416,22 @@ class Agent:
                 extension.observe(snapshot)
             except Exception:
                 log.exception("extension=%s observe failed", extension.name)
+
+    def _resuming(self, state: ClusterState) -> bool:
+        """True after a pause until the group has committed a report sent after it."""
+        if self._fence_seq is None:
+            return False
+        me = state.members.get(self.cfg.me)
+        if (
+            me is not None
+            and me.alive
+            and me.incarnation == self._incarnation
+            and me.seq >= self._fence_seq
+        ):
+            log.info("member=%s is back in the group after a pause", self.cfg.me)
+            self._fence_seq = None
+            return False
+        return True
 
     def _handover_expired(self, state: ClusterState) -> frozenset[str]:
         now = self._clock()

@@ -12,6 +12,8 @@
   prepended, so routers hold a standby path;
 - `maintenance`, `drained`: operator flags from the replicated state;
 - `starting`: this process has not yet caught up with the group;
+- `resuming`: this process was frozen longer than a lease and the group has not yet heard
+  from it again (its state is stale; ExaBGP must not re-advertise old routes);
 - `no_quorum_hold`: the group is unreachable and `on_quorum_loss = "hold"`: keep what was
   announced while locally healthy (fail static), take nothing new;
 - `no_quorum`: the group is unreachable, `on_quorum_loss = "withdraw"` and the fencing time
@@ -56,6 +58,7 @@ def decide(
     view: GroupView,
     announced: Set[str],
     handover_expired: Set[str] = frozenset(),
+    resuming: bool = False,
 ) -> dict[str, Decision]:
     """`handover_expired`: VIPs I have been handing over for longer than the timeout."""
     me = cfg.me
@@ -71,6 +74,8 @@ def decide(
             owner = state.owner_of(vip)
             if not view.ready:
                 decisions[vip] = Decision(False, "starting")
+            elif resuming:
+                decisions[vip] = Decision(False, "resuming")
             elif local == "disabled":
                 decisions[vip] = Decision(False, "disabled")
             elif local != "up":

@@ -123,6 +123,22 @@ def _kill(proc: subprocess.Popen[bytes], *, group: bool) -> None:
     proc.wait(timeout=DEFAULT_STOP_TIMEOUT)
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live children of `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[1] == str(pid) and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
 def _killpg_quietly(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -555,15 +571,38 @@ class ExaBGP:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=self.workdir,
-                start_new_session=True,  # its helpers share the group: stop() kills them all
+                start_new_session=True,
             )
+
+    def helper_pids(self) -> list[int]:
+        """ExaBGP's `process` helpers: its live children. ExaBGP starts each helper in a
+        process group of its own (os.setpgrp), so killing ExaBGP's group misses them."""
+        if self._proc is None or self._proc.poll() is not None:
+            return []
+        return child_pids(self._proc.pid)
+
+    def kill_all(self) -> None:
+        """kill -9 of ExaBGP and its helpers at once (a crashed LB host)."""
+        helpers = self.helper_pids()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait(timeout=DEFAULT_STOP_TIMEOUT)
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int | None:
         """SIGTERM ExaBGP alone (it tells its helpers `down`/`shutdown` and stops them), SIGKILL
-        the whole process group after `timeout`, then kill any helper left. Idempotent."""
+        its process group after `timeout`, then kill any helper left. Idempotent."""
         if self._proc is None:
             return None
-        return _stop_process(self._proc, timeout=timeout, group=True)
+        helpers = self.helper_pids()
+        code = _stop_process(self._proc, timeout=timeout, group=True)
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return code
 
     def wait_configured(self, timeout: float = 10.0) -> None:
         """Wait until ExaBGP has loaded its configuration; ProcessExited (with the log) if it

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,10 +144,15 @@ def test_sigstop_owner_is_caught_by_the_lease(group3: Group) -> None:
     leader = group3.leader()
     victim = next(n for n in group3.members if n != leader)
     _fail_and_check_moves(group3, victim, "stop")
-    group3.cont(victim)
-    # Back from the hang it learns it lost the VIP... and, healthy again, takes it back.
     vip = preferred_vip(group3, victim)
+    time.sleep(0.5)  # frozen for well over a lease (1.5 s) by now
+    group3.cont(victim)
+    # Back from the hang it knows its view is stale: it withdraws at once (so ExaBGP cannot
+    # re-advertise the old route), rejoins, and after preempt_delay takes its VIP back.
+    wait_until(lambda: vip not in group3.members[victim].announced(), 2)
+    assert "was paused for" in group3.stderr(victim)
     wait_until(lambda: group3.announcers(vip) == {victim}, CONVERGE)
+    assert "is back in the group after a pause" in group3.stderr(victim)
 
 
 def test_failing_check_withdraws_then_moves_and_preempts_back(group3: Group) -> None:

@@ -1,0 +1,281 @@
+"""The lab (deploy/labctl.py) end to end, and the deploy/ examples.
+
+Real BIRD routers (3 ToRs + aggregation), real ExaBGP speakers and real raftvip members on
+loopback. Each lab test uses its own 127.N block and a lab directory under tmp_path, so a
+developer's running `deploy/lab` (127.0.x, <repo>/.lab) is never touched, and tears everything
+down even when an assertion fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.labctl import Lab, LabState, Proc, Topology, alive, check_ports, children, main
+from tests.bgplab import LabError
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+IS_ROOT = os.getuid() == 0
+HAVE_BIRD = shutil.which("bird") is not None or os.access("/usr/sbin/bird", os.X_OK)
+# Root binds BGP's real port on the lab's own addresses; anyone else a high one.
+BGP_PORT = 179 if IS_ROOT else 10179
+
+needs_bird = pytest.mark.skipif(
+    not HAVE_BIRD and not IS_ROOT, reason="BIRD 2 is not installed (apt-get install bird2)"
+)
+
+
+def _require_bird() -> None:
+    if not HAVE_BIRD:  # as root (CI) a missing BIRD is a broken setup, not a reason to skip
+        pytest.fail("BIRD 2 is not installed: run deploy/test (it apt-get installs bird2)")
+
+
+def every_pid(lab: Lab) -> list[Proc]:
+    """Everything the lab runs now: recorded processes and ExaBGP's current helpers."""
+    state = lab.load()
+    assert state is not None
+    procs = list(state.procs.values())
+    for name, proc in state.procs.items():
+        if name.endswith(".exabgp"):
+            procs += children(proc.pid)
+    return procs
+
+
+@pytest.fixture
+def lab_factory(tmp_path: Path) -> Iterator[list[Lab]]:
+    """Labs created by a test; each is brought down at teardown, whatever happened (its files
+    are copied to tmp_path/lab-logs-N first)."""
+    labs: list[Lab] = []
+    try:
+        yield labs
+    finally:
+        for index, lab in enumerate(labs):
+            if lab.dir.exists():  # keep configs and logs for a post-mortem
+                shutil.copytree(
+                    lab.dir,
+                    tmp_path / f"lab-logs-{index}",
+                    ignore=shutil.ignore_patterns("*.ctl", "*.sock", "*.journal*"),
+                )
+            lab.down(quiet=True)
+
+
+@needs_bird
+@pytest.mark.slow
+def test_seed_scenario_healthcheck_vs_raftvip(tmp_path: Path, lab_factory: list[Lab]) -> None:
+    _require_bird()
+    topology = Topology(prefix="127.61", bgp_port=BGP_PORT)
+    lab = Lab(tmp_path / "lab", topology)
+    lab_factory.append(lab)
+    vips = topology.vips
+    spread = {topology.vip(rack): topology.lb(rack) for rack in topology.rack_numbers}
+
+    result = lab.seed(keep=True)
+
+    # (a) healthcheck: each ToR sees its LB's MEDs, its own VIP best (100), the others 101/102...
+    for rack in topology.rack_numbers:
+        meds = result.tor_meds[f"tor{rack}"]
+        assert meds[topology.vip(rack)] == 100
+        assert sorted(m for m in meds.values() if m is not None) == [100, 101, 102]
+    # ...the aggregation router holds a path from every LB for every VIP, with no MED left...
+    assert result.healthcheck_paths == dict.fromkeys(vips, 3)
+    assert all(med is None for meds in result.healthcheck_agg_meds.values() for med in meds)
+    # ...and sends every VIP to the same LB.
+    assert None not in result.healthcheck.values()
+    assert len(set(result.healthcheck.values())) == 1
+
+    # (b) raftvip: one VIP per LB, one best path each; spread again after a crash + recovery.
+    assert result.raftvip == spread
+    assert result.raftvip_best_paths == dict.fromkeys(vips, 1)
+    victim_vip = topology.vip(2)
+    assert result.failover.vip == victim_vip
+    assert result.after_failure[victim_vip] not in (None, "lb2")
+    assert {v: lb for v, lb in result.after_failure.items() if v != victim_vip} == {
+        v: lb for v, lb in spread.items() if v != victim_vip
+    }
+    assert result.after_recovery == spread
+    routes = lab.agg().routes()
+    assert all(sum(p.best for p in routes[f"{vip}/32"]) == 1 for vip in vips)
+
+    procs = every_pid(lab)
+    assert lab.down(quiet=True)
+    assert not any(alive(p) for p in procs)
+
+
+@needs_bird
+@pytest.mark.slow
+def test_up_fail_heal_down(tmp_path: Path, lab_factory: list[Lab]) -> None:
+    _require_bird()
+    lab_dir = tmp_path / "lab"
+    topology = Topology(prefix="127.62", bgp_port=BGP_PORT)
+    lab = Lab(lab_dir, topology)
+    lab_factory.append(lab)
+    state = lab.up(quiet=True)
+    assert state.up_seconds is not None
+    assert lab.spread()
+    with pytest.raises(LabError, match="already running"):
+        Lab(lab_dir, topology).up(quiet=True)
+
+    # Every later command is a new invocation: it works from state.json alone.
+    assert main(["--lab-dir", str(lab_dir), "status"]) == 0
+    later = Lab(lab_dir)
+
+    crashed = later.fail("lb2", "crash", quiet=True)
+    assert crashed.vip == "10.20.255.2" and crashed.new_lb in ("lb1", "lb3")
+    dead = later.running().procs["lb2.exabgp"]
+    assert not alive(dead)
+    assert later.best_lbs()["10.20.255.2"] == crashed.new_lb
+    assert later.heal("lb2", quiet=True) is not None
+    assert later.spread()
+    assert later.running().procs["lb2.exabgp"] != dead  # restarted
+
+    hung = later.fail("lb3", "hang", quiet=True)
+    assert hung.new_lb in ("lb1", "lb2")
+    later.heal("lb3", quiet=True)
+    assert later.spread()
+
+    assert main(["--lab-dir", str(lab_dir), "fail", "lb2", "check"]) == 0
+    assert Lab(lab_dir).best_lbs()["10.20.255.2"] in ("lb1", "lb3")
+    assert main(["--lab-dir", str(lab_dir), "heal", "lb2"]) == 0
+    assert later.spread()
+
+    procs = every_pid(lab)
+    assert len(procs) >= 4 + 3 * 3  # 4 BIRDs, per LB: health server, ExaBGP, raftvip
+    assert main(["--lab-dir", str(lab_dir), "down"]) == 0
+    assert not any(alive(p) for p in procs)
+    assert not lab_dir.exists()
+    assert main(["--lab-dir", str(lab_dir), "down"]) == 0  # twice is safe
+    check_ports(topology)  # every port is free again (LabError otherwise)
+
+
+def test_down_after_a_crashed_up_kills_what_was_recorded(tmp_path: Path) -> None:
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        state = LabState(Topology(prefix="127.63"), "raftvip")
+        recorded = Proc(sleeper.pid, _start_time(sleeper.pid))
+        state.procs["agg"] = recorded
+        state.procs["recycled"] = Proc(sleeper.pid, 1)  # same PID, other process: not touched
+        (lab_dir / "state.json").write_text(json.dumps(state.to_json()))
+        lab = Lab(lab_dir)
+        with pytest.raises(LabError, match="already running"):
+            lab.up(quiet=True)
+        assert lab.down(quiet=True)
+        assert not alive(recorded)
+        assert not lab_dir.exists()
+        assert lab.down(quiet=True) is False
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _start_time(pid: int) -> int:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return int(raw[raw.rfind(")") + 2 :].split()[19])
+
+
+def test_a_taken_port_is_named(tmp_path: Path) -> None:
+    topology = Topology(prefix="127.64", bgp_port=BGP_PORT)
+    with socket.socket() as taken:
+        taken.bind(("127.64.1.2", topology.raft_port))
+        taken.listen()
+        with pytest.raises(LabError, match=r"127\.64\.1\.2:7801 \(Raft port of lb2\) is already"):
+            Lab(tmp_path / "lab", topology).up(quiet=True)
+    assert not (tmp_path / "lab" / "state.json").exists()
+
+
+def test_topology_is_loopback_only() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        Topology(prefix="10.0")
+    t = Topology()
+    assert (t.lb_address(2), t.tor_address(2), t.agg_address) == (
+        "127.0.1.2",
+        "127.0.2.2",
+        "127.0.3.1",
+    )
+    assert {address.split(".")[0] for address, _, _ in t.listeners()} == {"127"}
+
+
+def test_lab_needs_root() -> None:
+    if not IS_ROOT:
+        result = subprocess.run([str(DEPLOY / "lab"), "up"], capture_output=True, text=True)
+    else:  # run a copy of the entry point as nobody (the checkout may be private to root)
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root for this check")
+        with tempfile.TemporaryDirectory() as public:
+            os.chmod(public, 0o755)
+            script = Path(public) / "lab"
+            shutil.copy(DEPLOY / "lab", script)
+            script.chmod(0o755)
+            drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            result = subprocess.run(
+                [*drop, str(script), "up"], capture_output=True, text=True, cwd=public
+            )
+    assert result.returncode == 1
+    assert "must run as root" in result.stderr
+
+
+# --------------------------------------------------------------------- deploy/ examples
+
+SECRET_ENV = {"RAFTVIP_SECRET": "example-secret-0123456789"}
+
+
+def _raftvip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "raftvip", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **SECRET_ENV),
+        cwd=REPO,
+        timeout=30,
+    )
+
+
+def test_example_config_is_valid() -> None:
+    result = _raftvip("check-config", "-c", "deploy/raftvip.toml.example")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "OK\n", "")
+
+
+def test_exabgp_conf_example_is_what_raftvip_prints() -> None:
+    result = _raftvip("exabgp-config", "-c", "deploy/raftvip.toml.example")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (DEPLOY / "exabgp.conf.example").read_text()
+
+
+def test_exabgp_accepts_the_example(tmp_path: Path) -> None:
+    # `exabgp validate` checks that the `run` program exists: point it at one that does.
+    text = (DEPLOY / "exabgp.conf.example").read_text()
+    assert "run /usr/local/bin/raftvip run -c /etc/raftvip/raftvip.toml;" in text
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(text.replace("/usr/local/bin/raftvip", shutil.which("true") or "/bin/true"))
+    exabgp = Path(sys.executable).parent / "exabgp"
+    result = subprocess.run(
+        [str(exabgp), "validate", str(conf)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_systemd_unit_runs_exabgp_with_raftvip() -> None:
+    unit = (DEPLOY / "exabgp-raftvip.service").read_text().splitlines()
+    settings = [line for line in unit if line and not line.startswith("#")]
+    assert "ExecStart=/usr/local/bin/exabgp server /etc/exabgp/exabgp.conf" in settings
+    assert "ExecStartPre=/usr/local/bin/raftvip check-config -c /etc/raftvip/raftvip.toml" in (
+        settings
+    )
+    for env in ("exabgp_api_cli=false", "exabgp_daemon_user=raftvip", "exabgp_api_ack=true"):
+        assert f"Environment={env}" in settings
+    # The directories the example config uses exist under systemd's management.
+    assert "StateDirectory=raftvip" in settings and "RuntimeDirectory=raftvip" in settings
+    example = (DEPLOY / "raftvip.toml.example").read_text()
+    assert 'state_dir = "/var/lib/raftvip"' in example
+    assert 'control_socket = "/run/raftvip/' in example
