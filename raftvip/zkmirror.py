@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
@@ -75,7 +75,6 @@ _MEMBER_FIELDS = (
 )
 
 Flag = tuple[str, str]  # ("maintenance", service) | ("drain", member)
-T = TypeVar("T")
 
 
 # --- pure parts -----------------------------------------------------------------------------

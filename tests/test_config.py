@@ -1269,3 +1269,87 @@ def test_load_config_reads_the_process_environment_by_default(
         load_config(path)
     monkeypatch.setenv("RAFTVIP_SECRET", "from-os-environ-0123456789")
     assert load_config(path).me == "lb1"
+
+
+# ------------------------------------------------------------------------- [zookeeper]
+
+
+def test_zookeeper_section_is_optional_and_has_documented_defaults(
+    tmp_path: Path, base: dict[str, Any]
+) -> None:
+    from raftvip.config import ZookeeperConfig
+
+    assert load_config(write_config(tmp_path, base), environ={}).zookeeper is None
+    base["zookeeper"] = {"hosts": ["127.0.0.1:2181", "zk2.example.net:2181"]}
+    zk = load_config(write_config(tmp_path, base), environ={}).zookeeper
+    assert zk == ZookeeperConfig(hosts=("127.0.0.1:2181", "zk2.example.net:2181"))
+    assert zk.service_path == "/exabgp/service/{service}"
+    assert zk.maintenance_path == "/exabgp/maintenance/{service}"
+    assert zk.state_path == "/raftvip/{cluster}"
+    assert zk.session_timeout == 10 and zk.auth_file is None
+    assert not zk.per_member_maintenance
+
+
+def test_zookeeper_per_member_maintenance_and_auth_file(
+    tmp_path: Path, base: dict[str, Any]
+) -> None:
+    from raftvip.config import load_zookeeper_auth
+
+    auth = tmp_path / "zk-auth"
+    auth.write_text("raftvip:pa:ss\n")
+    auth.chmod(0o600)
+    base["zookeeper"] = {
+        "hosts": ["127.0.0.1:2181"],
+        "maintenance_path": "/exabgp/maintenance/{service}/{member}",
+        "session_timeout": 4,
+        "auth_file": str(auth),
+    }
+    zk = load_config(write_config(tmp_path, base), environ={}).zookeeper
+    assert zk is not None and zk.per_member_maintenance
+    assert load_zookeeper_auth(zk) == ("raftvip", "pa:ss")
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({}, 'zookeeper.hosts: required (e.g. ["127.0.0.1:2181"])'),
+        ({"hosts": []}, "zookeeper.hosts: must not be empty"),
+        ({"hosts": ["zk:99999"]}, "zookeeper.hosts[0]: port '99999' in 'zk:99999' is not"),
+        ({"hosts": ["zk:2181"], "host": 1}, "zookeeper.host: unknown key (did you mean 'hosts'?)"),
+        ({"hosts": ["zk:2181"], "service_path": "exabgp"}, "zookeeper.service_path: 'exabgp' is"),
+        ({"hosts": ["zk:2181"], "state_path": "/a/"}, "zookeeper.state_path: '/a/' is not"),
+        (
+            {"hosts": ["zk:2181"], "state_path": "/raftvip/{service}"},
+            "zookeeper.state_path: '/raftvip/{service}': unknown placeholder {service}",
+        ),
+        (
+            {"hosts": ["zk:2181"], "maintenance_path": "/m/{member}/{service}"},
+            "zookeeper.maintenance_path: '/m/{member}/{service}': {member} may only be the last",
+        ),
+        ({"hosts": ["zk:2181"], "service_path": "/zookeeper/x"}, "zookeeper.service_path: '/zoo"),
+        ({"hosts": ["zk:2181"], "session_timeout": 0}, "zookeeper.session_timeout: must be > 0"),
+        ({"hosts": ["zk:2181"], "auth_file": "/nonexistent/zk"}, "zookeeper.auth_file: /nonex"),
+    ],
+)
+def test_zookeeper_problems_name_their_key_path(
+    tmp_path: Path, base: dict[str, Any], section: dict[str, Any], expected: str
+) -> None:
+    base["zookeeper"] = section
+    problems = problems_of(write_config(tmp_path, base))
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize(
+    ("mode", "text"), [(0o644, "u:pw-Secret1"), (0o600, "pw-Secret1"), (0o600, ":pw-Secret1")]
+)
+def test_zookeeper_auth_file_rules(
+    tmp_path: Path, base: dict[str, Any], mode: int, text: str
+) -> None:
+    auth = tmp_path / "zk-auth"
+    auth.write_text(text)
+    auth.chmod(mode)
+    base["zookeeper"] = {"hosts": ["zk:2181"], "auth_file": str(auth)}
+    (problem,) = problems_of(write_config(tmp_path, base))
+    assert problem.startswith(f"zookeeper.auth_file: {auth}: ")
+    assert "group or others" in problem if mode & 0o077 else "user:password" in problem
+    assert "pw-Secret1" not in problem
