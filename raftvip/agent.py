@@ -64,7 +64,8 @@ class Extension(Protocol):
 
     `observe` runs on the agent loop after every iteration: it must not block (hand work to
     your own thread). `status` adds a section to `raftvip status --json` (None: nothing).
-    `maintenance_veto(service, on)` may refuse an operator's maintenance change with a reason.
+    `maintenance_veto(service, on)` / `drain_veto(member, on)` may refuse an operator's change
+    with a reason (e.g. the ZooKeeper node that holds it).
     """
 
     name: str
@@ -76,6 +77,8 @@ class Extension(Protocol):
     def status(self) -> dict[str, Any] | None: ...
 
     def maintenance_veto(self, service: str, on: bool) -> str | None: ...
+
+    def drain_veto(self, member: str, on: bool) -> str | None: ...
 
     def stop(self) -> None: ...
 
@@ -553,6 +556,10 @@ class Agent:
                     f"unknown member {member!r} (known: {', '.join(self._members())})"
                 )
             on = _flag(request, "on")
+            for extension in self._extensions:
+                veto = extension.drain_veto(member, on)
+                if veto is not None:
+                    raise RequestError(veto)
             if on and not request.get("force"):
                 self._refuse_last_eligible(member)
             return self._commit(SetDrain(self._wall(), member, on))

@@ -178,6 +178,9 @@ class Metrics:
     def maintenance_veto(self, service: str, on: bool) -> str | None:
         return None
 
+    def drain_veto(self, member: str, on: bool) -> str | None:
+        return None
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()

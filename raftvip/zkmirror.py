@@ -340,6 +340,25 @@ class ZkMirror:
             " to end it (ZooKeeper and raftvip would disagree otherwise)"
         )
 
+    def drain_veto(self, member: str, on: bool) -> str | None:
+        """`raftvip undrain` while a per-node maintenance znode still drains the member."""
+        if on or not self.paths.per_member:
+            return None
+        with self._cond:
+            held = self._seen is not None and ("drain", member) in self._seen
+            seen_at = self._seen_at
+        if not held:
+            return None
+        how = ""
+        if not self.connected:
+            ago = time.time() - (seen_at or 0.0)
+            how = f" (as last seen {ago:.0f}s ago: ZooKeeper is disconnected)"
+        node = self._flag_path(("drain", member))
+        return (
+            f"the drain of {member!r} is held by ZooKeeper node {node}"
+            f"{how}: delete that node to end it (ZooKeeper and raftvip would disagree otherwise)"
+        )
+
     def stop(self) -> None:
         with self._cond:
             self._wake.stop = True

@@ -288,6 +288,10 @@ def test_per_node_layout_drains_the_named_member(
     wait_until(lambda: bool(agent.commits), 2)
     assert agent.commits == [SetDrain(agent.commits[0].ts, "lb2", True)]
     assert mirror.maintenance_veto("apex", on=False) is None
+    veto = mirror.drain_veto("lb2", on=False)
+    assert veto is not None and f"{parent}/lb2" in veto and "delete that node" in veto
+    assert mirror.drain_veto("lb1", on=False) is None
+    assert mirror.drain_veto("lb2", on=True) is None
 
 
 def test_expired_session_recreates_the_ephemeral_nodes(
