@@ -1,0 +1,115 @@
+"""Quick mode of the fault-injection suite (tests/chaos.py) and the full-disk behaviour.
+
+Long mode: `python -m tests.chaos --long --seed N` (README, "Fault injection").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.chaos import KINDS, Chaos, Firewall, Recorder
+from tests.members import Group, wait_until
+
+pytestmark = pytest.mark.slow
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not Firewall.available(), reason="needs root, iptables and cgroup v2"
+)
+
+
+def _run(tmp_path: Path, size: int, policy: str, seed: int, faults: int) -> None:
+    lines: list[str] = []
+    # Conservative window for a loaded 2-core CI machine: lease + 2 s.
+    with Chaos(tmp_path, size=size, policy=policy, seed=seed, window=3.5, log=lines.append) as c:
+        summary = c.run(faults)
+    print("\n".join(lines))
+    print(summary.table())
+    assert sum(summary.faults[k] for k in KINDS) == faults
+    assert not summary.violations, "\n".join(lines)
+
+
+@needs_root
+def test_quick_three_members_hold(tmp_path: Path) -> None:
+    _run(tmp_path, 3, "hold", seed=20240601, faults=6)
+
+
+@needs_root
+def test_quick_five_members_withdraw(tmp_path: Path) -> None:
+    _run(tmp_path, 5, "withdraw", seed=20240602, faults=5)
+
+
+@needs_root
+def test_partition_isolates_only_our_group(tmp_path: Path) -> None:
+    """A symmetric cut moves the isolated member's VIP; healing brings it back."""
+    with Chaos(tmp_path, size=3, seed=1, kinds={"partition": 1.0}) as chaos:
+        group = chaos.group
+        vip = next(v for v, m in group.preferred.items() if m == "lb1")
+        for other in ("lb2", "lb3"):
+            chaos._cut("lb1", other)
+            chaos._cut(other, "lb1")
+        wait_until(lambda: len(group.announcers(vip) - {"lb1"}) == 1, 10)
+        assert vip in group.members["lb1"].announced()  # hold: the minority keeps it
+        chaos.firewall.heal()
+        wait_until(chaos._settled, 20)
+    assert (
+        chaos.firewall.chain
+        not in subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+    )
+
+
+def test_intermittent_check_failures_never_withdraw(tmp_path: Path) -> None:
+    """rise 2 / fall 2: a single failed probe between successes changes nothing."""
+    with Chaos(tmp_path, size=3, seed=5, kinds={"health_intermittent": 1.0}) as chaos:
+        summary = chaos.run(2)
+    assert summary.checks["(5) intermittent flap: no change"] == 2
+    assert not summary.violations
+
+
+@needs_root
+def test_full_state_dir_is_a_clear_error_and_no_corruption(tmp_path: Path) -> None:
+    """pysyncobj's mmapped journal used to die of SIGBUS on a full tmpfs (exit -7, no log).
+
+    Now the member logs one clear line, hands over, withdraws and exits 1; once space is
+    freed it restarts from the same state_dir and rejoins.
+    """
+    group = Group(tmp_path, size=3)
+    state = tmp_path / "state" / "lb1"
+    state.mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "raftvip-test", str(state)], check=True
+    )
+    try:
+        group.start_all()
+        vip = "10.20.0.1"
+        wait_until(lambda: group.announcers(vip) == {"lb1"}, 20)
+        filler = state / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        member = group.members["lb1"]
+        assert member.proc is not None
+        assert member.proc.wait(30) == 1
+        err = group.stderr("lb1")
+        assert "is full, the Raft journal cannot be written" in err
+        assert "Traceback" not in err
+        wait_until(lambda: group.announcers(vip) - {"lb1"} != set(), 10)
+        assert vip not in member.announced()  # it withdrew before leaving
+        # Still full: a restart fails at once with a clear error (no crash loop of tracebacks).
+        group.start("lb1")
+        assert member.proc.wait(30) == 1
+        assert "cluster.state_dir: cannot write" in group.stderr("lb1")
+        filler.unlink()
+        group.start("lb1")
+        wait_until(lambda: group.announcers(vip) == {"lb1"}, 20)
+        assert "Traceback" not in group.stderr("lb1")
+    finally:
+        group.close()
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_recorder_cuts_timelines_by_liveness(tmp_path: Path) -> None:
+    group = Group(tmp_path, size=3)
+    recorder = Recorder(group)
+    assert recorder.coverage("10.20.0.1", 0.0, 1.0)[0].announcers == frozenset()
