@@ -25,7 +25,15 @@ from raftvip.config import Config, check_member
 from raftvip.control import ControlServer, RequestError
 from raftvip.exabgp import Route, parse_stdin_line
 from raftvip.health import CheckStatus, HealthMonitor, HealthState, ProbeResult
-from raftvip.reconcile import Decision, GroupView, decide, desired_routes, plan, resync_lines
+from raftvip.reconcile import (
+    Decision,
+    GroupView,
+    decide,
+    desired_routes,
+    fenced,
+    plan,
+    resync_lines,
+)
 from raftvip.state import (
     AddMember,
     ClusterState,
@@ -127,6 +135,8 @@ class Agent:
         self._report_due = True
         self._next_report = 0.0
         self._last_report = 0.0
+        self._report_failed = False
+        self._lease_renewed_at = -float("inf")  # send time of our last committed report
         self._quorum_lost_at: float | None = None
         self._stop_reason: str | None = None
         self._exabgp_gone = False
@@ -339,10 +349,13 @@ class Agent:
             return  # not caught up with the group yet: claiming health would attract VIPs
         now = self._clock()
         me = self.cluster.state.members.get(self.cfg.me)
-        if (me is None or not me.alive or me.incarnation != self._incarnation) and (
-            now - self._last_report >= _TICK
-        ):
-            self._report_due = True  # not (yet) known as alive: retry at once, not per lease
+        if (
+            self._report_failed or me is None or not me.alive or me.incarnation != self._incarnation
+        ) and now - self._last_report >= _TICK:
+            # Not (yet) known as alive, or the last report failed (leader change): retry at
+            # once, not a report interval later.
+            self._report_due = True
+            self._report_failed = False
         if not self._report_due and now < self._next_report:
             return
         self._report_due = False
@@ -350,8 +363,16 @@ class Agent:
         self._next_report = now + self.cfg.cluster.report_interval
         health = {name: value == "up" for name, value in self._health.items()}
         self.cluster.propose(
-            Report(self._wall(), self.cfg.me, self._incarnation, self._next_seq(), health)
+            Report(self._wall(), self.cfg.me, self._incarnation, self._next_seq(), health),
+            callback=lambda _res, err: self._on_report_result(now, err),
         )
+
+    def _on_report_result(self, sent: float, err: int) -> None:
+        """Raft tick thread: a report of ours was committed (err 0) or failed."""
+        if err == 0:
+            self._lease_renewed_at = max(self._lease_renewed_at, sent)
+        else:
+            self._report_failed = True  # retry soon rather than a report interval later
 
     def _group_view(self, info: RaftInfo) -> GroupView:
         now = self._clock()
@@ -364,14 +385,19 @@ class Agent:
             if info.ready:
                 log.warning("quorum lost: policy=%s", self.cfg.cluster.on_quorum_loss)
         lost_for = 0.0 if self._quorum_lost_at is None else now - self._quorum_lost_at
-        return GroupView(ready=info.ready, has_quorum=info.has_quorum, quorum_lost_for=lost_for)
+        return GroupView(
+            ready=info.ready,
+            has_quorum=info.has_quorum,
+            quorum_lost_for=lost_for,
+            lease_age=now - self._lease_renewed_at,
+        )
 
     def _reconcile(self) -> None:
         state = self.cluster.state
         info = self.cluster.info()
         view = self._group_view(info)
         expired = self._handover_expired(state)
-        fenced = not view.has_quorum and view.quorum_lost_for >= self.cfg.cluster.lease / 2
+        strict_out = fenced(self.cfg, view)
         resuming = self._resuming(state)
         # Everything `decide` reads. Pure lease renewals replace the state object but keep
         # its version, so with thousands of VIPs the loop does no work while nothing changes.
@@ -382,7 +408,7 @@ class Agent:
             tuple(self._health.items()),
             view.ready,
             view.has_quorum,
-            fenced,
+            strict_out,
             expired,
             resuming,
             self._announced_version,

@@ -16,8 +16,11 @@
   from it again (its state is stale; ExaBGP must not re-advertise old routes);
 - `no_quorum_hold`: the group is unreachable and `on_quorum_loss = "hold"`: keep what was
   announced while locally healthy (fail static), take nothing new;
-- `no_quorum`: the group is unreachable, `on_quorum_loss = "withdraw"` and the fencing time
-  has passed (or `hold` and it was not announced).
+- `no_quorum`: the group is unreachable and it was not announced; or
+  `on_quorum_loss = "withdraw"` and this member's own lease can no longer be known valid:
+  `fence_time(cfg)` has passed since it sent its last report that the group committed (the
+  leader expires a member at the earliest `connection_timeout` after that, so the member
+  withdraws before anyone else can be given its VIPs: at most one announcer).
 
 `plan` turns desired routes vs. announced routes into ExaBGP lines.
 """
@@ -39,6 +42,8 @@ class GroupView:
     ready: bool  # caught up with a leader at least once since start
     has_quorum: bool
     quorum_lost_for: float  # seconds since quorum was lost (0 while it is held)
+    # Seconds since this member sent its last report that the group committed (inf: none).
+    lease_age: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,21 @@ class Decision:
 
 
 LocalHealth = Mapping[str, str]  # service -> "up" | "down" | "disabled"
+
+
+def fence_time(cfg: Config) -> float:
+    """How long a member may trust its lease after sending its last committed report.
+
+    The leader expires a member `lease` after applying its report, or `disconnect_grace`
+    after a link that stayed silent for `connection_timeout` is closed; keep a margin below
+    both.
+    """
+    return min(cfg.cluster.lease / 2, cfg.raft.connection_timeout - 0.25)
+
+
+def fenced(cfg: Config, view: GroupView) -> bool:
+    """`on_quorum_loss = "withdraw"` and this member's lease may be gone."""
+    return cfg.cluster.on_quorum_loss == "withdraw" and view.lease_age >= fence_time(cfg)
 
 
 def decide(
@@ -62,7 +82,7 @@ def decide(
 ) -> dict[str, Decision]:
     """`handover_expired`: VIPs I have been handing over for longer than the timeout."""
     me = cfg.me
-    fence = cfg.cluster.lease / 2
+    strict_out = fenced(cfg, view)
     decisions: dict[str, Decision] = {}
     member = state.members.get(me)
     drained = member is not None and member.drained
@@ -82,10 +102,11 @@ def decide(
                 decisions[vip] = Decision(False, "unhealthy")
             elif service.name in state.maintenance:
                 decisions[vip] = Decision(False, "maintenance")
-            elif not view.has_quorum:
-                hold = cfg.cluster.on_quorum_loss == "hold" or view.quorum_lost_for < fence
-                if hold and vip in announced:
-                    decisions[vip] = Decision(True, "no_quorum_hold")
+            elif not view.has_quorum or strict_out:
+                if not strict_out and vip in announced:
+                    # Keep the route as it was: a backup stays a (prepended) backup.
+                    prepend = backup if owner != me and backup > 0 else 0
+                    decisions[vip] = Decision(True, "no_quorum_hold", prepend=prepend)
                 else:
                     decisions[vip] = Decision(False, "no_quorum")
             elif owner == me and not drained:

@@ -114,9 +114,9 @@ def test_quorum_loss_hold_keeps_only_what_was_announced() -> None:
     )
 
 
-def test_quorum_loss_withdraw_after_fencing_time() -> None:
-    early = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5)
-    late = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.76)
+def test_quorum_loss_withdraw_once_the_own_lease_may_be_gone() -> None:
+    early = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.5)
+    late = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.76)
     assert reasons(config("withdraw"), state(), UP, early, {"10.0.0.1"})["10.0.0.1"] == (
         True,
         "no_quorum_hold",
@@ -125,6 +125,15 @@ def test_quorum_loss_withdraw_after_fencing_time() -> None:
         False,
         "no_quorum",
     )
+    # pysyncobj notices a silently dropped link only after connection_timeout: the stale
+    # lease alone withdraws, even while the member still believes it has a quorum.
+    stale = GroupView(ready=True, has_quorum=True, quorum_lost_for=0.0, lease_age=0.8)
+    assert reasons(config("withdraw"), state(), UP, stale, {"10.0.0.1"})["10.0.0.1"] == (
+        False,
+        "no_quorum",
+    )
+    # `hold` never withdraws for that.
+    assert reasons(config("hold"), state(), UP, stale)["10.0.0.1"] == (True, "owner")
 
 
 def test_desired_routes_and_plan_lines() -> None:
