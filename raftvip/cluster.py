@@ -16,6 +16,8 @@ an immutable `ClusterState` reference.
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
 import socket
@@ -28,7 +30,8 @@ from typing import Any
 import msgpack
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
-from pysyncobj.tcp_connection import CONNECTION_STATE
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
 from pysyncobj.transport import TCPTransport
 
 from raftvip import diskguard
@@ -79,8 +82,76 @@ def service_specs(cfg: Config) -> tuple[ServiceSpec, ...]:
     )
 
 
+class _BoundTcpConnection(TcpConnection):  # type: ignore[misc]
+    """A pysyncobj connection whose outgoing socket is bound to this member's own address.
+
+    The stock one lets the kernel pick the source (127.0.0.1 on loopback, the route's address
+    on a multi-homed host), so peers and firewalls cannot tell which member a connection
+    comes from. `connect` mirrors TcpConnection.connect (pysyncobj 0.3.17) plus the bind.
+    """
+
+    def __init__(self, source: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._source = source
+
+    def connect(self, host: str | None, port: int) -> bool:
+        if host is None:
+            return False
+        self._TcpConnection__state = CONNECTION_STATE.DISCONNECTED
+        self._TcpConnection__fileno = None
+        sock = socket.socket(_getAddrType(host), socket.SOCK_STREAM)
+        self._TcpConnection__socket = sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._TcpConnection__sendBufferSize)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._TcpConnection__recvBufferSize)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.setSockoptKeepalive()
+        sock.setblocking(False)
+        self._TcpConnection__readBuffer = b""
+        self._TcpConnection__writeBuffer = b""
+        self._TcpConnection__lastReadTime = time.monotonic()
+        try:
+            sock.bind((self._source, 0))
+        except OSError as exc:
+            log.warning("raft cannot bind source address %s: %s", self._source, exc.strerror)
+        try:
+            sock.connect((host, port))
+        except OSError as exc:
+            if exc.errno not in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                return False
+        self._TcpConnection__fileno = sock.fileno()
+        self._TcpConnection__state = CONNECTION_STATE.CONNECTING
+        self._TcpConnection__poller.subscribe(
+            self._TcpConnection__fileno,
+            self._TcpConnection__processConnection,
+            POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR,
+        )
+        return True
+
+
 class _Transport(TCPTransport):  # type: ignore[misc]
-    """TCPTransport with idle-link pings, a connect timeout and rejected-peer logging."""
+    """TCPTransport with idle-link pings, a connect timeout, outgoing connections bound to
+    the member's own address, and rejected-peer logging."""
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        old = self._connections.get(node)
+        if old is None or self._selfNode is None:
+            return
+        # Same wiring as TCPTransport.addNode, on a connection bound to our address.
+        conf = self._syncObj.conf
+        conn = _BoundTcpConnection(
+            self._selfNode.host,
+            poller=self._syncObj._poller,
+            timeout=conf.connectionTimeout,
+            sendBufferSize=conf.sendBufferSize,
+            recvBufferSize=conf.recvBufferSize,
+            keepalive=conf.tcp_keepalive,
+        )
+        conn.encryptor = self._syncObj.encryptor
+        conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+        conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
+        self._connections[node] = conn
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         tuning: RaftTuning = syncObj.raftvip_tuning
@@ -150,7 +221,8 @@ class _Transport(TCPTransport):  # type: ignore[misc]
                 self._last_reject_log[host] = now
                 log.warning(
                     "raft peer=%s rejected: connection closed before it sent one frame "
-                    "that decrypts with our secret (wrong or missing secret, or not raftvip)",
+                    "that decrypts with our secret (wrong or missing secret, not raftvip, or "
+                    "a network cut during the handshake)",
                     peer,
                 )
         self._authenticated.discard(id(conn))

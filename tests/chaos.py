@@ -151,6 +151,10 @@ class Firewall:
         self._rule(member, "-d", peer_address, "-p", "tcp", "--dport", str(port))
         self.cuts.add((member, peer_address))
 
+    def reply_drop(self, member: str, peer_address: str, port: int) -> None:
+        """`member` can no longer answer `peer_address` on connections the peer opened."""
+        self._rule(member, "-d", peer_address, "-p", "tcp", "--sport", str(port))
+
     def mute(self, member: str, address: str, port: int) -> None:
         """`member` can no longer answer on connections that peers opened to it."""
         self._rule(member, "-s", address, "-p", "tcp", "--sport", str(port))
@@ -194,7 +198,9 @@ Interval = tuple[float, float]
 
 def _stub_intervals(stub: SpeakerStub, vip: str, end: float) -> list[Interval]:
     with stub.lock:
-        changes = [c for c in stub.changes if c.vip == vip]
+        # Only what happened up to `end`: a later re-announcement must not count as an
+        # interval that was still open at `end`.
+        changes = [c for c in stub.changes if c.vip == vip and c.time <= end]
     out: list[Interval] = []
     since: float | None = None
     for change in changes:
@@ -753,8 +759,12 @@ class Chaos:
         self._check_processes(episode)
 
     def _cut(self, a: str, b: str) -> None:
+        """Nothing `a` sends reaches `b`: neither on connections `a` opened to `b` nor as
+        replies on connections `b` opened to `a` (raftvip binds each member's outgoing
+        connections to its own address, so replies to `b` go to `b`'s address)."""
         port = int(self.group.members[a].address.rsplit(":", 1)[1])
         self.firewall.drop(a, _host(self.group.members[b]), port)
+        self.firewall.reply_drop(a, _host(self.group.members[b]), port)
 
     def _majority_ok(
         self, dead: set[str], minority: set[str], unhealthy: set[str], eligible: list[str]
@@ -917,9 +927,15 @@ class Chaos:
                         )
                     ]
                     if held:
+                        spans = [
+                            (round(a - episode.inject, 3), round(b - episode.inject, 3))
+                            for v in held
+                            for a, b in self.recorder.member_intervals(name, v, episode.heal)
+                        ]
                         episode.violations.append(
                             f"(6) withdraw: {name} still announced {held} "
-                            f"{fence_by - episode.inject:.2f}s after it was cut off"
+                            f"{fence_by - episode.inject:.2f}s after it was cut off "
+                            f"(announced during {spans}, relative to the cut)"
                         )
 
     def _check_quiet_phase(self, episode: Episode) -> None:
