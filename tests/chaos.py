@@ -260,8 +260,11 @@ class Recorder:
 
     def member_intervals(self, name: str, vip: str, end: float) -> list[Interval]:
         announced: list[Interval] = []
-        for stub in self.group.members[name].history:
-            announced += _stub_intervals(stub, vip, end)
+        history = self.group.members[name].history
+        for i, stub in enumerate(history):
+            # A replaced process was dead before its successor started: its routes end there.
+            until = min(end, history[i + 1].started) if i + 1 < len(history) else end
+            announced += _stub_intervals(stub, vip, until)
         return _intersect(announced, self._alive_intervals(name, end))
 
     def coverage(self, vip: str, start: float, end: float) -> list[Segment]:

@@ -44,6 +44,7 @@ class SpeakerStub:
     def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
         self.proc = proc
         self.name = name
+        self.started = time.monotonic()
         self.announced: dict[str, str] = {}
         self.changes: list[Change] = []
         self.lines: list[str] = []
