@@ -1,6 +1,6 @@
 """The raftvip lab: 3 racks (LB + ToR), an aggregation router, all on loopback addresses.
 
-    deploy/lab up [--mode raftvip|healthcheck]   start the lab (detached) and print it
+    deploy/lab up [--mode raftvip|healthcheck] [--backup-prepend N]   start it and print it
     deploy/lab status                             the group and the aggregation router's table
     deploy/lab fail lb2 crash|hang|check          a fault, and the failover seen by the network
     deploy/lab heal lb2                           repair it, and the time the VIP took to return
@@ -90,11 +90,16 @@ class Topology:
     health_port: int = 8080
     agg_as: int = 65000
     hold_time: int = 3  # LB <-> ToR: a hung LB's routes go when this expires
+    # service.announce.backup_prepend of every LB: > 0 = non-owners announce prepended
+    # standby paths, so the aggregation router holds one best path plus backups per VIP.
+    backup_prepend: int = 0
 
     def __post_init__(self) -> None:
         octets = self.prefix.split(".")
         if len(octets) != 2 or octets[0] != "127" or not all(o.isdigit() for o in octets):
             raise ValueError(f"prefix {self.prefix!r}: must be 127.N (loopback only)")
+        if not 0 <= self.backup_prepend <= 16:
+            raise ValueError(f"backup_prepend {self.backup_prepend}: must be 0..16")
         if not 1 <= self.racks <= 9:
             raise ValueError(f"racks: 1..9, got {self.racks}")
 
@@ -139,11 +144,22 @@ class Topology:
         return [self.lb(rack) for rack in self.rack_numbers]
 
     def lb_of_path(self, path: BirdPath) -> str | None:
-        """Which LB a path at the aggregation router leads to: AS path = ToR AS, LB AS."""
+        """Which LB a path at the aggregation router leads to: AS path = ToR AS, LB AS (a
+        backup path repeats the LB AS `backup_prepend` more times)."""
         for rack in self.rack_numbers:
-            if path.as_path == (self.tor_as(rack), self.lb_as(rack)):
+            tor, lb = self.tor_as(rack), self.lb_as(rack)
+            if (
+                len(path.as_path) >= 2
+                and path.as_path[0] == tor
+                and all(asn == lb for asn in path.as_path[1:])
+            ):
                 return self.lb(rack)
         return None
+
+    @staticmethod
+    def is_backup(path: BirdPath) -> bool:
+        """A prepended standby path (the LB does not own the VIP), not an owner's path."""
+        return len(path.as_path) > 2
 
     def listeners(self) -> list[tuple[str, int, str]]:
         """Every (address, port) the lab listens on, with what listens there."""
@@ -498,6 +514,7 @@ timeout = 0.2
 [service.announce]
 next_hop = "self"
 med = 100
+backup_prepend = {t.backup_prepend}
 
 [exabgp]
 neighbors = [{{ address = "{t.tor_address(rack)}", peer_as = {t.tor_as(rack)}, \
@@ -680,6 +697,13 @@ hold_time = {t.hold_time} }}]
                 what="each VIP at the aggregation router via its preferred LB",
                 interval=0.02,
             )
+            if t.backup_prepend:
+                wait_until(
+                    lambda: self.backups_in_place(t),
+                    timeout=WAIT,
+                    what="a backup path from every other LB at the aggregation router",
+                    interval=0.02,
+                )
         else:
             wait_until(
                 lambda: self._all_paths_seen(t),
@@ -687,6 +711,20 @@ hold_time = {t.hold_time} }}]
                 what="every LB's healthcheck announcements at the aggregation router",
                 interval=0.02,
             )
+
+    def backups_in_place(self, t: Topology) -> bool:
+        """Per VIP: the best path is its preferred LB's own (not prepended) and every other LB
+        has a prepended backup path at the aggregation router."""
+        routes = self.agg(t).routes()
+        for rack in t.rack_numbers:
+            paths = [p for p in routes.get(f"{t.vip(rack)}/32", []) if p.reachable]
+            best = [p for p in paths if p.best]
+            if len(best) != 1 or t.lb_of_path(best[0]) != t.lb(rack) or t.is_backup(best[0]):
+                return False
+            backups = {t.lb_of_path(p) for p in paths if t.is_backup(p)}
+            if backups != {t.lb(r) for r in t.rack_numbers if r != rack}:
+                return False
+        return True
 
     def _all_paths_seen(self, t: Topology) -> bool:
         routes = self.agg(t).routes()
@@ -769,23 +807,29 @@ hold_time = {t.hold_time} }}]
     def agg_table(self, state: LabState) -> str:
         t = state.topology
         routes = self.agg(t).routes()
+        # Wider columns when a backup path (longer AS path) can be the best one.
+        lb_w, path_w = (16, 25) if t.backup_prepend else (11, 13)
         lines = [
             f"aggregation router agg {t.agg_address} AS {t.agg_as} (`show route all`):",
-            f"  {'VIP':<15} {'BEST -> LB':<11} {'AS PATH':<13} {'VIA':<12} {'MED':<5} OTHER PATHS",
+            f"  {'VIP':<15} {'BEST -> LB':<{lb_w}} {'AS PATH':<{path_w}} {'VIA':<12} {'MED':<5} "
+            "OTHER PATHS",
         ]
         for vip in t.vips:
             paths = routes.get(f"{vip}/32", [])
             best = next((p for p in paths if p.best), None)
             others = [p for p in paths if p is not best]
             other_text = ", ".join(
-                f"{t.lb_of_path(p) or '?'} ({' '.join(map(str, p.as_path))})" for p in others
+                f"{t.lb_of_path(p) or '?'}{' backup' if t.is_backup(p) else ''} "
+                f"({' '.join(map(str, p.as_path))})"
+                for p in others
             )
             if best is None:
-                lines.append(f"  {vip:<15} {'(no route)':<11}")
+                lines.append(f"  {vip:<15} {'(no route)':<{lb_w}}")
                 continue
+            best_lb = (t.lb_of_path(best) or "?") + (" (backup)" if t.is_backup(best) else "")
             lines.append(
-                f"  {vip:<15} {t.lb_of_path(best) or '?':<11} "
-                f"{' '.join(map(str, best.as_path)):<13} {best.from_peer or '-':<12} "
+                f"  {vip:<15} {best_lb:<{lb_w}} "
+                f"{' '.join(map(str, best.as_path)):<{path_w}} {best.from_peer or '-':<12} "
                 f"{'-' if best.med is None else best.med:<5} {other_text or '-'}"
             )
         return "\n".join(lines)
@@ -810,7 +854,12 @@ hold_time = {t.hold_time} }}]
     def print_status(self) -> None:
         state = self.running()
         t = state.topology
-        out(f"raftvip lab in {self.dir} ({state.mode} mode)")
+        prepend = t.backup_prepend
+        out(
+            f"raftvip lab in {self.dir} ({state.mode} mode"
+            + (f", backup_prepend {prepend}" if prepend and state.mode == "raftvip" else "")
+            + ")"
+        )
         out("")
         lbs = []
         for rack in t.rack_numbers:
@@ -913,7 +962,12 @@ hold_time = {t.hold_time} }}]
                 f"{result.seconds * 1000:.0f} ms ({gone}measured by polling BIRD every "
                 f"{POLL * 1000:.0f} ms)"
             )
-            if result.other_after is not None and result.other_after < result.seconds - 0.05:
+            if t.backup_prepend and result.seconds < (result.other_after or float("inf")):
+                out(
+                    f"  a backup path (via {result.new_lb}, AS path prepended) became best "
+                    "before the group had reassigned the VIP"
+                )
+            elif result.other_after is not None and result.other_after < result.seconds - 0.05:
                 out(
                     f"  raftvip moved it after {result.other_after * 1000:.0f} ms, but {lb}'s "
                     "stale path won BGP's tie-break (lower ToR router id) until its session's "
@@ -937,7 +991,9 @@ hold_time = {t.hold_time} }}]
             if best != lb and gone_after is None:
                 gone_after = now
             paths = routes.get(f"{vip}/32", [])
-            if other_after is None and any(t.lb_of_path(p) not in (None, lb) for p in paths):
+            if other_after is None and any(
+                t.lb_of_path(p) not in (None, lb) and not t.is_backup(p) for p in paths
+            ):
                 other_after = now
             if best is not None and best != lb:
                 return Failover(lb, kind, vip, best, now, gone_after, other_after)
@@ -1179,6 +1235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_up.add_argument("--mode", choices=MODES, default="raftvip")
     p_up.add_argument("--prefix", default="127.0", help="addresses <prefix>.{1,2,3}.k")
     p_up.add_argument("--bgp-port", type=int, default=179)
+    p_up.add_argument(
+        "--backup-prepend",
+        type=int,
+        default=0,
+        metavar="N",
+        help="non-owners announce each VIP with their AS prepended N more times (backup paths)",
+    )
     sub.add_parser("status", help="the group and the aggregation router's table")
     p_fail = sub.add_parser("fail", help="break an LB and time the failover")
     p_fail.add_argument("lb")
@@ -1220,7 +1283,11 @@ def _run(args: argparse.Namespace) -> int:
     lab_dir = _lab_dir(args)
     command = args.command
     if command in ("up", "seed"):
-        topology = Topology(prefix=args.prefix, bgp_port=args.bgp_port)
+        topology = Topology(
+            prefix=args.prefix,
+            bgp_port=args.bgp_port,
+            backup_prepend=getattr(args, "backup_prepend", 0),
+        )
         lab = Lab(lab_dir, topology)
         if command == "up":
             lab.up(args.mode)

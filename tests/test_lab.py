@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,6 +157,63 @@ def test_up_fail_heal_down(tmp_path: Path, lab_factory: list[Lab]) -> None:
     assert not lab_dir.exists()
     assert main(["--lab-dir", str(lab_dir), "down"]) == 0  # twice is safe
     check_ports(topology)  # every port is free again (LabError otherwise)
+
+
+@needs_bird
+@pytest.mark.slow
+def test_backup_paths_at_the_aggregation_router(tmp_path: Path, lab_factory: list[Lab]) -> None:
+    """`up --backup-prepend 2`: one best path per VIP (the owner's) plus prepended backups via
+    the other ToRs; after a crash the router falls back to a backup before the group has
+    reassigned the VIP, and never lacks a best path."""
+    _require_bird()
+    lab_dir = tmp_path / "lab"
+    up = ["up", "--prefix", "127.65", "--bgp-port", str(BGP_PORT), "--backup-prepend", "2"]
+    assert main(["--lab-dir", str(lab_dir), *up]) == 0
+    lab = Lab(lab_dir)
+    lab_factory.append(lab)
+    t = lab.topology
+    assert t.backup_prepend == 2
+    assert "backup_prepend = 2" in lab.config_path(1).read_text()
+    routes = lab.agg().routes()
+    for rack in t.rack_numbers:
+        paths = routes[f"{t.vip(rack)}/32"]
+        (best,) = [p for p in paths if p.best]
+        assert best.as_path == (t.tor_as(rack), t.lb_as(rack))  # the owner, via its ToR
+        backups = sorted((p for p in paths if not p.best), key=lambda p: p.as_path)
+        assert [p.as_path for p in backups] == [
+            (t.tor_as(r), t.lb_as(r), t.lb_as(r), t.lb_as(r)) for r in t.rack_numbers if r != rack
+        ]
+    assert "backup (65101 65011 65011 65011)" in lab.agg_table(lab.running())
+
+    # kill -9 of lb2's ExaBGP and raftvip (by PID; the helper has its own process group).
+    state = lab.running()
+    victim, vip = t.lb(2), t.vip(2)
+    procs = [state.procs["lb2.exabgp"], *children(state.procs["lb2.exabgp"].pid)]
+    assert len(procs) == 2
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGKILL)
+    began = time.monotonic()
+    backup_best: float | None = None
+    reassigned: float | None = None
+    samples = without_best = 0
+    agg = lab.agg()
+    while reassigned is None and time.monotonic() - began < 10:
+        paths = agg.routes().get(f"{vip}/32", [])
+        now = time.monotonic() - began
+        samples += 1
+        best = [p for p in paths if p.best and p.reachable]
+        if not best:
+            without_best += 1
+        elif backup_best is None and t.lb_of_path(best[0]) != victim:
+            backup_best = now
+        if any(t.lb_of_path(p) not in (None, victim) and not t.is_backup(p) for p in paths):
+            reassigned = now  # another LB announces it unprepended: the group reassigned it
+        time.sleep(0.001)
+    assert reassigned is not None, "the group never reassigned the VIP"
+    assert backup_best is not None and backup_best < reassigned
+    assert without_best == 0 and samples > 5
+    for proc in procs:
+        assert not alive(proc)
 
 
 def test_down_after_a_crashed_up_kills_what_was_recorded(tmp_path: Path) -> None:
