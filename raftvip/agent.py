@@ -176,6 +176,7 @@ class Agent:
                 len(self.cfg.members),
                 sum(len(s.vips) for s in self.cfg.services),
             )
+            self._last_step = self._clock()  # start-up is not a pause
             while not self._done_leaving():
                 self._step()
             return self._shutdown()
