@@ -38,6 +38,18 @@ class Topology:
     def paths(self) -> dict[str, list[BirdPath]]:
         return {prefix.split("/")[0]: paths for prefix, paths in self.bird.routes().items()}
 
+    def start_speaker(self, name: str) -> ExaBGP:
+        """(Re)start member `name`: a real ExaBGP running raftvip as its process."""
+        member = self.group.members[name]
+        cfg = load_config(str(member.config))
+        run = f"{sys.executable} -m raftvip run -c {member.config}"
+        workdir = self.group.root / name
+        workdir.mkdir(exist_ok=True)
+        speaker = ExaBGP(workdir, render_exabgp_config(cfg, run), name=name)
+        speaker.start()
+        self.speakers[name] = speaker
+        return speaker
+
     def single_path_owner(self, vip: str) -> str | None:
         paths = self.paths().get(vip, [])
         if len(paths) != 1 or not paths[0].best:
@@ -66,6 +78,7 @@ def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topolog
             local_as=ROUTER_AS,
             local_port=port,
             passive=True,
+            hold_time=3,  # a hung (SIGSTOPped) speaker's routes go after 3 s, not 90
         )
         for name, m in group.members.items()
     ]
@@ -74,13 +87,10 @@ def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topolog
     speakers: dict[str, ExaBGP] = {}
     try:
         bird.start()
-        for name, m in group.members.items():
-            cfg = load_config(str(m.config))
-            run = f"{sys.executable} -m raftvip run -c {m.config}"
-            speakers[name] = ExaBGP(tmp_path / name, render_exabgp_config(cfg, run), name=name)
-            (tmp_path / name).mkdir(exist_ok=True)
-            speakers[name].start()
-        yield Topology(group, bird, speakers, as_of)
+        topology = Topology(group, bird, speakers, as_of)
+        for name in group.members:
+            topology.start_speaker(name)
+        yield topology
     finally:
         for speaker in speakers.values():
             speaker.stop()
