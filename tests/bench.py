@@ -52,7 +52,7 @@ from typing import Any
 from raftvip.config import load_config
 from raftvip.control import request
 from raftvip.exabgp_config import render_exabgp_config
-from tests.bgplab import Bird, BirdPath, BirdPeer, ExaBGP, parse_routes
+from tests.bgplab import Bird, BirdPath, ExaBGP, member_peers, parse_routes
 from tests.bgplab import free_port as bgp_free_port
 from tests.members import Group, wait_until
 from tests.zk import TICK_MS, ZooKeeper, zookeeper_available
@@ -162,20 +162,8 @@ class Testbed:
             rise=RISE,
             fall=FALL,
         )
-        as_of = {name: 65010 + i for i, name in enumerate(group.members, start=1)}
-        peers = [
-            BirdPeer(
-                name=name,
-                address=m.address.rsplit(":", 1)[0],
-                asn=as_of[name],
-                local_address="127.0.0.1",
-                local_as=ROUTER_AS,
-                local_port=port,
-                passive=True,
-                hold_time=HOLD_TIME,
-            )
-            for name, m in group.members.items()
-        ]
+        addresses = {name: m.address for name, m in group.members.items()}
+        as_of, peers = member_peers(addresses, port, ROUTER_AS, hold_time=HOLD_TIME)
         bird = Router(root / "bird", "127.0.0.1", peers, name="router")
         bed = cls(root, group, bird, as_of)
         try:

@@ -325,6 +325,28 @@ def parse_protocols(reply: Sequence[tuple[str, str]]) -> dict[str, str]:
     return protocols
 
 
+def member_peers(
+    addresses: Mapping[str, str], port: int, router_as: int, hold_time: int | None = None
+) -> tuple[dict[str, int], list[BirdPeer]]:
+    """A router's passive BIRD peers for members `name -> "host:port"` that speak BGP from
+    their own address as AS 65010 + N (tests/members.Group's `[exabgp]` section)."""
+    as_of = {name: 65010 + i for i, name in enumerate(addresses, start=1)}
+    peers = [
+        BirdPeer(
+            name=name,
+            address=address.rsplit(":", 1)[0],
+            asn=as_of[name],
+            local_address="127.0.0.1",
+            local_as=router_as,
+            local_port=port,
+            passive=True,
+            hold_time=hold_time,
+        )
+        for name, address in addresses.items()
+    ]
+    return as_of, peers
+
+
 class Bird:
     """A BIRD 2 router in the foreground with a generated config; no kernel protocol."""
 

@@ -14,7 +14,7 @@ import pytest
 
 from raftvip.config import load_config
 from raftvip.exabgp_config import render_exabgp_config
-from tests.bgplab import Bird, BirdPath, BirdPeer, ExaBGP, free_port
+from tests.bgplab import Bird, BirdPath, ExaBGP, free_port, member_peers
 from tests.members import Group, wait_until
 
 pytestmark = pytest.mark.slow
@@ -68,20 +68,9 @@ def topology(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Topolog
         router=("127.0.0.1", port, ROUTER_AS),
         backup_prepend=request.param,
     )
-    as_of = {name: 65010 + i for i, name in enumerate(group.members, start=1)}
-    peers = [
-        BirdPeer(
-            name=name,
-            address=m.address.rsplit(":", 1)[0],
-            asn=as_of[name],
-            local_address="127.0.0.1",
-            local_as=ROUTER_AS,
-            local_port=port,
-            passive=True,
-            hold_time=3,  # a hung (SIGSTOPped) speaker's routes go after 3 s, not 90
-        )
-        for name, m in group.members.items()
-    ]
+    # hold 3 s: a hung (SIGSTOPped) speaker's routes go after 3 s, not 90
+    addresses = {name: m.address for name, m in group.members.items()}
+    as_of, peers = member_peers(addresses, port, ROUTER_AS, hold_time=3)
     bird = Bird(tmp_path / "bird", "127.0.0.1", peers, name="router")
     (tmp_path / "bird").mkdir()
     speakers: dict[str, ExaBGP] = {}
