@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from raftvip.control import request
-from tests.members import Group, longest_gap, wait_until
+from tests.members import Group, longest_gap, settled, wait_until
 
 TARGETS = {
     "owner kill -9": "<= 0.100 s median, <= 0.300 s p99",
@@ -37,10 +37,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def vip_of(group: Group, member: str) -> str:
     return next(v for v, m in group.preferred.items() if m == member)
-
-
-def settled(group: Group) -> bool:
-    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
 
 
 def first_announce_after(group: Group, vip: str, victim: str, since: float) -> float | None:

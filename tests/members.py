@@ -384,6 +384,23 @@ def _state_at(changes: list[Change], vip: str, when: float) -> bool:
     return on
 
 
+def settled(group: Group) -> bool:
+    """Past the cold start: every preferred owner announces its own VIP, and only it."""
+    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
+
+
+def cli(
+    group: Group, member: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`raftvip ARGS -c <member's config>`, as an operator on that host runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "raftvip", *args, "-c", str(group.members[member].config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> float:
     """Poll until `predicate()`; return the time it took. Raise TimeoutError past `timeout`."""
     start = time.monotonic()

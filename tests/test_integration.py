@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.members import Group, wait_until
+from tests.members import Group, settled, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -100,11 +100,6 @@ def test_status_json_shows_whole_group(group3: Group) -> None:
         check=True,
     ).stdout
     assert "10.20.0.2" in human and "yes (owner)" in human
-
-
-def settled(group: Group) -> bool:
-    """Past the cold start: every preferred owner announces its own VIP, and only it."""
-    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
 
 
 def _fail_and_check_moves(group: Group, victim: str, how: str) -> None:

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.members import Group, Member, wait_until
+from tests.members import Group, Member, cli, settled, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def cli(group: Group, member: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raftvip", *args, "-c", str(group.members[member].config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def settled(group: Group) -> bool:
-    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
 
 
 def new_member_config(group: Group, name: str, address: str) -> Member:

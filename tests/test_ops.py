@@ -5,34 +5,17 @@ Members are real processes (tests/members.py); commands go through the real CLI.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.members import Group, longest_gap, wait_until
+from tests.members import Group, cli, longest_gap, settled, wait_until
 
 pytestmark = pytest.mark.slow
 
 SETTLE = 20.0
-
-
-def settled(group: Group) -> bool:
-    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
-
-
-def cli(
-    group: Group, member: str, *args: str, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raftvip", *args, "-c", str(group.members[member].config)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

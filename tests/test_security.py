@@ -28,15 +28,11 @@ from hypothesis import strategies as st
 from pysyncobj import SyncObj, SyncObjConf
 
 from raftvip.control import recv_frame, request
-from tests.members import SECRET, Group, wait_until
+from tests.members import SECRET, Group, settled, wait_until
 
 pytestmark = pytest.mark.slow
 
 FUZZ_EXAMPLES = int(os.environ.get("RAFTVIP_FUZZ_EXAMPLES", "300"))
-
-
-def settled(group: Group) -> bool:
-    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
 
 
 @pytest.fixture(scope="module")

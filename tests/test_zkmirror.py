@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from raftvip.placement import Assignment
 from raftvip.reconcile import Decision
 from raftvip.state import ClusterState, Command, MemberState, SetDrain, SetMaintenance
 from raftvip.zkmirror import FOLLOWER_GRACE, ZkMirror, due, edges, settle
-from tests.members import SECRET, Group, wait_until
+from tests.members import SECRET, Group, cli, settled, wait_until
 from tests.zk import ZooKeeper, requires_zookeeper, running_zookeeper
 
 pytestmark = requires_zookeeper
@@ -43,13 +41,8 @@ def zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
 
 @pytest.fixture
 def client(zk: ZooKeeper) -> Iterator[KazooClient]:
-    kazoo = KazooClient(hosts=zk.hosts, timeout=5)
-    kazoo.start(timeout=10)
-    try:
+    with fresh_client(zk) as kazoo:
         yield kazoo
-    finally:
-        kazoo.stop()
-        kazoo.close()
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -378,20 +371,6 @@ def test_zookeeper_down_at_start_does_not_delay_the_mirror_start(tmp_path: Path)
 # --- real member processes --------------------------------------------------------------------
 
 CONVERGE = 20.0
-
-
-def cli(group: Group, member: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raftvip", *args, "-c", str(group.members[member].config)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-
-
-def settled(group: Group) -> bool:
-    """Every VIP announced by exactly its preferred owner."""
-    return all(group.announcers(vip) == {owner} for vip, owner in group.preferred.items())
 
 
 def sessions(group: Group) -> dict[int, str]:
