@@ -30,6 +30,7 @@ from raftvip.reconcile import (
     GroupView,
     decide,
     desired_routes,
+    fence_time,
     fenced,
     plan,
     resync_lines,
@@ -93,7 +94,7 @@ class Extension(Protocol):
 
 @dataclass(frozen=True)
 class _Event:
-    kind: str  # state | health | stdin | eof
+    kind: str  # state | lease | health | stdin | eof
     payload: Any = None
 
 
@@ -250,6 +251,11 @@ class Agent:
             )
         self._last_step = now
         timeout = min(_TICK, max(0.0, self._next_report - now))
+        if self.cfg.cluster.on_quorum_loss == "withdraw":
+            # Wake up when the lease fence falls, not up to a tick later.
+            until_fence = self._lease_renewed_at + fence_time(self.cfg) - now
+            if until_fence > 0:
+                timeout = min(timeout, until_fence + 0.001)
         try:
             event: _Event | None = self._events.get(timeout=timeout)
         except queue.Empty:
@@ -372,6 +378,7 @@ class Agent:
         """Raft tick thread: a report of ours was committed (err 0) or failed."""
         if err == 0:
             self._lease_renewed_at = max(self._lease_renewed_at, sent)
+            self._events.put(_Event("lease"))  # a fenced member announces again at once
         else:
             self._report_failed = True  # retry soon rather than a report interval later
 

@@ -363,6 +363,10 @@ _SHOWN_CHARS: Final = 60
 
 T = TypeVar("T")
 
+# on_quorum_loss = "withdraw": seconds kept between a member's lease fence and the earliest
+# time a leader can expire it (see reconcile.fence_time).
+FENCE_MARGIN = 0.15
+
 
 def _read_document(path: str) -> dict[str, object]:
     try:
@@ -1147,4 +1151,16 @@ def _check_lease(report: _Report, cluster: ClusterConfig, raft: RaftTuning) -> N
             "cluster.lease",
             f"must be > raft.max_timeout + raft.heartbeat ({_fmt(bound)}), got"
             f" {_fmt(cluster.lease)}: a new leader must be elected within one lease",
+        )
+    fence = min(cluster.lease, raft.connection_timeout) - FENCE_MARGIN
+    if (
+        cluster.on_quorum_loss == "withdraw"
+        and cluster.report_interval >= fence
+        and report.ok("cluster.lease", "cluster.report_interval", "raft.connection_timeout")
+    ):
+        report.add(
+            "cluster.report_interval",
+            f"must be < min(lease, raft.connection_timeout) - {_fmt(FENCE_MARGIN)}"
+            f" ({_fmt(fence)}) with on_quorum_loss = \"withdraw\", got"
+            f" {_fmt(cluster.report_interval)}: the member would withdraw between two reports",
         )

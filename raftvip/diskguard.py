@@ -5,7 +5,8 @@ write to a new page kills the process with SIGBUS and no message (measured on a 
 exit -7, nothing logged). `install()` makes every growth reserve its blocks first
 (`posix_fallocate`), so a full disk raises ENOSPC before a page is touched, and turns
 pysyncobj's per-tick tracebacks for ENOSPC into one call of `on_full` (the member then hands
-over, withdraws and exits with a clear error instead of dying).
+over, withdraws and exits with a clear error instead of dying). A journal append that
+fails leaves the in-memory log as it was, so nothing unwritten is ever acknowledged.
 """
 
 from __future__ import annotations
@@ -60,6 +61,24 @@ def _guarded_init(original: Callable[..., Any]) -> Callable[..., Any]:
     return init
 
 
+def _atomic_add(original: Callable[..., Any]) -> Callable[..., Any]:
+    """pysyncobj's FileJournal.add appends to its in-memory log before writing the file: a
+    failed write left an entry in memory that was never on disk (acknowledged to the leader,
+    then lost or replaced by the next entry at the same offset: a journal with a hole, and
+    "truncating already-applied log entries" after a restart). Undo the in-memory append."""
+
+    def add(self: Any, command: bytes, idx: int, term: int) -> None:
+        entries = self._FileJournal__journal
+        before = len(entries)
+        try:
+            original(self, command, idx, term)
+        except BaseException:
+            del entries[before:]
+            raise
+
+    return add
+
+
 class _FullDiskFilter(logging.Filter):
     """Swallow pysyncobj's tracebacks for ENOSPC (logged once, clearly, by `on_full`)."""
 
@@ -84,4 +103,5 @@ def install(on_full: Callable[[str], None]) -> None:
     if not getattr(cls.write, "raftvip_guarded", False):
         cls.write = _guarded_write(cls.write)
         cls.__init__ = _guarded_init(cls.__init__)
+        journal.FileJournal.add = _atomic_add(journal.FileJournal.add)
         logging.getLogger("pysyncobj.syncobj").addFilter(_FullDiskFilter())

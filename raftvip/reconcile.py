@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from raftvip.config import Config
+from raftvip.config import FENCE_MARGIN, Config
 from raftvip.exabgp import Route, announce_line, route_for, withdraw_line
 from raftvip.state import ClusterState
 
@@ -59,11 +59,13 @@ LocalHealth = Mapping[str, str]  # service -> "up" | "down" | "disabled"
 def fence_time(cfg: Config) -> float:
     """How long a member may trust its lease after sending its last committed report.
 
-    The leader expires a member `lease` after applying its report, or `disconnect_grace`
-    after a link that stayed silent for `connection_timeout` is closed; keep a margin below
-    both.
+    No leader can expire a member before `lease` after applying its report (the lease path),
+    nor before `connection_timeout` of silence on its link (the disconnect path; both count
+    from no earlier than the report's send time). FENCE_MARGIN covers the time this member
+    needs to notice and withdraw (it wakes up at the deadline, see `Agent._step`) versus the
+    time the expiry needs to be committed and the new owner to announce.
     """
-    return min(cfg.cluster.lease / 2, cfg.raft.connection_timeout - 0.25)
+    return min(cfg.cluster.lease, cfg.raft.connection_timeout) - FENCE_MARGIN
 
 
 def fenced(cfg: Config, view: GroupView) -> bool:

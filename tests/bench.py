@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import math
 import os
@@ -590,13 +591,14 @@ def scale_config(root: Path, members: int, vips: int, trials: int, idle: float) 
             leader = status_of(group)["leader"]
             others = [n for n in names if n != leader]
             victim = others[trial % len(others)]
-            assert group.members[victim].stub is not None
-            mine = group.members[victim].stub.snapshot()
+            victim_stub = group.members[victim].stub
+            assert victim_stub is not None
+            mine = victim_stub.snapshot()
             moved = len(mine)
             t0 = time.monotonic()
             group.kill(victim)
 
-            wait_until(lambda v=victim, m=mine: taken_over(group, v, m), 60, 0.002)
+            wait_until(functools.partial(taken_over, group, victim, mine), 60, 0.002)
             last = max(first_announce(group, vip, victim, t0) for vip in mine)
             failovers.append(last - t0)
             log(
@@ -787,7 +789,7 @@ def failover_tables(res: FailoverResults) -> list[str]:
             continue
         zk_kind = "owner hang" if kind == "owner hang" else "owner crash"
         name = kind + (": router moved" if kind == "owner hang" else "")
-        timeouts = sorted(res.exazk) or [None]
+        timeouts: list[float | None] = [*sorted(res.exazk)] or [None]
         for timeout in timeouts:
             base = "-" if timeout is None else f"ExaZK-like, session {timeout:g} s"
             if kind == "leader crash" and timeout is not None:

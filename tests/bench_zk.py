@@ -17,8 +17,8 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from tests.members import Group, wait_until
-from tests.test_zkmirror import settled, zk_section
+from tests.members import Group, settled, wait_until
+from tests.test_zkmirror import zk_section
 from tests.zk import running_zookeeper
 
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raftvip.config import FENCE_MARGIN
 from raftvip.control import request
 from raftvip.errors import ControlError
 from tests.members import Group, Member, SpeakerStub
@@ -276,7 +277,7 @@ class Recorder:
             for a, b in spans[name]:
                 points.update(p for p in (a, b) if start < p < end)
         ordered = sorted(points)
-        segments = []
+        segments: list[Segment] = []
         for a, b in itertools.pairwise(ordered):
             mid = (a + b) / 2
             who = frozenset(n for n, iv in spans.items() if any(x <= mid < y for x, y in iv))
@@ -337,6 +338,7 @@ class Summary:
     max_changes: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    startup: list[float] = field(default_factory=list)  # restart -> `started` logged
 
     def merge(self, other: Summary) -> None:
         self.faults.update(other.faults)
@@ -347,6 +349,7 @@ class Summary:
         for kind, n in other.max_changes.items():
             self.max_changes[kind] = max(self.max_changes.get(kind, 0), n)
         self.skipped = sorted(set(self.skipped) | set(other.skipped))
+        self.startup += other.startup
         self.elapsed += other.elapsed
 
     def table(self) -> str:
@@ -363,6 +366,13 @@ class Summary:
         total = sum(self.faults.values())
         worst = max(self.worst_gap.values(), default=0.0)
         lines.append(f"{'total':<22}{total:>7}{f'{worst:.3f}s':>19}")
+        if self.startup:
+            ups = sorted(self.startup)
+            lines.append(
+                f"process start-up after a restart (until `started` is logged; the quiet "
+                f"window counts from there): median {ups[len(ups) // 2]:.2f}s, "
+                f"max {ups[-1]:.2f}s over {len(ups)}"
+            )
         lines.append("")
         lines.append(f"{'INVARIANT CHECK':<40}{'RUN':>8}")
         for name in sorted(self.checks):
@@ -416,6 +426,7 @@ class Chaos:
         self.lease = lease
         self.window = lease + 1.0 if window is None else window
         self.handover = handover
+        self.fence = min(lease, 1.0) - FENCE_MARGIN  # fence_time() at connection_timeout 1 s
         self.max_changes = max_changes
         self.settle_timeout = settle_timeout
         self.command_rate = command_rate
@@ -444,6 +455,7 @@ class Chaos:
             self.summary.skipped.append("disk_full (needs root for tmpfs)")
         self.kinds = wanted
         self.expected_exit: dict[str, int] = {}  # member -> exit code the harness expects
+        self._stderr_mark: dict[str, int] = {}  # member -> its stderr size at its last start
 
     # --- lifecycle ---
 
@@ -487,10 +499,35 @@ class Chaos:
     # --- process control, recorded ---
 
     def _start(self, name: str) -> None:
+        path = self.group.members[name].stderr_path
+        self._stderr_mark[name] = path.stat().st_size if path.exists() else 0
         member = self.group.start(name)
         assert member.proc is not None
         self.firewall.attach(name, member.proc.pid)
         self.recorder.mark(name, True)
+
+    def _wait_started(self, names: list[str], episode: Episode) -> None:
+        """Until each restarted process has logged `started` (journal loaded, Raft up).
+
+        The quiet window counts from there: interpreter start-up is not part of the Raft
+        bound; the summary reports it separately."""
+        begin = time.monotonic()
+        pending = set(names)
+        while pending and time.monotonic() - begin < self.settle_timeout:
+            for name in sorted(pending):
+                path = self.group.members[name].stderr_path
+                with open(path, "rb") as f:
+                    f.seek(self._stderr_mark.get(name, 0))
+                    if b" started: cluster=" in f.read():
+                        pending.discard(name)
+            if pending:
+                time.sleep(0.01)
+        self.summary.startup.append(time.monotonic() - begin)
+        if pending:
+            episode.violations.append(
+                f"(4) {','.join(sorted(pending))} not started {self.settle_timeout:.0f}s "
+                "after the restart"
+            )
 
     def _kill(self, name: str) -> None:
         self.recorder.mark(name, False)
@@ -620,6 +657,7 @@ class Chaos:
             def heal() -> None:
                 for v in victims:
                     self._start(v)
+                self._wait_started(victims, episode)
 
         elif kind == "hang":
             k = 2 if self.size >= 5 and rng.random() < 0.3 else 1
@@ -672,6 +710,7 @@ class Chaos:
             def heal() -> None:
                 for v in victims:
                     self._start(v)
+                self._wait_started(victims, episode)
 
         elif kind == "health_flap":
             (victim,) = rng.sample(names, 1)
@@ -701,6 +740,8 @@ class Chaos:
             (victim,) = rng.sample(names, 1)
             victims = [victim]
             filler = self.root / "state" / victim / "filler"
+            err_path = self.group.members[victim].stderr_path
+            err_mark = err_path.stat().st_size
             subprocess.run(
                 ["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False
             )
@@ -708,20 +749,31 @@ class Chaos:
             hold = rng.uniform(2.0, 5.0)
             episode.detail = f"{victim} state_dir full for {hold:.2f}s"
 
+            def disk_full_logged() -> bool:
+                with open(err_path, "rb") as f:
+                    f.seek(err_mark)
+                    return DISK_FULL_ERROR.encode() in f.read()
+
             def heal() -> None:
                 filler.unlink(missing_ok=True)
                 member = self.group.members[victim]
+                assert member.proc is not None
+                if member.running and disk_full_logged():
+                    # It hit the full disk and is handing over: its exit may still be a
+                    # few seconds away; it belongs to this fault, not to the next one.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        member.proc.wait(self.settle_timeout)
                 if not member.running:
-                    code = member.proc.returncode if member.proc else None
-                    err = self.group.stderr(victim)
+                    code = member.proc.returncode
                     self._note(episode, f"{victim} exited {code} during the full disk")
-                    if code != 1 or DISK_FULL_ERROR not in err:
+                    if code != 1 or not disk_full_logged():
                         episode.violations.append(
                             f"(4) {victim} on a full state_dir exited {code} "
                             "without the clear error line"
                         )
                     self.recorder.mark(victim, False)
                     self._start(victim)
+                    self._wait_started([victim], episode)
                 self.expected_exit.pop(victim, None)
 
         else:
@@ -919,7 +971,9 @@ class Chaos:
                         f"{gone[0][0] - episode.inject:+.3f}s while cut off and healthy"
                     )
             else:
-                fence_by = episode.inject + self.lease / 2 + 1.0 + 1.0  # connection_timeout
+                # The last report the minority member got committed was sent before the cut:
+                # its fence falls at most fence_time after the cut (+ its write to ExaBGP).
+                fence_by = episode.inject + self.fence + 0.1
                 if episode.heal > fence_by:
                     held = [
                         v
@@ -940,6 +994,26 @@ class Chaos:
                             f"{fence_by - episode.inject:.2f}s after it was cut off "
                             f"(announced during {spans}, relative to the cut)"
                         )
+        if self.policy == "withdraw":
+            self._check_single_announcer(episode)
+
+    def _check_single_announcer(self, episode: Episode) -> None:
+        """`withdraw` promises at most one announcer: a member cut off in a minority must be
+        gone before the majority gives its VIPs to someone else (a make-before-break
+        handover the harness started is the one allowed overlap)."""
+        self.summary.checks["(6) withdraw: one announcer across the cut"] += 1
+        minority = set(episode.minority)
+        allowed = self.handover if episode.command else 0.005
+        for vip in self.group.vips:
+            for seg in self.recorder.coverage(vip, episode.inject, episode.heal):
+                crossing = seg.announcers & minority and seg.announcers - minority
+                if crossing and seg.end - seg.start > allowed:
+                    episode.violations.append(
+                        f"(6) withdraw: {vip} announced by {sorted(seg.announcers)} for "
+                        f"{seg.end - seg.start:.3f}s at {seg.start - episode.inject:+.3f}s "
+                        "across the partition"
+                    )
+                    break
 
     def _check_quiet_phase(self, episode: Episode) -> None:
         start, end = episode.last_event + self.window, episode.end
@@ -986,7 +1060,7 @@ class Chaos:
         deadline = time.monotonic() + self.settle_timeout
         while True:
             docs = [self._status([name]) for name in self._live()]
-            seen = set()
+            seen: set[tuple[Any, ...]] = set()
             for doc in docs:
                 if doc is None:
                     seen.add(("no status",))
@@ -1002,7 +1076,7 @@ class Chaos:
                         ),
                     )
                 )
-            expected = (
+            expected: tuple[Any, ...] = (
                 want.maintenance,
                 tuple(sorted(want.drained)),
                 tuple(sorted(want.pins.items())),
@@ -1011,7 +1085,8 @@ class Chaos:
                 break
             time.sleep(0.25)
         if seen != {expected}:
-            maintenance, drained, pins = next(iter(seen - {expected}), ("?", "?", "?"))
+            differs = next(iter(seen - {expected}), ("?", "?", "?"))
+            maintenance, drained, pins = (*differs, "?", "?", "?")[:3]
             episode.violations.append(
                 f"(3) flags differ: group has maintenance={maintenance} drained={sorted(drained)} "
                 f"pins={pins}; committed maintenance={want.maintenance} "

@@ -109,6 +109,47 @@ def test_full_state_dir_is_a_clear_error_and_no_corruption(tmp_path: Path) -> No
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
+@needs_root
+def test_a_journal_append_on_a_full_disk_leaves_memory_and_file_equal(tmp_path: Path) -> None:
+    """pysyncobj appended to its in-memory log before writing the file: on ENOSPC the entry
+    stayed in memory only (and was acknowledged), the next one took its offset. The guarded
+    journal undoes the in-memory append: what it holds is what a restart reads back."""
+    from pysyncobj import journal
+
+    from raftvip import diskguard
+
+    diskguard.install(lambda _detail: None)
+    mount = tmp_path / "state"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "raftvip-test", str(mount)], check=True
+    )
+    try:
+        path = str(mount / "test.journal")
+        log = journal.FileJournal(path)
+        filler = mount / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+        idx, failures = 1, 0
+        payload = b"x" * 512
+        while failures < 3:
+            try:
+                log.add(payload, idx, 1)
+                idx += 1
+            except diskguard.StateDirFull:
+                failures += 1  # the same index is retried, as pysyncobj would
+        filler.unlink()
+        log.add(payload, idx, 1)
+        in_memory = [(entry[1], entry[2]) for entry in (log[i] for i in range(len(log)))]
+        log._destroy()
+        reread = journal.FileJournal(path)
+        on_disk = [(entry[1], entry[2]) for entry in (reread[i] for i in range(len(reread)))]
+        reread._destroy()
+        assert in_memory == on_disk
+        assert [i for i, _term in on_disk] == list(range(1, idx + 1))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def test_recorder_cuts_timelines_by_liveness(tmp_path: Path) -> None:
     group = Group(tmp_path, size=3)
     recorder = Recorder(group)

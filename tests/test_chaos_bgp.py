@@ -14,6 +14,7 @@ RAFTVIP_CHAOS_SEED and RAFTVIP_CHAOS_BGP_FAULTS change the seed and the number o
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -22,6 +23,7 @@ from collections import defaultdict
 
 import pytest
 
+from tests.bgplab import ExaBGP
 from tests.members import wait_until
 from tests.test_e2e_bgp import Topology, topology  # noqa: F401  (the fixture)
 
@@ -30,6 +32,10 @@ pytestmark = pytest.mark.slow
 # Longest acceptable time without any path, per fault kind (generous for a loaded CI host):
 # crash -> TCP drop seen by the leader; check -> fall (1) x interval; hang -> lease 1.5 s.
 BOUND = {"kill": 1.0, "check": 1.0, "hang": 2.5}
+
+
+def _helpers_running(speaker: ExaBGP) -> bool:
+    return bool(speaker.helper_pids())
 
 
 def _signal_all(topo: Topology, name: str, signum: int) -> None:
@@ -95,7 +101,7 @@ def test_random_faults_on_real_exabgp_and_bird(topology: Topology) -> None:  # n
         for name in names:
             speaker = topology.speakers[name]
             assert speaker.running, f"{name}'s ExaBGP died ({context})"
-            wait_until(lambda s=speaker: bool(s.helper_pids()), 10)  # a restart takes a moment
+            wait_until(functools.partial(_helpers_running, speaker), 10)  # a restart takes a moment
         # Fully recovered: every preferred owner holds its VIP again (preempt_delay 1 s).
         wait_until(settled, 30, 0.02)
         for kind_seen, gap in worst.items():

@@ -685,6 +685,13 @@ BROKEN: list[tuple[str, Changes, str | list[str]]] = [
     ),
     ("report-0", {"cluster/report_interval": 0}, "cluster.report_interval: must be > 0, got 0"),
     (
+        "report-vs-fence",
+        {"cluster/on_quorum_loss": "withdraw", "raft/connection_timeout": 0.6},
+        'cluster.report_interval: must be < min(lease, raft.connection_timeout) - 0.15 (0.45)'
+        ' with on_quorum_loss = "withdraw", got 0.5: the member would withdraw between two'
+        " reports",
+    ),
+    (
         "policy",
         {"cluster/on_quorum_loss": "drop"},
         "cluster.on_quorum_loss: must be 'hold' or 'withdraw', got 'drop'",

@@ -49,8 +49,8 @@ def test_three_members_each_announce_exactly_their_vip(group3: Group) -> None:
         assert member.stub is not None
         for line in member.stub.lines:
             assert line.startswith(("announce route ", "withdraw route ")), line
-    line = group3.members["lb1"].announced()
-    assert line == {"10.20.0.1"}
+    lb1_announced = group3.members["lb1"].announced()
+    assert lb1_announced == {"10.20.0.1"}
     assert group3.members["lb1"].stub is not None
     assert group3.members["lb1"].stub.announced["10.20.0.1"] == (
         "announce route 10.20.0.1/32 next-hop self med 100 community [ 65001:100 ]"

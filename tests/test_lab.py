@@ -201,10 +201,10 @@ def test_backup_paths_at_the_aggregation_router(tmp_path: Path, lab_factory: lis
         paths = agg.routes().get(f"{vip}/32", [])
         now = time.monotonic() - began
         samples += 1
-        best = [p for p in paths if p.best and p.reachable]
-        if not best:
+        best_paths = [p for p in paths if p.best and p.reachable]
+        if not best_paths:
             without_best += 1
-        elif backup_best is None and t.lb_of_path(best[0]) != victim:
+        elif backup_best is None and t.lb_of_path(best_paths[0]) != victim:
             backup_best = now
         if any(t.lb_of_path(p) not in (None, victim) and not t.is_backup(p) for p in paths):
             reassigned = now  # another LB announces it unprepended: the group reassigned it

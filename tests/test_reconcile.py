@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from raftvip.config import AnnounceConfig, ClusterConfig, Config, ServiceConfig
 from raftvip.exabgp import Route, route_for
 from raftvip.placement import Assignment, ServiceSpec
-from raftvip.reconcile import GroupView, decide, desired_routes, plan, resync_lines
+from raftvip.reconcile import (
+    GroupView,
+    decide,
+    desired_routes,
+    fence_time,
+    plan,
+    resync_lines,
+)
 from raftvip.state import ClusterState, MemberState
 
 ANNOUNCE = AnnounceConfig(med=100, communities=("65001:100",))
@@ -115,8 +122,10 @@ def test_quorum_loss_hold_keeps_only_what_was_announced() -> None:
 
 
 def test_quorum_loss_withdraw_once_the_own_lease_may_be_gone() -> None:
-    early = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.5)
-    late = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.76)
+    # fence_time = min(lease 1.5, connection_timeout 1.0) - 0.15 = 0.85 s.
+    assert fence_time(config("withdraw")) == pytest.approx(0.85)
+    early = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.84)
+    late = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.86)
     assert reasons(config("withdraw"), state(), UP, early, {"10.0.0.1"})["10.0.0.1"] == (
         True,
         "no_quorum_hold",
@@ -127,7 +136,7 @@ def test_quorum_loss_withdraw_once_the_own_lease_may_be_gone() -> None:
     )
     # pysyncobj notices a silently dropped link only after connection_timeout: the stale
     # lease alone withdraws, even while the member still believes it has a quorum.
-    stale = GroupView(ready=True, has_quorum=True, quorum_lost_for=0.0, lease_age=0.8)
+    stale = GroupView(ready=True, has_quorum=True, quorum_lost_for=0.0, lease_age=0.9)
     assert reasons(config("withdraw"), state(), UP, stale, {"10.0.0.1"})["10.0.0.1"] == (
         False,
         "no_quorum",

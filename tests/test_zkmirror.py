@@ -478,7 +478,8 @@ def test_members_zookeeper_down_30s_changes_no_announcement(zgroup: Group, zk: Z
     assert zgroup.status("lb1")["zookeeper"]["maintenance_view"] == "as last seen"
     time.sleep(max(0.0, 30.0 - (time.monotonic() - down_at)))
     for name, m in zgroup.members.items():
-        assert m.stub is not None and len(m.stub.changes) == changes[name], m.stub.changes[-3:]
+        assert m.stub is not None
+        assert len(m.stub.changes) == changes[name], m.stub.changes[-3:]
         assert m.announced() == before[name]
 
     zk.start()
