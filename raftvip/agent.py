@@ -150,6 +150,8 @@ class Agent:
         self._confirm_sent: dict[str, float] = {}
         self._handover_since: dict[str, float] = {}
         self._leave_deadline: float | None = None
+        # (incarnation, seq) that our pending Expire("leaving") names; None: none pending.
+        self._leave_key: tuple[int, int] | None = None
         self._decided_key: tuple[Any, ...] | None = None
         self._last_step = clock()
         self._fence_seq: int | None = None
@@ -214,6 +216,17 @@ class Agent:
                 return True
         state = self.cluster.state
         me = state.members.get(self.cfg.me)
+        # Our leave names an (incarnation, seq) that is no longer current: a report of ours was
+        # still in flight when we proposed it and was committed first, so the group ignored the
+        # leave as stale (or the proposal failed). Ask again: otherwise the leader expires us
+        # for "lease" a lease later, without a handover, and our VIPs see a gap.
+        if (
+            me is not None
+            and me.alive
+            and (me.incarnation, me.seq) != self._leave_key
+            and self._propose_leave()
+        ):
+            log.info("member=%s leave not applied: asking again", self.cfg.me)
         if me is not None and not me.alive:
             mine = [v for v, a in state.owners.items() if a.owner == self.cfg.me]
             handing = [v for v, m in state.handovers.items() if m == self.cfg.me]
@@ -232,8 +245,18 @@ class Agent:
         me = self.cluster.state.members.get(self.cfg.me)
         if me is None or not me.alive or not self.cluster.info().has_quorum:
             return False
-        self.cluster.propose(Expire(self._wall(), self.cfg.me, me.incarnation, me.seq, "leaving"))
+        key = (me.incarnation, me.seq)
+        self._leave_key = key
+        self.cluster.propose(
+            Expire(self._wall(), self.cfg.me, me.incarnation, me.seq, "leaving"),
+            callback=lambda _res, err: self._on_leave_result(key, err),
+        )
         return True
+
+    def _on_leave_result(self, key: tuple[int, int], err: int) -> None:
+        """Raft tick thread: our leave failed to commit (leader change): ask again."""
+        if err != 0 and self._leave_key == key:
+            self._leave_key = None
 
     def _step(self) -> None:
         now = self._clock()

@@ -437,6 +437,7 @@ class RaftCluster:
         self._listeners: list[Callable[[ClusterState], None]] = []
         self._replica: _Replica | None = None
         self.last_change = time.monotonic()  # when the replicated state last changed here
+        self._syncer: diskguard.JournalSyncer | None = None
         # Set (tick thread) when state_dir is full: the agent hands over and exits.
         self.fatal: str | None = None
 
@@ -478,6 +479,11 @@ class RaftCluster:
             bindRetryTime=0.5,
         )
         self._replica = _Replica(self._cfg, conf, self._dispatch)
+        self._syncer = diskguard.JournalSyncer(
+            [f"{base}.journal", f"{base}.journal.meta", f"{base}.snapshot", state_dir],
+            on_full=self._on_disk_full,
+        )
+        self._syncer.start()
 
     def _on_disk_full(self, detail: str) -> None:
         if self.fatal is None:
@@ -545,5 +551,9 @@ class RaftCluster:
         return None if outcome[0] == 0 else FAIL_REASONS.get(outcome[0], str(outcome[0]))
 
     def stop(self) -> None:
+        if self._syncer is not None:
+            self._syncer.stop()
         if self._replica is not None:
             self._replica.destroy()
+        if self._syncer is not None:
+            self._syncer.sync()  # a graceful stop leaves everything on disk

@@ -1161,6 +1161,6 @@ def _check_lease(report: _Report, cluster: ClusterConfig, raft: RaftTuning) -> N
         report.add(
             "cluster.report_interval",
             f"must be < min(lease, raft.connection_timeout) - {_fmt(FENCE_MARGIN)}"
-            f" ({_fmt(fence)}) with on_quorum_loss = \"withdraw\", got"
+            f' ({_fmt(fence)}) with on_quorum_loss = "withdraw", got'
             f" {_fmt(cluster.report_interval)}: the member would withdraw between two reports",
         )

@@ -8,10 +8,13 @@ faults   kill -9 + restart, SIGSTOP/SIGCONT (hang), partitions (iptables on loop
          addresses: symmetric minority/majority, asymmetric one-direction, leader isolated),
          full-group crash + restart, health flaps (hard, and intermittent single failed probes
          that must not withdraw), control commands (drain/maintenance/pin) racing the fault,
-         full state_dir (tmpfs filled up).
+         full state_dir (filled up), slow state_dir (its loop-backed ext4 throttled to a few
+         writes per second with cgroup v1 blkio).
 invariants
   1 availability: outside `window` after every event, while a healthy, eligible member sits
-    in a majority partition, every VIP not in maintenance has >= 1 live announcer;
+    in a majority partition, every VIP not in maintenance has >= 1 live announcer (after a
+    restart the window counts from the moment the processes logged `started`; a slow disk
+    is checked once over: its stalls have no fixed start);
   2 exclusivity: when quiet (no fault active) for `window`, no VIP has two live announcers for
     longer than a make-before-break handover (`handover`);
   3 maintenance, drain and pin flags equal what the harness committed (full restarts too);
@@ -20,7 +23,8 @@ invariants
   5 announcer-set changes per VIP per fault <= `max_changes`; an intermittent flap changes
     nothing;
   6 on_quorum_loss: a member cut off in a minority takes no new VIP and (hold) keeps what it
-    announced, or (withdraw) announces nothing once the fencing time has passed.
+    announced, or (withdraw) announces nothing once the fencing time has passed and no VIP
+    is announced on both sides of the cut (at most one announcer).
 
 CLI: `python -m tests.chaos --quick` (~2 min) or `python -m tests.chaos --long --seed N`
 (>= 500 faults). The same seed and fault count replay the same sequence of fault choices.
@@ -56,6 +60,47 @@ from tests.members import Group, Member, SpeakerStub
 
 CHAIN_PREFIX = "RAFTVIP_CHAOS_"
 DISK_FULL_ERROR = "is full, the Raft journal cannot be written"
+
+
+# --- slow disks ---------------------------------------------------------------------------
+
+
+class Throttle:
+    """Write IOPS limits on the block device under a state_dir (cgroup v1 blkio, root group:
+    every writer to that device is throttled, kernel writeback included)."""
+
+    CONTROL = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_iops_device")
+
+    def __init__(self) -> None:
+        self.limited: list[str] = []  # "major:minor"
+
+    @classmethod
+    def available(cls) -> bool:
+        return (
+            os.geteuid() == 0
+            and cls.CONTROL.exists()
+            and shutil.which("mkfs.ext4") is not None
+            and shutil.which("losetup") is not None
+        )
+
+    @staticmethod
+    def device(path: Path) -> str:
+        source = subprocess.run(
+            ["findmnt", "-no", "SOURCE", str(path)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        rdev = os.stat(source).st_rdev
+        return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+    def limit(self, path: Path, iops: int) -> None:
+        dev = self.device(path)
+        self.CONTROL.write_text(f"{dev} {iops}\n")
+        self.limited.append(dev)
+
+    def clear(self) -> None:
+        for dev in self.limited:
+            with contextlib.suppress(OSError):
+                self.CONTROL.write_text(f"{dev} 0\n")
+        self.limited.clear()
 
 
 # --- iptables partitions ------------------------------------------------------------------
@@ -396,6 +441,7 @@ KINDS: dict[str, float] = {
     "health_flap": 1.0,
     "health_intermittent": 1.0,
     "disk_full": 0.5,
+    "disk_slow": 0.5,
 }
 COMMANDS = ("maintenance", "drain", "pin")
 
@@ -442,6 +488,7 @@ class Chaos:
         )
         self.recorder = Recorder(self.group)
         self.firewall = Firewall()
+        self.throttle = Throttle()
         self.flags = Flags()
         self.mounts: list[Path] = []
         self.summary = Summary(seed=seed, size=size, policy=policy)
@@ -453,6 +500,11 @@ class Chaos:
         if wanted.get("disk_full") and os.geteuid() != 0:
             wanted.pop("disk_full")
             self.summary.skipped.append("disk_full (needs root for tmpfs)")
+        if wanted.get("disk_slow") and not Throttle.available():
+            wanted.pop("disk_slow")
+            self.summary.skipped.append(
+                "disk_slow (needs root, mkfs.ext4, loop devices and cgroup v1 blkio throttling)"
+            )
         self.kinds = wanted
         self.expected_exit: dict[str, int] = {}  # member -> exit code the harness expects
         self._stderr_mark: dict[str, int] = {}  # member -> its stderr size at its last start
@@ -463,7 +515,7 @@ class Chaos:
         try:
             if any(k in self.kinds for k in ("partition", "partition_asym", "isolate_leader")):
                 self.firewall.setup()
-            if "disk_full" in self.kinds:
+            if "disk_full" in self.kinds or "disk_slow" in self.kinds:
                 for name in self.group.members:
                     self._mount_state_dir(name)
             for name in self.group.members:
@@ -482,18 +534,29 @@ class Chaos:
             self.group.close()
         finally:
             self.firewall.teardown()
+            self.throttle.clear()
             for path in self.mounts:
                 subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
             self.mounts.clear()
 
     def _mount_state_dir(self, name: str) -> None:
+        """A small filesystem per member: ext4 on a loop device when a slow disk is wanted
+        (the block device can be throttled), else tmpfs (enough to fill it up)."""
         path = self.root / "state" / name
         path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "raftvip-chaos", str(path)],
-            check=True,
-            capture_output=True,
-        )
+        if "disk_slow" in self.kinds:
+            image = self.root / f"{name}.ext4"
+            with open(image, "wb") as f:
+                f.truncate(8 << 20)
+            subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+            subprocess.run(["mount", "-o", "loop", str(image), str(path)], check=True)
+            path.chmod(0o700)
+        else:
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "raftvip-chaos", str(path)],
+                check=True,
+                capture_output=True,
+            )
         self.mounts.append(path)
 
     # --- process control, recorded ---
@@ -776,6 +839,17 @@ class Chaos:
                     self._wait_started([victim], episode)
                 self.expected_exit.pop(victim, None)
 
+        elif kind == "disk_slow":
+            (victim,) = rng.sample(names, 1)
+            victims = [victim]
+            iops = rng.choice([2, 5, 20])
+            self.throttle.limit(self.root / "state" / victim, iops)
+            hold = rng.uniform(2.0, 6.0)
+            episode.detail = f"{victim} state_dir throttled to {iops} writes/s for {hold:.2f}s"
+
+            def heal() -> None:
+                self.throttle.clear()
+
         else:
             raise ValueError(kind)
 
@@ -927,7 +1001,9 @@ class Chaos:
         start, end = episode.last_event + self.window, episode.heal
         if episode.kind == "health_intermittent":
             self._check_intermittent(episode)
-        if episode.majority_ok and end > start:
+        # A throttled disk stalls its member's Raft thread at unpredictable times during the
+        # fault (no fixed start for the window): checked once it is over.
+        if episode.majority_ok and end > start and episode.kind != "disk_slow":
             self.summary.checks["(1) availability during fault"] += 1
             for vip in self._vips_checked(episode):
                 for seg in self.recorder.coverage(vip, start, end):

@@ -687,7 +687,7 @@ BROKEN: list[tuple[str, Changes, str | list[str]]] = [
     (
         "report-vs-fence",
         {"cluster/on_quorum_loss": "withdraw", "raft/connection_timeout": 0.6},
-        'cluster.report_interval: must be < min(lease, raft.connection_timeout) - 0.15 (0.45)'
+        "cluster.report_interval: must be < min(lease, raft.connection_timeout) - 0.15 (0.45)"
         ' with on_quorum_loss = "withdraw", got 0.5: the member would withdraw between two'
         " reports",
     ),
