@@ -266,7 +266,11 @@ class _Replica(SyncObj):  # type: ignore[misc]
         self._specs = service_specs(cfg)
         # Leader bookkeeping (tick thread only).
         self._was_leader = False
+        self._leader_since = 0.0
         self._lease_seen: dict[str, float] = {}
+        # member -> when its last report was applied here (never reset by lease grants).
+        self._report_applied: dict[str, float] = {}
+        self._started_at = time.monotonic()
         self._was_connected: set[str] = set()
         self._down_since: dict[str, float] = {}
         self._expire_sent: dict[tuple[str, int, int], float] = {}
@@ -318,7 +322,7 @@ class _Replica(SyncObj):  # type: ignore[misc]
             log.exception("raft command=%s failed to apply; ignored", type(cmd).__name__)
             return
         if isinstance(cmd, Report):
-            self._lease_seen[cmd.member] = time.monotonic()
+            self._lease_seen[cmd.member] = self._report_applied[cmd.member] = time.monotonic()
         if new is not self._state:
             self._state = new
             self._notify()
@@ -378,6 +382,7 @@ class _Replica(SyncObj):  # type: ignore[misc]
         state = self._state
         if not self._was_leader:
             self._was_leader = True
+            self._leader_since = now
             self._lease_seen = {name: now for name in self._addresses()}
             log.info(
                 "raft leader=%s term=%d: granted every member a fresh lease",
@@ -398,7 +403,12 @@ class _Replica(SyncObj):  # type: ignore[misc]
             down_since = self._down_since.get(name)
             if now - self._lease_seen.get(name, now) > lease:
                 reason = "lease"
-            elif name != self._me and down_since is not None and now - down_since >= grace:
+            elif (
+                name != self._me
+                and down_since is not None
+                and now - down_since >= grace
+                and self._fenced_by(name, down_since, now)
+            ):
                 reason = "disconnect"
             if reason is None:
                 continue
@@ -409,6 +419,22 @@ class _Replica(SyncObj):  # type: ignore[misc]
             self._expire_sent[key] = now
             log.info("raft leader expires member=%s reason=%s", name, reason)
             self.propose(Expire(time.time(), name, member.incarnation, member.seq, reason))
+
+    def _fenced_by(self, name: str, down_since: float, now: float) -> bool:
+        """May a member whose link to this leader dropped at `down_since` be expired now?
+
+        A link that dropped while this member led carried the member's reports: it dropped
+        after `connection_timeout` of silence following the last of them (or the member
+        died), so the member's own fence has fallen. A link that dropped before this member
+        became leader says nothing about reports the member got committed through the old
+        leader since: with `on_quorum_loss = "withdraw"` (at most one announcer) wait until
+        `connection_timeout` after the member's last report applied here, when its fence
+        has fallen for sure. `hold` keeps the fast path (two announcers are its trade-off).
+        """
+        if self._cfg.cluster.on_quorum_loss != "withdraw" or down_since >= self._leader_since:
+            return True
+        applied = self._report_applied.get(name, self._started_at)
+        return now - applied >= self._cfg.raft.connection_timeout
 
     def propose(self, cmd: Command, callback: Callable[[Any, int], None] | None = None) -> None:
         self.submit(encode_command(cmd), callback=callback)

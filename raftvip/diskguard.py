@@ -116,8 +116,10 @@ class JournalSyncer:
 
     pysyncobj never syncs: its mmapped journal and its meta file live in the page cache until
     the kernel writes them back (FIELD-NOTES.md: survives a crash, not a power loss). This
-    thread bounds what a power loss can take to about `interval`, and turns a slow disk into
-    a warning instead of a stall: Raft keeps running from memory while a sync is slow.
+    thread bounds what a power loss can take to about `interval`, and makes a slow disk
+    visible (one warning a minute). Raft keeps running from memory while a sync is slow,
+    unless the kernel blocks the Raft thread's own writes too (a journal page under
+    writeback, a full ext4 journal): then the group expires this member like a hung one.
     """
 
     def __init__(

@@ -1248,6 +1248,15 @@ def main(argv: list[str] | None = None) -> int:
         Firewall.remove_leftovers()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = f"python -m tests.chaos {'--long' if args.long else '--quick'} --seed {args.seed}"
+    for flag, value in (
+        ("--faults", args.faults),
+        ("--minutes", args.minutes),
+        ("--window", args.window),
+        ("--size", args.size),
+        ("--policy", args.policy),
+    ):
+        if value is not None:
+            command += f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}"
     print(f"# {command}", flush=True)
     summary = run_suite(runs, faults, args.seed, lambda line: print(line, flush=True), budget)
     print(f"\n## summary ({command}; seed {args.seed})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,46 @@ def test_intermittent_check_failures_never_withdraw(tmp_path: Path) -> None:
         summary = chaos.run(2)
     assert summary.checks["(5) intermittent flap: no change"] == 2
     assert not summary.violations
+
+
+@needs_root
+def test_withdraw_a_new_leader_waits_for_the_fence_of_a_member_it_lost_earlier(
+    tmp_path: Path,
+) -> None:
+    """Double fault, `withdraw`: lb2's packets to P are lost (P's link to lb2 drops) while
+    lb2 still reaches the leader and a majority, so it keeps its lease and its VIP. The
+    leader dies and P wins the election (lb1 and lb5 have fast election timers: one leads,
+    the other is P). P must not expire lb2 at once for that old link drop: lb2's lease
+    fence is up to 0.85 s away, so its VIP would be announced twice. P waits for the fence."""
+    chaos = Chaos(tmp_path, size=5, policy="withdraw", seed=3, kinds={"partition": 1.0})
+    slow_election = "\n[raft]\nmin_timeout = 0.9\nmax_timeout = 1.0\n"
+    for name in ("lb2", "lb3", "lb4"):
+        config = chaos.group.members[name].config
+        config.write_text(config.read_text() + slow_election)
+    with chaos:
+        group = chaos.group
+        wait_until(lambda: group.leader() is not None, 20)
+        leader = group.leader()
+        if leader not in ("lb1", "lb5"):
+            pytest.skip(f"a member with a slow election timer won ({leader})")
+        future = "lb5" if leader == "lb1" else "lb1"
+        vip = "10.20.0.2"  # lb2's preferred VIP
+        wait_until(lambda: group.announcers(vip) == {"lb2"}, 20)
+        chaos._cut("lb2", future)
+        time.sleep(2.0)  # > connection_timeout: the future leader's link to lb2 has dropped
+        assert group.announcers(vip) == {"lb2"}, "lb2 must keep its VIP (it has a majority)"
+        killed = time.monotonic()
+        chaos._kill(leader)
+        wait_until(lambda: group.announcers(vip) - {"lb2"} != set(), 10)
+        time.sleep(0.5)
+        end = time.monotonic()
+        both = [
+            seg
+            for seg in chaos.recorder.coverage(vip, killed, end)
+            if len(seg.announcers) > 1 and seg.end - seg.start > 0.005
+        ]
+        assert not both, [(s.start - killed, s.end - killed, sorted(s.announcers)) for s in both]
+        assert f"raft leader={future}" in group.stderr(future)
 
 
 @needs_root
