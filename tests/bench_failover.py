@@ -136,12 +136,21 @@ def main() -> int:
     parser.add_argument(
         "--kinds", default="owner kill -9,leader kill -9,owner SIGSTOP,owner check fails"
     )
+    parser.add_argument("--policy", choices=["hold", "withdraw"], default="hold")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="raftvip-bench-"))
-    group = Group(root, size=args.members, fall=1, rise=1, vips_per_member=max(1, args.drain_vips))
+    group = Group(
+        root,
+        size=args.members,
+        fall=1,
+        rise=1,
+        vips_per_member=max(1, args.drain_vips),
+        on_quorum_loss=args.policy,
+    )
     print(
         f"# raftvip failover benchmark: {args.members} members, {args.trials} trials each, "
-        f"lease 1.5 s, check interval 0.2 s / fast 0.1 s, rise 1, fall 1"
+        f"lease 1.5 s, check interval 0.2 s / fast 0.1 s, rise 1, fall 1, "
+        f"on_quorum_loss={args.policy}"
     )
     print(f"# python {sys.version.split()[0]}, {os.cpu_count()} cores, state in {root}")
     try:

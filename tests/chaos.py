@@ -358,6 +358,7 @@ class Episode:
     command: str = ""
     command_outcome: str = ""
     maintenance_unknown: bool = False
+    gap_measured: bool = False  # not while the service is (maybe) in maintenance
     timeline: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     worst_gap: float = 0.0
@@ -671,7 +672,8 @@ class Chaos:
             raced = f" + {episode.command} -> {episode.command_outcome}" if episode.command else ""
             self.log(
                 f"[seed {self.seed} #{index}] {kind} {episode.detail}{raced}"
-                f": gap {episode.worst_gap:.3f}s changes {episode.max_changes} {status}"
+                f": gap {f'{episode.worst_gap:.3f}s' if episode.gap_measured else 'n/a'}"
+                f" changes {episode.max_changes} {status}"
             )
             for violation in episode.violations:
                 text = (
@@ -886,6 +888,7 @@ class Chaos:
         self._check_quiet_phase(episode)
         self._check_flags(episode)
         self._check_processes(episode)
+        self._end_maintenance(episode)
 
     def _cut(self, a: str, b: str) -> None:
         """Nothing `a` sends reaches `b`: neither on connections `a` opened to `b` nor as
@@ -923,6 +926,23 @@ class Chaos:
         vip = rng.choice(self.group.vips)
         member = rng.choice([n for n in self.group.members if n not in self.flags.drained])
         return (f"pin {vip} {member}", {"vip": vip, "member": member})
+
+    def _end_maintenance(self, episode: Episode) -> None:
+        """Maintenance withdraws every VIP (the group has one service): once the episode that
+        set it is checked (flags kept through its fault), switch it off again so that the
+        next faults are checked for availability too."""
+        if not self.flags.maintenance:
+            return
+        body = {"service": "apex", "on": False}
+        for _ in range(5):
+            live = sorted(self._live())
+            if live and self._send(live[0], "maintenance off", body) == "ok":
+                self._apply_flag("maintenance off", body)
+                self._note(episode, "harness: maintenance off again")
+                self._wait_settled(self.settle_timeout)
+                return
+            time.sleep(self.window)
+        episode.violations.append("(3) maintenance off could not be committed after the checks")
 
     def _apply_flag(self, text: str, body: dict[str, Any]) -> None:
         op = text.split()[0]
@@ -1004,7 +1024,8 @@ class Chaos:
         # A throttled disk stalls its member's Raft thread at unpredictable times during the
         # fault (no fixed start for the window): checked once it is over.
         if episode.majority_ok and end > start and episode.kind != "disk_slow":
-            self.summary.checks["(1) availability during fault"] += 1
+            if self._vips_checked(episode):
+                self.summary.checks["(1) availability during fault"] += 1
             for vip in self._vips_checked(episode):
                 for seg in self.recorder.coverage(vip, start, end):
                     if not seg.announcers and seg.end - seg.start > 0.0:
@@ -1095,7 +1116,10 @@ class Chaos:
         start, end = episode.last_event + self.window, episode.end
         if end <= start:
             return
-        self.summary.checks["(1) availability when quiet"] += 1
+        if self._vips_checked(episode):
+            self.summary.checks["(1) availability when quiet"] += 1
+        else:
+            self.summary.checks["(1) not checked: service in maintenance"] += 1
         self.summary.checks["(2) exclusivity when quiet"] += 1
         for vip in self._vips_checked(episode) if not self.flags.maintenance else []:
             for seg in self.recorder.coverage(vip, start, end):
@@ -1119,6 +1143,7 @@ class Chaos:
             segments = self.recorder.coverage(vip, episode.inject, episode.end)
             episode.max_changes = max(episode.max_changes, len(segments) - 1)
             if not (self.flags.maintenance or episode.maintenance_unknown):
+                episode.gap_measured = True
                 for seg in segments:
                     if not seg.announcers:
                         episode.worst_gap = max(episode.worst_gap, seg.end - seg.start)
