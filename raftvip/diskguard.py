@@ -11,6 +11,7 @@ fails leaves the in-memory log as it was, so nothing unwritten is ever acknowled
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -32,10 +33,17 @@ class StateDirFull(OSError):
 
 
 def _reserve(fd: int, size: int, name: str) -> None:
+    before = os.fstat(fd).st_size
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno in _FULL:
+            # ext4 may have grown the file before giving up, and pysyncobj sizes its writes
+            # by the file's size (mmap.size()): a longer file than the mapping made its next
+            # write fail with "mmap slice assignment is wrong size". Put the size back.
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size != before:
+                    os.ftruncate(fd, before)
             raise StateDirFull(exc.errno, f"cannot grow the Raft journal {name}", name) from None
         # EOPNOTSUPP and friends: this filesystem cannot reserve; keep pysyncobj's behaviour.
 
@@ -44,8 +52,8 @@ def _guarded_write(original: Callable[..., Any]) -> Callable[..., Any]:
     def write(self: Any, offset: int, values: bytes) -> Any:
         mapped = self._ResizableFile__mm
         end = offset + len(values)
-        if end > mapped.size():
-            grown = max(int(mapped.size() * self._ResizableFile__resizeFactor), end)
+        if end > len(mapped):  # the mapping's length (mapped.size() is the file's size)
+            grown = max(int(len(mapped) * self._ResizableFile__resizeFactor), end)
             _reserve(self._ResizableFile__f.fileno(), grown, self._ResizableFile__fileName)
             # mmap.size() is the file's size: map what was just reserved, or pysyncobj
             # would see a large enough file and write past the end of the mapping.
