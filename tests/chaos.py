@@ -685,10 +685,21 @@ class Chaos:
                 for line in episode.timeline:
                     self.log("    " + line)
         self.summary.elapsed = time.monotonic() - started
+        self.summary.checks["(4) no traceback in any member's log"] += 1
         for name in self.group.members:
-            tracebacks = self.group.stderr(name).count("Traceback")
+            err = self.group.stderr(name)
+            tracebacks = err.count("Traceback")
             if tracebacks:
-                self.log(f"note: {name} logged {tracebacks} traceback(s); see {name}.stderr")
+                first = err[err.index("Traceback") :].splitlines()[:30]
+                error = next((x for x in first[1:] if x and not x.startswith(" ")), "?")
+                text = (
+                    f"seed={self.seed} size={self.size} policy={self.policy}: (4) {name} logged "
+                    f"{tracebacks} traceback(s), the first: {error}"
+                )
+                self.summary.violations.append(text)
+                self.log("VIOLATION " + text)
+                for line in first:
+                    self.log("    " + line)
         return self.summary
 
     def _note(self, episode: Episode, text: str) -> None:
