@@ -96,6 +96,10 @@ class Throttle:
         self.CONTROL.write_text(f"{dev} {iops}\n")
         self.limited.append(dev)
 
+    def reset(self, path: Path) -> None:
+        """No limit on the device under `path` (0 removes a cgroup v1 throttle rule)."""
+        self.CONTROL.write_text(f"{self.device(path)} 0\n")
+
     def clear(self) -> None:
         for dev in self.limited:
             with contextlib.suppress(OSError):
@@ -552,6 +556,9 @@ class Chaos:
             subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
             subprocess.run(["mount", "-o", "loop", str(image), str(path)], check=True)
             path.chmod(0o700)
+            # A harness killed mid-fault leaves its limit on the loop device's number, which
+            # this new loop device may reuse.
+            self.throttle.reset(path)
         else:
             subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "raftvip-chaos", str(path)],
