@@ -373,23 +373,33 @@ class Testbed:
     def watch(self, vip: str, victim: str, began: float, timeout: float = 60.0) -> Sample:
         """Poll BIRD until its best path for `vip` leads to another LB."""
         other: float | None = None
-        no_route = 0.0
-        lost_at: float | None = None
+        gaps = NoRoute()
         while True:
             paths = self.routes().get(vip, [])
             now = time.monotonic() - began
             best = self.best_member(paths)
-            if best is None:
-                lost_at = now if lost_at is None else lost_at
-            elif lost_at is not None:
-                no_route, lost_at = max(no_route, now - lost_at), None
+            gaps.see(now, best is not None)
             if other is None and any(self.member_of(p) not in (None, victim) for p in paths):
                 other = now
             if best is not None and best != victim:
-                return Sample(now, other, no_route, victim)
+                return Sample(now, other, gaps.longest, victim)
             if now > timeout:
                 raise TimeoutError(f"{vip} still on {victim} after {timeout:g} s")
             time.sleep(POLL)
+
+
+@dataclass
+class NoRoute:
+    """The longest interval, over successive polls of a router, without a best path."""
+
+    longest: float = 0.0
+    lost_at: float | None = None
+
+    def see(self, now: float, routed: bool) -> None:
+        if not routed:
+            self.lost_at = now if self.lost_at is None else self.lost_at
+        elif self.lost_at is not None:
+            self.longest, self.lost_at = max(self.longest, now - self.lost_at), None
 
 
 def wait_until_value(probe: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -444,25 +454,21 @@ def drain_trials(bed: Testbed, trials: int) -> list[tuple[float, float]]:
         vip = bed.vip_of(victim)
         began = time.monotonic()
         request(bed.sock(victim), {"op": "drain", "member": victim, "on": True}, timeout=10)
-        no_route = 0.0
-        lost_at: float | None = None
+        gaps = NoRoute()
         while True:
             paths = bed.routes().get(vip, [])
             now = time.monotonic() - began
             best = bed.best_member(paths)
-            if best is None:
-                lost_at = now if lost_at is None else lost_at
-            elif lost_at is not None:
-                no_route, lost_at = max(no_route, now - lost_at), None
+            gaps.see(now, best is not None)
             if best not in (None, victim) and all(bed.member_of(p) != victim for p in paths):
                 break
             if now > 30:
                 raise TimeoutError(f"drain of {victim} not done after 30 s")
             time.sleep(POLL)
-        results.append((now, no_route))
+        results.append((now, gaps.longest))
         log(
             f"  {'raftvip':<34} {'drain':<20} #{trial + 1:<3} {victim}: moved in {ms(now):>8}, "
-            f"longest interval without a route {no_route * 1000:.1f} ms"
+            f"longest interval without a route {gaps.longest * 1000:.1f} ms"
         )
         request(bed.sock(victim), {"op": "drain", "member": victim, "on": False}, timeout=10)
     return results
