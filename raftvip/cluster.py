@@ -506,7 +506,8 @@ class RaftCluster:
         )
         self._replica = _Replica(self._cfg, conf, self._dispatch)
         self._syncer = diskguard.JournalSyncer(
-            [f"{base}.journal", f"{base}.journal.meta", f"{base}.snapshot", state_dir],
+            # pysyncobj keeps term and vote in "<journalFile>.meta" (journal.MetaStorer).
+            [conf.journalFile, f"{conf.journalFile}.meta", conf.fullDumpFile, state_dir],
             on_full=self._on_disk_full,
         )
         self._syncer.start()
