@@ -51,7 +51,7 @@ from raftvip.config import load_config  # noqa: E402
 from raftvip.control import request  # noqa: E402
 from raftvip.errors import RaftvipError  # noqa: E402
 from raftvip.exabgp_config import default_run_command, render_exabgp_config  # noqa: E402
-from raftvip.status import render_status  # noqa: E402
+from raftvip.core.status import render_status  # noqa: E402
 from tests.bgplab import (  # noqa: E402
     Bird,
     BirdPath,

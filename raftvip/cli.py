@@ -154,7 +154,7 @@ def _client(config_path: str, member: str | None) -> Config:
 @domain_errors
 def status(config_path: str, member: str | None, as_json: bool, events: bool) -> None:
     """Show the whole group as this member sees it."""
-    from raftvip.status import render_status
+    from raftvip.core.status import render_status
 
     cfg = _client(config_path, member)
     doc = request(cfg.cluster.control_socket, {"op": "status"})

@@ -1,122 +1,21 @@
-"""A full `state_dir` becomes a clear error instead of a silent SIGBUS.
+"""The Raft journal written to disk off the Raft thread (pysyncobj never syncs).
 
-pysyncobj's journal is an mmapped file grown with `ftruncate`: on a full filesystem the first
-write to a new page kills the process with SIGBUS and no message (measured on a full tmpfs:
-exit -7, nothing logged). `install()` makes every growth reserve its blocks first
-(`posix_fallocate`), so a full disk raises ENOSPC before a page is touched, and turns
-pysyncobj's per-tick tracebacks for ENOSPC into one call of `on_full` (the member then hands
-over, withdraws and exits with a clear error instead of dying). A journal append that
-fails leaves the in-memory log as it was, so nothing unwritten is ever acknowledged.
+The guards that turn a full `state_dir` into a clear error patch pysyncobj's journal and
+live with every other patch in raftvip/pysyncobj_patches.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from pysyncobj import journal
 
 log = logging.getLogger(__name__)
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-_installed: list[Callable[[str], None]] = []  # the current `on_full` (one Raft node per process)
-
-
-class StateDirFull(OSError):
-    """The Raft journal could not grow: no space left in `state_dir`."""
-
-
-def _reserve(fd: int, size: int, name: str) -> None:
-    before = os.fstat(fd).st_size
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno in _FULL:
-            # ext4 may have grown the file before giving up, and pysyncobj sizes its writes
-            # by the file's size (mmap.size()): a longer file than the mapping made its next
-            # write fail with "mmap slice assignment is wrong size". Put the size back.
-            with contextlib.suppress(OSError):
-                if os.fstat(fd).st_size != before:
-                    os.ftruncate(fd, before)
-            raise StateDirFull(exc.errno, f"cannot grow the Raft journal {name}", name) from None
-        # EOPNOTSUPP and friends: this filesystem cannot reserve; keep pysyncobj's behaviour.
-
-
-def _guarded_write(original: Callable[..., Any]) -> Callable[..., Any]:
-    def write(self: Any, offset: int, values: bytes) -> Any:
-        mapped = self._ResizableFile__mm
-        end = offset + len(values)
-        if end > len(mapped):  # the mapping's length (mapped.size() is the file's size)
-            grown = max(int(len(mapped) * self._ResizableFile__resizeFactor), end)
-            _reserve(self._ResizableFile__f.fileno(), grown, self._ResizableFile__fileName)
-            # mmap.size() is the file's size: map what was just reserved, or pysyncobj
-            # would see a large enough file and write past the end of the mapping.
-            mapped.resize(grown)
-        return original(self, offset, values)
-
-    write.raftvip_guarded = True  # type: ignore[attr-defined]
-    return write
-
-
-def _guarded_init(original: Callable[..., Any]) -> Callable[..., Any]:
-    def init(self: Any, fileName: str, *args: Any, **kwargs: Any) -> None:
-        original(self, fileName, *args, **kwargs)
-        # A journal left sparse (older run, or grown by ftruncate) gets its holes reserved.
-        _reserve(self._ResizableFile__f.fileno(), self._ResizableFile__mm.size(), fileName)
-
-    return init
-
-
-def _atomic_add(original: Callable[..., Any]) -> Callable[..., Any]:
-    """pysyncobj's FileJournal.add appends to its in-memory log before writing the file: a
-    failed write left an entry in memory that was never on disk (acknowledged to the leader,
-    then lost or replaced by the next entry at the same offset: a journal with a hole, and
-    "truncating already-applied log entries" after a restart). Undo the in-memory append."""
-
-    def add(self: Any, command: bytes, idx: int, term: int) -> None:
-        entries = self._FileJournal__journal
-        before = len(entries)
-        try:
-            original(self, command, idx, term)
-        except BaseException:
-            del entries[before:]
-            raise
-
-    return add
-
-
-class _FullDiskFilter(logging.Filter):
-    """Swallow pysyncobj's tracebacks for ENOSPC (logged once, clearly, by `on_full`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        while exc is not None:
-            if isinstance(exc, OSError) and exc.errno in _FULL:
-                detail = exc.strerror or "no space left on device"
-                if exc.filename:
-                    detail += f": {exc.filename}"
-                for on_full in _installed:
-                    on_full(detail)
-                return False
-            exc = exc.__context__
-        return True
-
-
-def install(on_full: Callable[[str], None]) -> None:
-    """Guard pysyncobj's journal growth; `on_full(detail)` runs (tick thread) on ENOSPC."""
-    _installed[:] = [on_full]
-    cls: Any = journal.ResizableFile
-    if not getattr(cls.write, "raftvip_guarded", False):
-        cls.write = _guarded_write(cls.write)
-        cls.__init__ = _guarded_init(cls.__init__)
-        journal.FileJournal.add = _atomic_add(journal.FileJournal.add)
-        logging.getLogger("pysyncobj.syncobj").addFilter(_FullDiskFilter())
 
 
 class JournalSyncer:

@@ -47,8 +47,8 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
 from raftvip.config import Config, ZookeeperConfig, load_zookeeper_auth
-from raftvip.state import Command, SetDrain, SetMaintenance
-from raftvip.status import build_status
+from raftvip.core.state import Command, SetDrain, SetMaintenance
+from raftvip.core.status import build_status
 
 if TYPE_CHECKING:
     from raftvip.agent import Agent, Snapshot

@@ -23,7 +23,7 @@ from raftvip.config import (
     NeighborConfig,
     ServiceConfig,
 )
-from raftvip.exabgp import Route, announce_line, parse_stdin_line, route_for, withdraw_line
+from raftvip.core.exabgp import Route, announce_line, parse_stdin_line, route_for, withdraw_line
 from raftvip.exabgp_config import render_exabgp_config
 
 try:  # `tests` is importable when /work/main is on sys.path (python -m pytest, the lab)

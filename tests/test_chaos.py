@@ -162,11 +162,11 @@ def test_a_journal_append_on_a_full_disk_leaves_memory_and_file_equal(
     write failed with "mmap slice assignment is wrong size")."""
     from pysyncobj import journal
 
-    from raftvip import diskguard
+    from raftvip import pysyncobj_patches
 
     if fs == "ext4" and not Throttle.available():
         pytest.skip("needs mkfs.ext4 and loop devices")
-    diskguard.install(lambda _detail: None)
+    pysyncobj_patches.install_journal_guards(lambda _detail: None)
     mount = tmp_path / "state"
     mount.mkdir()
     if fs == "tmpfs":
@@ -190,7 +190,7 @@ def test_a_journal_append_on_a_full_disk_leaves_memory_and_file_equal(
             try:
                 log.add(payload, idx, 1)
                 idx += 1
-            except diskguard.StateDirFull:
+            except pysyncobj_patches.StateDirFull:
                 failures += 1  # the same index is retried, as pysyncobj would
         filler.unlink()
         log.add(payload, idx, 1)

@@ -25,7 +25,7 @@ from raftvip.config import (
     NeighborConfig,
     ServiceConfig,
 )
-from raftvip.exabgp import (
+from raftvip.core.exabgp import (
     MAX_EVENT_TEXT,
     Route,
     StdinEvent,

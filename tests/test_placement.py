@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftvip.placement import ServiceSpec, place
+from raftvip.core.placement import ServiceSpec, place
 
 MEMBERS = ["lb1", "lb2", "lb3", "lb4", "lb5"]
 

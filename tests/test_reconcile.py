@@ -9,9 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftvip.config import AnnounceConfig, ClusterConfig, Config, ServiceConfig
-from raftvip.exabgp import Route, route_for
-from raftvip.placement import Assignment, ServiceSpec
-from raftvip.reconcile import (
+from raftvip.core.decide import (
     GroupView,
     decide,
     desired_routes,
@@ -19,7 +17,9 @@ from raftvip.reconcile import (
     plan,
     resync_lines,
 )
-from raftvip.state import ClusterState, MemberState
+from raftvip.core.exabgp import Route, route_for
+from raftvip.core.placement import Assignment, ServiceSpec
+from raftvip.core.state import ClusterState, MemberState
 
 ANNOUNCE = AnnounceConfig(med=100, communities=("65001:100",))
 SERVICE = ServiceConfig(name="apex", vips=("10.0.0.1", "10.0.0.2", "10.0.0.3"), announce=ANNOUNCE)

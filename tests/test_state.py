@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftvip.placement import ServiceSpec
-from raftvip.state import (
+from raftvip.core.placement import ServiceSpec
+from raftvip.core.state import (
     ClusterState,
     Command,
     CommandError,

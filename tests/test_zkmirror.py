@@ -19,11 +19,12 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import make_digest_acl
 
 from raftvip.agent import Snapshot
-from raftvip.cluster import RaftInfo, service_specs
 from raftvip.config import Config, load_config
-from raftvip.placement import Assignment
-from raftvip.reconcile import Decision
-from raftvip.state import ClusterState, Command, MemberState, SetDrain, SetMaintenance
+from raftvip.core.decide import Decision
+from raftvip.core.group import RaftInfo
+from raftvip.core.leader import service_specs
+from raftvip.core.placement import Assignment
+from raftvip.core.state import ClusterState, Command, MemberState, SetDrain, SetMaintenance
 from raftvip.zkmirror import FOLLOWER_GRACE, ZkMirror, due, edges, settle
 from tests.members import SECRET, Group, cli, settled, wait_until
 from tests.zk import ZooKeeper, requires_zookeeper, running_zookeeper

@@ -31,8 +31,8 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from raftvip.config import FENCE_MARGIN, Config
-from raftvip.exabgp import Route, announce_line, route_for, withdraw_line
-from raftvip.state import ClusterState
+from raftvip.core.exabgp import Route, announce_line, route_for, withdraw_line
+from raftvip.core.state import ClusterState
 
 
 @dataclass(frozen=True)

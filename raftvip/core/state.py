@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from raftvip.placement import Assignment, ServiceSpec, place
+from raftvip.core.placement import Assignment, ServiceSpec, place
 
 WIRE_VERSION = 1
 MAX_EVENTS = 200

@@ -6,10 +6,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from raftvip.cluster import RaftInfo
 from raftvip.config import Config
-from raftvip.reconcile import Decision, LocalHealth
-from raftvip.state import ClusterState
+from raftvip.core.decide import Decision, LocalHealth
+from raftvip.core.group import RaftInfo
+from raftvip.core.state import ClusterState
 
 
 def build_status(

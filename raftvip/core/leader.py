@@ -1,0 +1,184 @@
+"""The leader's duties, as pure functions of the replicated state, link observations and `now`.
+
+Every member keeps a `LeaderBook` (links are tracked by all, so that a new leader already knows
+which peer dropped, and since when). On the leader, `leader_tick` returns the commands to
+propose:
+
+- when leadership is won, every member gets a fresh lease (the new leader has not seen any
+  report yet, and must not expire members for its own lack of history);
+- `Configure` with this member's service layout while the replicated one differs;
+- `Expire` for a member whose lease lapsed (`lease` since its last report was applied here:
+  a hung process) or, faster, whose TCP link dropped `disconnect_grace` ago (a crashed
+  process), with the withdraw-mode rule of `fenced_by`.
+
+The shell (raftvip/cluster.py) feeds it on pysyncobj's tick thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from raftvip.config import Config
+from raftvip.core.placement import ServiceSpec
+from raftvip.core.state import ClusterState, Command, Configure, Expire
+
+EXPIRE_RETRY = 0.25  # an Expire for the same (member, incarnation, seq) at most this often
+CONFIGURE_RETRY = 1.0
+
+
+def service_specs(cfg: Config) -> tuple[ServiceSpec, ...]:
+    """The placement-relevant part of this member's services, as the group replicates it."""
+    return tuple(
+        ServiceSpec(
+            name=s.name,
+            vips=s.vips,
+            preferred=dict(s.preferred),
+            preempt=s.preempt,
+            preempt_delay=float(s.preempt_delay),
+            rebalance=s.rebalance,
+        )
+        for s in cfg.services
+    )
+
+
+@dataclass(frozen=True)
+class LeaderBook:
+    """Bookkeeping for the leader's duties (every member keeps one)."""
+
+    started_at: float
+    was_leader: bool = False
+    leader_since: float = 0.0
+    # member -> when this member last saw its lease renewed (reset by a new leader's grant).
+    lease_seen: Mapping[str, float] = field(default_factory=dict)
+    # member -> when its last report was applied here (never reset by lease grants).
+    report_applied: Mapping[str, float] = field(default_factory=dict)
+    was_connected: frozenset[str] = frozenset()
+    down_since: Mapping[str, float] = field(default_factory=dict)
+    expire_sent: Mapping[tuple[str, int, int], float] = field(default_factory=dict)
+    configure_sent: float = 0.0
+
+
+@dataclass(frozen=True)
+class LeaderLog:
+    level: int
+    message: str
+
+
+@dataclass(frozen=True)
+class LeaderEffects:
+    proposals: tuple[Command, ...] = ()
+    logs: tuple[LeaderLog, ...] = ()
+
+
+def report_applied(book: LeaderBook, member: str, now: float) -> LeaderBook:
+    """A report of `member` was applied here."""
+    return replace(
+        book,
+        lease_seen={**book.lease_seen, member: now},
+        report_applied={**book.report_applied, member: now},
+    )
+
+
+def track_links(book: LeaderBook, links: Mapping[str, bool], now: float) -> LeaderBook:
+    """Record which peer links are open (`links`: peer -> connected) and since when one is down."""
+    was_connected = set(book.was_connected)
+    down_since = dict(book.down_since)
+    for name, connected in links.items():
+        if connected:
+            was_connected.add(name)
+            down_since.pop(name, None)
+        elif name in was_connected:
+            down_since.setdefault(name, now)
+    if was_connected == book.was_connected and down_since == book.down_since:
+        return book
+    return replace(book, was_connected=frozenset(was_connected), down_since=down_since)
+
+
+def leader_tick(
+    book: LeaderBook,
+    cfg: Config,
+    specs: tuple[ServiceSpec, ...],
+    state: ClusterState,
+    *,
+    is_leader: bool,
+    term: int,
+    links: Mapping[str, bool],
+    now: float,
+    wall: float,
+) -> tuple[LeaderBook, LeaderEffects]:
+    """One tick of the leader's duties. `specs` is `service_specs(cfg)`; `now` is monotonic,
+    `wall` stamps the commands."""
+    book = track_links(book, links, now)
+    if not is_leader:
+        if book.was_leader:
+            book = replace(book, was_leader=False)
+        return book, LeaderEffects()
+    proposals: list[Command] = []
+    logs: list[LeaderLog] = []
+    addresses = dict(state.addresses) or dict(cfg.members)
+    if not book.was_leader:
+        book = replace(
+            book,
+            was_leader=True,
+            leader_since=now,
+            lease_seen={name: now for name in addresses},
+        )
+        logs.append(
+            LeaderLog(
+                logging.INFO,
+                f"raft leader={cfg.me} term={term}: granted every member a fresh lease",
+            )
+        )
+    if (state.services != specs or not state.addresses) and (
+        now - book.configure_sent > CONFIGURE_RETRY
+    ):
+        book = replace(book, configure_sent=now)
+        proposals.append(Configure(wall, specs, dict(cfg.members)))
+    lease = cfg.cluster.lease
+    grace = cfg.raft.disconnect_grace
+    expire_sent = dict(book.expire_sent)
+    for name, member in state.members.items():
+        if not member.alive:
+            continue
+        reason = None
+        down_since = book.down_since.get(name)
+        if now - book.lease_seen.get(name, now) > lease:
+            reason = "lease"
+        elif (
+            name != cfg.me
+            and down_since is not None
+            and now - down_since >= grace
+            and fenced_by(book, cfg, name, down_since, now)
+        ):
+            reason = "disconnect"
+        if reason is None:
+            continue
+        key = (name, member.incarnation, member.seq)
+        if now - expire_sent.get(key, 0.0) < EXPIRE_RETRY:
+            continue
+        expire_sent = {k: v for k, v in expire_sent.items() if now - v < 5.0}
+        expire_sent[key] = now
+        logs.append(LeaderLog(logging.INFO, f"raft leader expires member={name} reason={reason}"))
+        proposals.append(Expire(wall, name, member.incarnation, member.seq, reason))
+    if expire_sent != book.expire_sent:
+        book = replace(book, expire_sent=expire_sent)
+    return book, LeaderEffects(tuple(proposals), tuple(logs))
+
+
+def fenced_by(book: LeaderBook, cfg: Config, name: str, down_since: float, now: float) -> bool:
+    """May a member whose link to this leader dropped at `down_since` be expired now?
+
+    A link that dropped while this member led carried the member's reports: it dropped
+    after `connection_timeout` of silence following the last of them (or the member
+    died), so the member's own fence has fallen. A link that dropped before this member
+    became leader says nothing about reports the member got committed through the old
+    leader since: with `on_quorum_loss = "withdraw"` (at most one announcer) wait until
+    `connection_timeout` after the member's last report applied here, when its fence
+    has fallen for sure. `hold` keeps the fast path (two announcers are its trade-off).
+    """
+    if cfg.cluster.on_quorum_loss != "withdraw" or down_since >= book.leader_since:
+        return True
+    applied = book.report_applied.get(name, book.started_at)
+    return now - applied >= cfg.raft.connection_timeout

@@ -1,0 +1,564 @@
+"""The member loop as a pure state machine: `step(loop, event, now) -> (loop, effects)`.
+
+The shell (raftvip/agent.py) turns I/O into events — the Raft group's state, health changes,
+ExaBGP's stdin, signals, the outcome of proposals — and carries out the effects: ExaBGP lines
+to write, commands to propose, log records, and when to step again. Nothing here reads a
+clock, a socket or a thread: `now` (monotonic seconds) comes with every step and the wall
+clock that stamps commands comes with `Tick`.
+
+One `Tick` is one iteration of the loop: the shell passes what it observed of the group, and
+the loop detects a pause, reports to the group, decides (`decide.decide`) and writes the
+difference to ExaBGP, confirms handovers, and hands over before it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from raftvip.config import Config
+from raftvip.core.decide import (
+    Decision,
+    GroupView,
+    decide,
+    desired_routes,
+    fence_time,
+    fenced,
+    plan,
+    resync_lines,
+)
+from raftvip.core.exabgp import Route, StdinEvent
+from raftvip.core.group import EMPTY_GROUP, GroupObservation
+from raftvip.core.state import ClusterState, Command, Confirm, Expire, Report
+
+TICK = 0.1  # the loop steps at least this often
+CONFIRM_RETRY = 0.5  # a Confirm for the same VIP at most this often
+LEAVE_LINGER = 0.1  # after a last-moment leave: let it reach the leader before links close
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One iteration: the group as the shell read it just now, and the wall clock."""
+
+    group: GroupObservation
+    wall: float
+
+
+@dataclass(frozen=True)
+class HealthChanged:
+    """A local check changed: `local` is "up", "down" or "disabled"."""
+
+    service: str
+    local: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StdinLine:
+    """One line ExaBGP wrote on our stdin, classified (`exabgp.parse_stdin_line`)."""
+
+    event: StdinEvent
+
+
+@dataclass(frozen=True)
+class StdinClosed:
+    """EOF on stdin: ExaBGP is gone."""
+
+
+@dataclass(frozen=True)
+class StdoutClosed:
+    """Writing to ExaBGP failed (broken pipe): ExaBGP is gone."""
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """A signal, or a fatal condition (`fatal`: exit 1 once handed over)."""
+
+    reason: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class ReportTag:
+    """A report of ours, sent at `sent` (monotonic)."""
+
+    sent: float
+
+
+@dataclass(frozen=True)
+class LeaveTag:
+    """Our leave, naming the (incarnation, seq) that it expires."""
+
+    key: tuple[int, int]
+
+
+Tag = ReportTag | LeaveTag
+
+
+@dataclass(frozen=True)
+class ProposalDone:
+    """The outcome of a tagged proposal: `err` is pysyncobj's FAIL_REASON (0: committed)."""
+
+    tag: Tag
+    err: int
+
+
+Event = Tick | HealthChanged | StdinLine | StdinClosed | StdoutClosed | StopRequested | ProposalDone
+
+# --- effects --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proposal:
+    cmd: Command
+    tag: Tag | None = None  # the shell answers with ProposalDone(tag, err)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    level: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Effects:
+    lines: tuple[str, ...] = ()  # to ExaBGP, in order
+    proposals: tuple[Proposal, ...] = ()
+    logs: tuple[LogRecord, ...] = ()
+    wake_at: float | None = None  # step again (Tick) no later than this
+    linger: float = 0.0  # finished: wait this long before exiting
+
+
+NO_EFFECTS = Effects()
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """Lease renewals: when the next report is due, and what became of the last ones."""
+
+    due: bool = True
+    next_at: float = 0.0
+    last_at: float = 0.0
+    failed: bool = False
+    renewed_at: float = -float("inf")  # send time of our last committed report
+
+
+@dataclass(frozen=True)
+class Stopping:
+    reason: str | None = None
+    fatal: bool = False
+    exabgp_gone: bool = False
+    deadline: float | None = None  # handover bound, set when the stop begins
+    leave_key: tuple[int, int] | None = None  # what our pending leave names
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """Lines written to ExaBGP that await its ack (`pending[head:]`), and acked announces."""
+
+    pending: tuple[str, ...] = ()
+    head: int = 0
+    acked: frozenset[str] = frozenset()
+
+    def written(self, lines: tuple[str, ...]) -> Pipe:
+        return replace(self, pending=self.pending[self.head :] + lines, head=0)
+
+    def pop(self) -> tuple[Pipe, str | None]:
+        if self.head >= len(self.pending):
+            return self, None
+        return replace(self, head=self.head + 1), self.pending[self.head]
+
+
+@dataclass(frozen=True)
+class LoopState:
+    cfg: Config
+    incarnation: int
+    health: Mapping[str, str]  # service -> up | down | disabled (local)
+    seq: int = 0
+    group: GroupObservation = EMPTY_GROUP
+    announced: Mapping[str, Route] = field(default_factory=dict)
+    pipe: Pipe = Pipe()
+    decisions: Mapping[str, Decision] = field(default_factory=dict)
+    decided_key: tuple[object, ...] | None = None
+    announced_version: int = 0
+    reporting: Reporting = Reporting()
+    quorum_lost_at: float | None = None
+    stop: Stopping = Stopping()
+    fence_seq: int | None = None  # resuming after a pause: the first seq that ends it
+    last_step: float | None = None  # None: not stepped yet (start-up is not a pause)
+    handover_since: Mapping[str, float] = field(default_factory=dict)
+    confirm_sent: Mapping[str, float] = field(default_factory=dict)
+    quorum_lost_for: float = 0.0
+    exit_code: int | None = None  # set when the loop has finished
+
+
+def start(cfg: Config, incarnation: int) -> tuple[LoopState, Effects]:
+    """The loop before the group starts: withdraw every managed VIP (stale routes of an
+    earlier run must not linger)."""
+    health = {s.name: ("up" if s.check.kind == "none" else "down") for s in cfg.services}
+    loop = LoopState(cfg=cfg, incarnation=incarnation, health=health)
+    lines = tuple(resync_lines(cfg))
+    return replace(loop, pipe=loop.pipe.written(lines)), Effects(lines=lines)
+
+
+# --- the transition -------------------------------------------------------------------------
+
+
+def step(loop: LoopState, event: Event, now: float) -> tuple[LoopState, Effects]:
+    if loop.exit_code is not None:
+        return loop, NO_EFFECTS
+    match event:
+        case Tick():
+            return _tick(loop, event, now)
+        case HealthChanged():
+            return _on_health(loop, event)
+        case StdinLine():
+            return _on_stdin(loop, event.event)
+        case StdinClosed():
+            stop = replace(loop.stop, exabgp_gone=True, reason="EOF on stdin (ExaBGP stopped)")
+            return replace(loop, stop=stop), NO_EFFECTS
+        case StdoutClosed():
+            return replace(
+                loop, stop=replace(loop.stop, exabgp_gone=True, reason="stdout closed")
+            ), NO_EFFECTS
+        case StopRequested():
+            # The first reason is the one reported; a fatal condition always exits 1.
+            stop = replace(
+                loop.stop,
+                reason=loop.stop.reason or event.reason,
+                fatal=loop.stop.fatal or event.fatal,
+            )
+            return (
+                (loop, NO_EFFECTS) if stop == loop.stop else (replace(loop, stop=stop), NO_EFFECTS)
+            )
+        case ProposalDone():
+            return _on_proposal(loop, event), NO_EFFECTS
+    return loop, NO_EFFECTS  # pragma: no cover - the match is exhaustive
+
+
+class _Out:
+    """Effects gathered during one step."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.proposals: list[Proposal] = []
+        self.logs: list[LogRecord] = []
+
+    def log(self, level: int, message: str) -> None:
+        self.logs.append(LogRecord(level, message))
+
+    def effects(self, wake_at: float | None = None, linger: float = 0.0) -> Effects:
+        return Effects(tuple(self.lines), tuple(self.proposals), tuple(self.logs), wake_at, linger)
+
+
+def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
+    out = _Out()
+    cfg = loop.cfg
+    loop = replace(loop, group=tick.group)
+    last = loop.last_step
+    if last is not None and now - last > cfg.cluster.lease:
+        # This process was frozen (SIGSTOP, VM pause) for longer than a lease: the group
+        # has moved on without us. Withdraw until a fresh report of ours is committed, so
+        # ExaBGP does not re-advertise stale routes when its sessions come back.
+        loop = replace(loop, fence_seq=loop.seq + 1, reporting=replace(loop.reporting, due=True))
+        out.log(
+            logging.WARNING,
+            f"member={cfg.me} was paused for {now - last:.1f}s (longer than the "
+            "lease): withdrawing until the group has heard from it again",
+        )
+    loop = replace(loop, last_step=now)
+    loop = _maybe_report(loop, tick.wall, now, out)
+    loop = _reconcile(loop, tick.wall, now, out)
+    done, loop = _done_leaving(loop, tick.wall, now, out)
+    if done:
+        return _shutdown(loop, tick.wall, out)
+    return loop, out.effects(wake_at=_wake_at(loop, now))
+
+
+def _wake_at(loop: LoopState, now: float) -> float:
+    wake = min(now + TICK, max(now, loop.reporting.next_at))
+    if loop.cfg.cluster.on_quorum_loss == "withdraw":
+        # Wake up when the lease fence falls, not up to a tick later.
+        fence_at = loop.reporting.renewed_at + fence_time(loop.cfg)
+        if fence_at > now:
+            wake = min(wake, fence_at + 0.001)
+    return wake
+
+
+def _on_health(loop: LoopState, event: HealthChanged) -> tuple[LoopState, Effects]:
+    if loop.health.get(event.service) == event.local:
+        return loop, NO_EFFECTS
+    out = _Out()
+    out.log(
+        logging.INFO,
+        f"service={event.service} local_health={event.local} detail={event.detail!r}",
+    )
+    # The withdraw happens in the next Tick, then the report.
+    return replace(
+        loop,
+        health={**loop.health, event.service: event.local},
+        reporting=replace(loop.reporting, due=True),
+    ), out.effects()
+
+
+def _on_stdin(loop: LoopState, event: StdinEvent) -> tuple[LoopState, Effects]:
+    out = _Out()
+    if event.kind == "ack_done":
+        pipe, line = loop.pipe.pop()
+        if line is not None and line.startswith("announce route "):
+            pipe = replace(pipe, acked=pipe.acked | {line.split()[2].split("/")[0]})
+        loop = replace(loop, pipe=pipe)
+    elif event.kind == "ack_error":
+        pipe, line = loop.pipe.pop()
+        out.log(logging.ERROR, f"exabgp rejected command={line or '<unknown>'!r}")
+        loop = replace(loop, pipe=pipe)
+    elif event.kind == "shutdown":
+        loop = replace(loop, stop=replace(loop.stop, exabgp_gone=True, reason="ExaBGP shutdown"))
+    elif event.kind == "neighbor":
+        out.log(logging.INFO, f"exabgp neighbor={event.neighbor} state={event.state}")
+    elif event.kind == "unknown":
+        out.log(logging.WARNING, f"exabgp unexpected stdin line={event.text!r}")
+    return loop, out.effects()
+
+
+def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:
+    tag = event.tag
+    if isinstance(tag, ReportTag):
+        if event.err == 0:
+            renewed = max(loop.reporting.renewed_at, tag.sent)
+            return replace(loop, reporting=replace(loop.reporting, renewed_at=renewed))
+        # Retry soon rather than a report interval later.
+        return replace(loop, reporting=replace(loop.reporting, failed=True))
+    # Our leave failed to commit (leader change): ask again.
+    if event.err != 0 and loop.stop.leave_key == tag.key:
+        return replace(loop, stop=replace(loop.stop, leave_key=None))
+    return loop
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
+    if loop.stop.deadline is not None:
+        return loop  # leaving: a report would make this member alive again
+    if not loop.group.info.ready:
+        return loop  # not caught up with the group yet: claiming health would attract VIPs
+    cfg = loop.cfg
+    rep = loop.reporting
+    me = loop.group.state.members.get(cfg.me)
+    if (
+        rep.failed or me is None or not me.alive or me.incarnation != loop.incarnation
+    ) and now - rep.last_at >= TICK:
+        # Not (yet) known as alive, or the last report failed (leader change): retry at
+        # once, not a report interval later.
+        rep = replace(rep, due=True, failed=False)
+    if not rep.due and now < rep.next_at:
+        return replace(loop, reporting=rep) if rep is not loop.reporting else loop
+    seq = loop.seq + 1
+    rep = replace(rep, due=False, last_at=now, next_at=now + cfg.cluster.report_interval)
+    health = {name: value == "up" for name, value in loop.health.items()}
+    out.proposals.append(
+        Proposal(Report(wall, cfg.me, loop.incarnation, seq, health), ReportTag(now))
+    )
+    return replace(loop, seq=seq, reporting=rep)
+
+
+def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, GroupView]:
+    info = loop.group.info
+    lost_at = loop.quorum_lost_at
+    if info.has_quorum:
+        if lost_at is not None:
+            out.log(logging.INFO, f"quorum regained after {now - lost_at:.2f}s")
+        lost_at = None
+    elif lost_at is None:
+        lost_at = now
+        if info.ready:
+            out.log(logging.WARNING, f"quorum lost: policy={loop.cfg.cluster.on_quorum_loss}")
+    lost_for = 0.0 if lost_at is None else now - lost_at
+    view = GroupView(
+        ready=info.ready,
+        has_quorum=info.has_quorum,
+        quorum_lost_for=lost_for,
+        lease_age=now - loop.reporting.renewed_at,
+    )
+    return replace(loop, quorum_lost_at=lost_at, quorum_lost_for=lost_for), view
+
+
+# --- decide and announce --------------------------------------------------------------------
+
+
+def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
+    cfg = loop.cfg
+    state = loop.group.state
+    loop, view = _group_view(loop, now, out)
+    loop, expired = _handover_expired(loop, state, now, out)
+    strict_out = fenced(cfg, view)
+    loop, resuming = _resuming(loop, state, out)
+    # Everything `decide` reads. Pure lease renewals replace the state object but keep
+    # its version, so with thousands of VIPs the loop does no work while nothing changes.
+    key = (
+        state.version,
+        id(state.owners),
+        id(state.handovers),
+        tuple(loop.health.items()),
+        view.ready,
+        view.has_quorum,
+        strict_out,
+        expired,
+        resuming,
+        loop.announced_version,
+    )
+    if key != loop.decided_key:
+        decisions = decide(cfg, state, loop.health, view, loop.announced.keys(), expired)
+        desired = desired_routes(cfg, decisions)
+        lines = tuple(plan(desired, loop.announced))
+        if lines:
+            pipe = loop.pipe
+            acked = set(pipe.acked)
+            for vip, route in desired.items():
+                if loop.announced.get(vip) != route:
+                    acked.discard(vip)  # a new announce: wait for its ack
+            acked &= desired.keys()
+            out.lines.extend(lines)
+            loop = replace(
+                loop,
+                pipe=replace(pipe.written(lines), acked=frozenset(acked)),
+                announced=desired,
+                announced_version=loop.announced_version + 1,
+            )
+        loop = replace(loop, decisions=decisions, decided_key=(*key[:-1], loop.announced_version))
+    return _confirm(loop, state, wall, now, out)
+
+
+def _resuming(loop: LoopState, state: ClusterState, out: _Out) -> tuple[LoopState, bool]:
+    """True after a pause until the group has committed a report sent after it."""
+    if loop.fence_seq is None:
+        return loop, False
+    me = state.members.get(loop.cfg.me)
+    if (
+        me is not None
+        and me.alive
+        and me.incarnation == loop.incarnation
+        and me.seq >= loop.fence_seq
+    ):
+        out.log(logging.INFO, f"member={loop.cfg.me} is back in the group after a pause")
+        return replace(loop, fence_seq=None), False
+    return loop, True
+
+
+def _handover_expired(
+    loop: LoopState, state: ClusterState, now: float, out: _Out
+) -> tuple[LoopState, frozenset[str]]:
+    cfg = loop.cfg
+    handing = {v for v, m in state.handovers.items() if m == cfg.me}
+    since = {v: loop.handover_since.get(v, now) for v in handing}
+    expired = frozenset(v for v, t in since.items() if now - t > cfg.cluster.handover_timeout)
+    for vip in sorted(expired):
+        if loop.decisions.get(vip, Decision(False, "")).reason == "handover":
+            out.log(
+                logging.WARNING,
+                f"vip={vip} handover to {state.owner_of(vip)} not confirmed within "
+                f"handover_timeout={cfg.cluster.handover_timeout:g}s; withdrawing anyway",
+            )
+    if since != loop.handover_since:
+        loop = replace(loop, handover_since=since)
+    return loop, expired
+
+
+def _confirm(loop: LoopState, state: ClusterState, wall: float, now: float, out: _Out) -> LoopState:
+    """Tell the group which handed-over VIPs this member now announces (ExaBGP acked)."""
+    if not state.handovers:
+        return loop
+    me = loop.cfg.me
+    due = sorted(
+        vip
+        for vip in loop.pipe.acked
+        if vip in state.handovers
+        and state.owner_of(vip) == me
+        and now - loop.confirm_sent.get(vip, -1.0) > CONFIRM_RETRY
+    )
+    sent = dict(loop.confirm_sent)
+    if due:
+        for vip in due:
+            sent[vip] = now
+        out.proposals.append(Proposal(Confirm(wall, me, tuple(due))))
+    sent = {v: t for v, t in sent.items() if now - t < 5.0}
+    return replace(loop, confirm_sent=sent) if sent != loop.confirm_sent else loop
+
+
+# --- stopping -------------------------------------------------------------------------------
+
+
+def _done_leaving(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[bool, LoopState]:
+    """False while running; on a stop request, hand over first (make before break).
+
+    SIGTERM: ask the group to move this member's VIPs and keep announcing them until their
+    new owners confirm, at most `shutdown_timeout`. When ExaBGP itself stops (EOF,
+    `shutdown`) its sessions are going down anyway: ask once and leave.
+    """
+    stop = loop.stop
+    cfg = loop.cfg
+    if stop.reason is None:
+        return False, loop
+    if stop.exabgp_gone:
+        return True, loop
+    if stop.deadline is None:
+        out.log(logging.INFO, f"member={cfg.me} stopping ({stop.reason}): handing over")
+        loop = replace(loop, stop=replace(stop, deadline=now + cfg.cluster.shutdown_timeout))
+        proposed, loop = _propose_leave(loop, wall, out)
+        if not proposed:
+            return True, loop
+    state = loop.group.state
+    me = state.members.get(cfg.me)
+    # Our leave names an (incarnation, seq) that is no longer current: a report of ours was
+    # still in flight when we proposed it and was committed first, so the group ignored the
+    # leave as stale (or the proposal failed). Ask again: otherwise the leader expires us
+    # for "lease" a lease later, without a handover, and our VIPs see a gap.
+    if me is not None and me.alive and (me.incarnation, me.seq) != loop.stop.leave_key:
+        proposed, loop = _propose_leave(loop, wall, out)
+        if proposed:
+            out.log(logging.INFO, f"member={cfg.me} leave not applied: asking again")
+    if me is not None and not me.alive:
+        mine = [v for v, a in state.owners.items() if a.owner == cfg.me]
+        handing = [v for v, m in state.handovers.items() if m == cfg.me]
+        if not mine and not handing:
+            return True, loop
+    deadline = loop.stop.deadline
+    if deadline is not None and now >= deadline:
+        out.log(
+            logging.WARNING,
+            f"member={cfg.me} handover not confirmed within "
+            f"shutdown_timeout={cfg.cluster.shutdown_timeout:g}s; withdrawing anyway",
+        )
+        return True, loop
+    return False, loop
+
+
+def _propose_leave(loop: LoopState, wall: float, out: _Out) -> tuple[bool, LoopState]:
+    me = loop.group.state.members.get(loop.cfg.me)
+    if me is None or not me.alive or not loop.group.info.has_quorum:
+        return False, loop
+    key = (me.incarnation, me.seq)
+    out.proposals.append(
+        Proposal(Expire(wall, loop.cfg.me, me.incarnation, me.seq, "leaving"), LeaveTag(key))
+    )
+    return True, replace(loop, stop=replace(loop.stop, leave_key=key))
+
+
+def _shutdown(loop: LoopState, wall: float, out: _Out) -> tuple[LoopState, Effects]:
+    """Withdraw everything (after the handover in `_done_leaving`) and finish."""
+    linger = 0.0
+    if loop.stop.exabgp_gone and loop.stop.deadline is None:
+        proposed, loop = _propose_leave(loop, wall, out)
+        if proposed:
+            linger = LEAVE_LINGER
+    if not loop.stop.exabgp_gone:
+        out.lines.extend(plan({}, loop.announced))
+    out.log(logging.INFO, f"member={loop.cfg.me} stopped: {loop.stop.reason}")
+    code = 1 if loop.stop.fatal else 0
+    return replace(loop, announced={}, exit_code=code), out.effects(linger=linger)
