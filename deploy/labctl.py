@@ -17,7 +17,7 @@ its start time, so a recycled PID is never signalled). Nothing is added to the h
 (127.0.0.0/8 is all on `lo` already), no namespace, no iptables rule, no kernel route.
 
 The BGP building blocks (Bird, BirdPeer, ExaBGP, wait_until) are the test harness's
-(tests/bgplab.py); the ExaBGP configs come from raftvip's own `render_exabgp_config`.
+(raftvip/testing/bgplab.py); the ExaBGP configs come from raftvip's own `render_exabgp_config`.
 """
 
 from __future__ import annotations
@@ -43,25 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raftvip.config import load_config
+from raftvip.control import request
+from raftvip.core.status import render_status
+from raftvip.errors import RaftvipError
+from raftvip.exabgp_config import default_run_command, render_exabgp_config
+from raftvip.testing.bgplab import Bird, BirdPath, BirdPeer, ExaBGP, LabError, exabgp_binary
+from raftvip.testing.wait import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `tests.bgplab` is the shared harness, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from raftvip.config import load_config  # noqa: E402
-from raftvip.control import request  # noqa: E402
-from raftvip.errors import RaftvipError  # noqa: E402
-from raftvip.exabgp_config import default_run_command, render_exabgp_config  # noqa: E402
-from raftvip.core.status import render_status  # noqa: E402
-from tests.bgplab import (  # noqa: E402
-    Bird,
-    BirdPath,
-    BirdPeer,
-    ExaBGP,
-    LabError,
-    exabgp_binary,
-    wait_until,
-)
-
 MODES = ("raftvip", "healthcheck")
 FAULTS = ("crash", "hang", "check")
 SERVICE = "apex"

@@ -32,14 +32,11 @@ from pysyncobj.node import TCPNode
 from raftvip import diskguard, pysyncobj_patches
 from raftvip.config import Config
 from raftvip.core.group import RaftInfo
-from raftvip.core.leader import LeaderBook, leader_tick, report_applied, service_specs
+from raftvip.core.leader import LeaderBook, leader_tick, service_specs
+from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
     ClusterState,
     Command,
-    CommandError,
-    Report,
-    apply,
-    decode_command,
     encode_command,
     state_from_wire,
     state_to_wire,
@@ -110,19 +107,13 @@ class _Replica(SyncObj):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def submit(self, payload: bytes) -> None:
         """The one replicated method. Total: never raises (that would halt the group)."""
-        try:
-            cmd = decode_command(payload)
-        except CommandError as exc:
-            log.error("raft ignored a malformed command: %s", exc)
-            return
-        try:
-            # During an apply pysyncobj has not yet counted this entry as applied.
-            new = apply(self._state, cmd, index=int(self.raftLastApplied) + 1)
-        except Exception:
-            log.exception("raft command=%s failed to apply; ignored", type(cmd).__name__)
-            return
-        if isinstance(cmd, Report):
-            self._book = report_applied(self._book, cmd.member, time.monotonic())
+        # During an apply pysyncobj has not yet counted this entry as applied.
+        index = int(self.raftLastApplied) + 1
+        new, self._book, records = apply_entry(
+            self._state, self._book, payload, index, time.monotonic()
+        )
+        for record in records:
+            log.log(record.level, "%s", record.message)
         if new is not self._state:
             self._state = new
             self._notify()

@@ -11,15 +11,15 @@ router with healthcheck). The bench polls BIRD's control socket every ~1.5 ms; a
 the time from the fault to BIRD's best path for the victim's VIP leading to another LB.
 Three systems run in turn on the same BIRD, the same ExaBGP and the same fault injection:
 
-* raftvip: `raftvip run` as each LB's ExaBGP process (tests/members.py configs);
+* raftvip: `raftvip run` as each LB's ExaBGP process (raftvip/testing/group.py configs);
 * ExaBGP's own `exabgp-healthcheck` with `--withdraw-on-down`, same interval, fast interval,
   rise and fall; every LB announces every VIP, its own with MED 100, the others 101, 102;
 * an ExaZK-like ZooKeeper baseline (tests/exazk_baseline.py) against a real ZooKeeper 3.8
-  (tests/zk.py), once with kazoo's default session timeout (10 s) and once with the shortest
-  the server allows (2 x tickTime = 1 s).
+  (raftvip/testing/zk.py), once with kazoo's default session timeout (10 s) and once with the
+  shortest the server allows (2 x tickTime = 1 s).
 
 Scale (3/5/7 members x 10/500/2,000 VIPs) runs member processes with ExaBGP-like stubs
-(tests/members.Group, no health check command) and reports cold-start convergence, failover
+(raftvip.testing.group.Group, no health check command) and reports cold-start convergence, failover
 of a member owning 1/N of the VIPs, idle CPU and RSS per member, and commit latency.
 Benchmarks print figures and never assert. Every process started here is stopped at the end.
 """
@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,10 @@ from typing import Any
 from raftvip.config import load_config
 from raftvip.control import request
 from raftvip.exabgp_config import render_exabgp_config
-from tests.bgplab import Bird, BirdPath, ExaBGP, member_peers, parse_routes
-from tests.bgplab import free_port as bgp_free_port
-from tests.members import Group, wait_until
-from tests.zk import TICK_MS, ZooKeeper, zookeeper_available
+from raftvip.testing.bgplab import Bird, BirdPath, ExaBGP, member_peers, parse_routes
+from raftvip.testing.group import Group
+from raftvip.testing.wait import free_port, wait_until
+from raftvip.testing.zk import TICK_MS, ZooKeeper, zookeeper_available
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO / "deploy" / "BENCHMARKS.md"
@@ -153,7 +153,7 @@ class Testbed:
     @contextlib.contextmanager
     def running(cls, root: Path, with_zk: bool) -> Iterator[Testbed]:
         root.mkdir(parents=True, exist_ok=True)
-        port = bgp_free_port("127.0.0.1")
+        port = free_port("127.0.0.1")
         group = Group(
             root,
             size=3,
@@ -293,16 +293,10 @@ class Testbed:
         return str(self.root / f"{name}.sock")
 
     def group_status(self, skip: Sequence[str] = ()) -> dict[str, Any] | None:
-        for name in self.group.members:
-            if name in skip:
-                continue
-            with contextlib.suppress(Exception):
-                doc: dict[str, Any] = request(self.sock(name), {"op": "status"}, timeout=1.0)
-                return doc
-        return None
+        return self.group.any_status(skip)
 
     def leader(self) -> str:
-        doc = wait_until_value(lambda: self.group_status(), 30, "a member to answer")
+        doc = wait_until(self.group.any_status, 30, 0.02, what="a member to answer")
         return str(doc["leader"])
 
     def settled(self) -> bool:
@@ -400,16 +394,6 @@ class NoRoute:
             self.lost_at = now if self.lost_at is None else self.lost_at
         elif self.lost_at is not None:
             self.longest, self.lost_at = max(self.longest, now - self.lost_at), None
-
-
-def wait_until_value(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------- failover trials
@@ -586,8 +570,10 @@ def scale_config(root: Path, members: int, vips: int, trials: int, idle: float) 
         preempt_delay=PREEMPT_DELAY,
     )
     try:
+        start = time.monotonic()
         group.start_all()
-        cold = wait_until(lambda: converged(group), 120, 0.01)  # from the processes' start
+        wait_until(lambda: converged(group), 120, 0.01)
+        cold = time.monotonic() - start  # from the processes' start
         failovers: list[float] = []
         moved = 0
         names = list(group.members)
@@ -642,9 +628,7 @@ def status_of(group: Group) -> dict[str, Any]:
     for name, m in group.members.items():
         if m.running and not m.stopped:
             with contextlib.suppress(Exception):
-                doc: dict[str, Any] = request(
-                    str(group.root / f"{name}.sock"), {"op": "status"}, timeout=5
-                )
+                doc = group.status(name, timeout=5)
                 if doc.get("leader"):
                     return doc
     raise RuntimeError("no member knows a leader")

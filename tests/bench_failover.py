@@ -3,7 +3,7 @@
     python -m tests.bench_failover [--trials 10] [--members 3]
 
 Members run as real processes on 127.0.0.x with their stdout read and acked as ExaBGP would
-(tests/members.py). The failover time is measured from the fault (kill -9 / SIGSTOP / health
+(raftvip/testing/group.py). The failover time is measured from the fault (kill -9 / SIGSTOP / health
 file removed) to the moment another member's `announce` line for the victim's VIP is read.
 Prints median, p99 and max next to the project's targets (the anchors).
 """
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from raftvip.control import request
-from tests.members import Group, longest_gap, settled, wait_until
+from raftvip.testing.group import Group, longest_gap, settled
+from raftvip.testing.wait import wait_until
 
 TARGETS = {
     "owner kill -9": "<= 0.100 s median, <= 0.300 s p99",

@@ -2,8 +2,8 @@
 
     python -m tests.bench_zk --trials 10
 
-Real ZooKeeper 3.8 (tests/zk.py), three member processes; the time of the last withdraw comes
-from the SpeakerStub timelines (the moment each member's `withdraw` line was read).
+Real ZooKeeper 3.8 (raftvip/testing/zk.py), three member processes; the time of the last
+withdraw comes from the SpeakerStub timelines (the moment each member's `withdraw` line was read).
 ExaZK, for comparison, polls the maintenance path every 10 s.
 """
 
@@ -17,9 +17,10 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from tests.members import Group, settled, wait_until
+from raftvip.testing.group import Group, settled
+from raftvip.testing.wait import wait_until
+from raftvip.testing.zk import running_zookeeper
 from tests.test_zkmirror import zk_section
-from tests.zk import running_zookeeper
 
 
 def last_withdraw(group: Group, since: float) -> float:

@@ -1,6 +1,6 @@
 """Fault injection for raftvip groups, with invariants checked from recorded timelines.
 
-Runs a group of real member processes (tests/members.py: each member's stdout read and acked
+Runs a group of real member processes (raftvip/testing/group.py: each member's stdout read and acked
 as ExaBGP would, every announce/withdraw timestamped), injects faults chosen by a seeded RNG
 and checks invariants from the recorded timelines (exact timestamps, no sampling):
 
@@ -56,7 +56,7 @@ from typing import Any
 from raftvip.config import FENCE_MARGIN
 from raftvip.control import request
 from raftvip.errors import ControlError
-from tests.members import Group, Member, SpeakerStub
+from raftvip.testing.group import Group, Member, SpeakerStub
 
 CHAIN_PREFIX = "RAFTVIP_CHAOS_"
 DISK_FULL_ERROR = "is full, the Raft journal cannot be written"

@@ -25,34 +25,18 @@ from raftvip.config import (
 )
 from raftvip.core.exabgp import Route, announce_line, parse_stdin_line, route_for, withdraw_line
 from raftvip.exabgp_config import render_exabgp_config
-
-try:  # `tests` is importable when /work/main is on sys.path (python -m pytest, the lab)
-    from tests.bgplab import (
-        Bird,
-        BirdPath,
-        BirdPeer,
-        ExaBGP,
-        ScriptedHelper,
-        free_port,
-        lab_ipv6_next_hop,
-        parse_protocols,
-        parse_routes,
-        read_reply,
-    )
-except ModuleNotFoundError:  # plain `pytest`: the rootdir-relative import puts tests/ on sys.path
-    from bgplab import (  # type: ignore[no-redef,import-not-found,unused-ignore]
-        Bird,
-        BirdPath,
-        BirdPeer,
-        ExaBGP,
-        ScriptedHelper,
-        free_port,
-        lab_ipv6_next_hop,
-        parse_protocols,
-        parse_routes,
-        read_reply,
-    )
-
+from raftvip.testing.bgplab import (
+    Bird,
+    BirdPath,
+    BirdPeer,
+    ExaBGP,
+    ScriptedHelper,
+    lab_ipv6_next_hop,
+    parse_protocols,
+    parse_routes,
+    read_reply,
+)
+from raftvip.testing.wait import free_port
 
 ROUTER = "127.0.0.1"
 ROUTER_AS = 65000

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from raftvip.testing.group import Group
+from raftvip.testing.wait import wait_until
 from tests.chaos import KINDS, Chaos, Firewall, Recorder, Throttle
-from tests.members import Group, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,8 @@ from collections import defaultdict
 
 import pytest
 
-from tests.bgplab import ExaBGP
-from tests.members import wait_until
+from raftvip.testing.bgplab import ExaBGP
+from raftvip.testing.wait import wait_until
 from tests.test_e2e_bgp import Topology, topology  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow

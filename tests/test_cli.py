@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.members import SECRET, Group
+from raftvip.testing.group import SECRET, Group
 
 
 def raftvip(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from raftvip.diskguard import JournalSyncer
-from tests.members import wait_until
+from raftvip.testing.wait import wait_until
 
 
 class SteppingClock:

@@ -14,8 +14,9 @@ import pytest
 
 from raftvip.config import load_config
 from raftvip.exabgp_config import render_exabgp_config
-from tests.bgplab import Bird, BirdPath, ExaBGP, free_port, member_peers
-from tests.members import Group, wait_until
+from raftvip.testing.bgplab import Bird, BirdPath, ExaBGP, member_peers
+from raftvip.testing.group import Group
+from raftvip.testing.wait import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 

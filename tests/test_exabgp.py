@@ -41,11 +41,7 @@ from raftvip.exabgp_config import (
     process_name,
     render_exabgp_config,
 )
-
-try:  # `tests` is importable when /work/main is on sys.path (python -m pytest, the lab)
-    from tests.bgplab import exabgp_binary
-except ModuleNotFoundError:  # plain `pytest`: the rootdir-relative import puts tests/ on sys.path
-    from bgplab import exabgp_binary  # type: ignore[no-redef,import-not-found,unused-ignore]
+from raftvip.testing.bgplab import exabgp_binary
 
 # ------------------------------------------------------------------------------------ routes
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.members import Group, settled, wait_until
+from raftvip.testing.group import Group, settled
+from raftvip.testing.wait import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from deploy.labctl import Lab, LabState, Proc, Topology, alive, check_ports, children, main
-from tests.bgplab import LabError
+from raftvip.testing.bgplab import LabError
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

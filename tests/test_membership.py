@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.members import Group, Member, cli, settled, wait_until
+from raftvip.testing.group import Group, Member, cli, settled
+from raftvip.testing.wait import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.members import Group, wait_until
+from raftvip.testing.group import Group
+from raftvip.testing.wait import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Operating a fleet: maintenance, drain, pin, graceful handover, quorum loss, events.
 
-Members are real processes (tests/members.py); commands go through the real CLI.
+Members are real processes (raftvip/testing/group.py); commands go through the real CLI.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.members import Group, cli, longest_gap, settled, wait_until
+from raftvip.testing.group import Group, cli, longest_gap, settled
+from raftvip.testing.wait import wait_until
 
 pytestmark = pytest.mark.slow
 

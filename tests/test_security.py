@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from pysyncobj import SyncObj, SyncObjConf
 
 from raftvip.control import recv_frame, request
-from tests.members import SECRET, Group, settled, wait_until
+from raftvip.testing.group import SECRET, Group, settled
+from raftvip.testing.wait import wait_until
 
 pytestmark = pytest.mark.slow
 

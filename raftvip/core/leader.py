@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from raftvip.config import Config
 from raftvip.core.placement import ServiceSpec
+from raftvip.core.records import LogRecord
 from raftvip.core.state import ClusterState, Command, Configure, Expire
+from raftvip.core.values import evolve
 
 EXPIRE_RETRY = 0.25  # an Expire for the same (member, incarnation, seq) at most this often
 CONFIGURE_RETRY = 1.0
@@ -61,20 +63,14 @@ class LeaderBook:
 
 
 @dataclass(frozen=True)
-class LeaderLog:
-    level: int
-    message: str
-
-
-@dataclass(frozen=True)
 class LeaderEffects:
     proposals: tuple[Command, ...] = ()
-    logs: tuple[LeaderLog, ...] = ()
+    logs: tuple[LogRecord, ...] = ()
 
 
 def report_applied(book: LeaderBook, member: str, now: float) -> LeaderBook:
     """A report of `member` was applied here."""
-    return replace(
+    return evolve(
         book,
         lease_seen={**book.lease_seen, member: now},
         report_applied={**book.report_applied, member: now},
@@ -93,7 +89,7 @@ def track_links(book: LeaderBook, links: Mapping[str, bool], now: float) -> Lead
             down_since.setdefault(name, now)
     if was_connected == book.was_connected and down_since == book.down_since:
         return book
-    return replace(book, was_connected=frozenset(was_connected), down_since=down_since)
+    return evolve(book, was_connected=frozenset(was_connected), down_since=down_since)
 
 
 def leader_tick(
@@ -113,20 +109,20 @@ def leader_tick(
     book = track_links(book, links, now)
     if not is_leader:
         if book.was_leader:
-            book = replace(book, was_leader=False)
+            book = evolve(book, was_leader=False)
         return book, LeaderEffects()
     proposals: list[Command] = []
-    logs: list[LeaderLog] = []
+    logs: list[LogRecord] = []
     addresses = dict(state.addresses) or dict(cfg.members)
     if not book.was_leader:
-        book = replace(
+        book = evolve(
             book,
             was_leader=True,
             leader_since=now,
             lease_seen={name: now for name in addresses},
         )
         logs.append(
-            LeaderLog(
+            LogRecord(
                 logging.INFO,
                 f"raft leader={cfg.me} term={term}: granted every member a fresh lease",
             )
@@ -134,7 +130,7 @@ def leader_tick(
     if (state.services != specs or not state.addresses) and (
         now - book.configure_sent > CONFIGURE_RETRY
     ):
-        book = replace(book, configure_sent=now)
+        book = evolve(book, configure_sent=now)
         proposals.append(Configure(wall, specs, dict(cfg.members)))
     lease = cfg.cluster.lease
     grace = cfg.raft.disconnect_grace
@@ -160,10 +156,10 @@ def leader_tick(
             continue
         expire_sent = {k: v for k, v in expire_sent.items() if now - v < 5.0}
         expire_sent[key] = now
-        logs.append(LeaderLog(logging.INFO, f"raft leader expires member={name} reason={reason}"))
+        logs.append(LogRecord(logging.INFO, f"raft leader expires member={name} reason={reason}"))
         proposals.append(Expire(wall, name, member.incarnation, member.seq, reason))
     if expire_sent != book.expire_sent:
-        book = replace(book, expire_sent=expire_sent)
+        book = evolve(book, expire_sent=expire_sent)
     return book, LeaderEffects(tuple(proposals), tuple(logs))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from raftvip.config import Config
 from raftvip.core.decide import (
@@ -30,7 +30,9 @@ from raftvip.core.decide import (
 )
 from raftvip.core.exabgp import Route, StdinEvent
 from raftvip.core.group import EMPTY_GROUP, GroupObservation
+from raftvip.core.records import LogRecord
 from raftvip.core.state import ClusterState, Command, Confirm, Expire, Report
+from raftvip.core.values import evolve
 
 TICK = 0.1  # the loop steps at least this often
 CONFIRM_RETRY = 0.5  # a Confirm for the same VIP at most this often
@@ -118,12 +120,6 @@ class Proposal:
 
 
 @dataclass(frozen=True)
-class LogRecord:
-    level: int
-    message: str
-
-
-@dataclass(frozen=True)
 class Effects:
     lines: tuple[str, ...] = ()  # to ExaBGP, in order
     proposals: tuple[Proposal, ...] = ()
@@ -166,12 +162,12 @@ class Pipe:
     acked: frozenset[str] = frozenset()
 
     def written(self, lines: tuple[str, ...]) -> Pipe:
-        return replace(self, pending=self.pending[self.head :] + lines, head=0)
+        return evolve(self, pending=self.pending[self.head :] + lines, head=0)
 
     def pop(self) -> tuple[Pipe, str | None]:
         if self.head >= len(self.pending):
             return self, None
-        return replace(self, head=self.head + 1), self.pending[self.head]
+        return evolve(self, head=self.head + 1), self.pending[self.head]
 
 
 @dataclass(frozen=True)
@@ -203,7 +199,7 @@ def start(cfg: Config, incarnation: int) -> tuple[LoopState, Effects]:
     health = {s.name: ("up" if s.check.kind == "none" else "down") for s in cfg.services}
     loop = LoopState(cfg=cfg, incarnation=incarnation, health=health)
     lines = tuple(resync_lines(cfg))
-    return replace(loop, pipe=loop.pipe.written(lines)), Effects(lines=lines)
+    return evolve(loop, pipe=loop.pipe.written(lines)), Effects(lines=lines)
 
 
 # --- the transition -------------------------------------------------------------------------
@@ -220,21 +216,21 @@ def step(loop: LoopState, event: Event, now: float) -> tuple[LoopState, Effects]
         case StdinLine():
             return _on_stdin(loop, event.event)
         case StdinClosed():
-            stop = replace(loop.stop, exabgp_gone=True, reason="EOF on stdin (ExaBGP stopped)")
-            return replace(loop, stop=stop), NO_EFFECTS
+            stop = evolve(loop.stop, exabgp_gone=True, reason="EOF on stdin (ExaBGP stopped)")
+            return evolve(loop, stop=stop), NO_EFFECTS
         case StdoutClosed():
-            return replace(
-                loop, stop=replace(loop.stop, exabgp_gone=True, reason="stdout closed")
+            return evolve(
+                loop, stop=evolve(loop.stop, exabgp_gone=True, reason="stdout closed")
             ), NO_EFFECTS
         case StopRequested():
             # The first reason is the one reported; a fatal condition always exits 1.
-            stop = replace(
+            stop = evolve(
                 loop.stop,
                 reason=loop.stop.reason or event.reason,
                 fatal=loop.stop.fatal or event.fatal,
             )
             return (
-                (loop, NO_EFFECTS) if stop == loop.stop else (replace(loop, stop=stop), NO_EFFECTS)
+                (loop, NO_EFFECTS) if stop == loop.stop else (evolve(loop, stop=stop), NO_EFFECTS)
             )
         case ProposalDone():
             return _on_proposal(loop, event), NO_EFFECTS
@@ -259,19 +255,19 @@ class _Out:
 def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
     out = _Out()
     cfg = loop.cfg
-    loop = replace(loop, group=tick.group)
+    loop = evolve(loop, group=tick.group)
     last = loop.last_step
     if last is not None and now - last > cfg.cluster.lease:
         # This process was frozen (SIGSTOP, VM pause) for longer than a lease: the group
         # has moved on without us. Withdraw until a fresh report of ours is committed, so
         # ExaBGP does not re-advertise stale routes when its sessions come back.
-        loop = replace(loop, fence_seq=loop.seq + 1, reporting=replace(loop.reporting, due=True))
+        loop = evolve(loop, fence_seq=loop.seq + 1, reporting=evolve(loop.reporting, due=True))
         out.log(
             logging.WARNING,
             f"member={cfg.me} was paused for {now - last:.1f}s (longer than the "
             "lease): withdrawing until the group has heard from it again",
         )
-    loop = replace(loop, last_step=now)
+    loop = evolve(loop, last_step=now)
     loop = _maybe_report(loop, tick.wall, now, out)
     loop = _reconcile(loop, tick.wall, now, out)
     done, loop = _done_leaving(loop, tick.wall, now, out)
@@ -281,7 +277,11 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
 
 
 def _wake_at(loop: LoopState, now: float) -> float:
-    wake = min(now + TICK, max(now, loop.reporting.next_at))
+    wake = now + TICK
+    if loop.reporting.next_at > now:
+        # A report that is due but cannot be sent yet (not caught up with the group) must
+        # not make the loop spin: the group's next change wakes it anyway.
+        wake = min(wake, loop.reporting.next_at)
     if loop.cfg.cluster.on_quorum_loss == "withdraw":
         # Wake up when the lease fence falls, not up to a tick later.
         fence_at = loop.reporting.renewed_at + fence_time(loop.cfg)
@@ -299,10 +299,10 @@ def _on_health(loop: LoopState, event: HealthChanged) -> tuple[LoopState, Effect
         f"service={event.service} local_health={event.local} detail={event.detail!r}",
     )
     # The withdraw happens in the next Tick, then the report.
-    return replace(
+    return evolve(
         loop,
         health={**loop.health, event.service: event.local},
-        reporting=replace(loop.reporting, due=True),
+        reporting=evolve(loop.reporting, due=True),
     ), out.effects()
 
 
@@ -311,14 +311,14 @@ def _on_stdin(loop: LoopState, event: StdinEvent) -> tuple[LoopState, Effects]:
     if event.kind == "ack_done":
         pipe, line = loop.pipe.pop()
         if line is not None and line.startswith("announce route "):
-            pipe = replace(pipe, acked=pipe.acked | {line.split()[2].split("/")[0]})
-        loop = replace(loop, pipe=pipe)
+            pipe = evolve(pipe, acked=pipe.acked | {line.split()[2].split("/")[0]})
+        loop = evolve(loop, pipe=pipe)
     elif event.kind == "ack_error":
         pipe, line = loop.pipe.pop()
         out.log(logging.ERROR, f"exabgp rejected command={line or '<unknown>'!r}")
-        loop = replace(loop, pipe=pipe)
+        loop = evolve(loop, pipe=pipe)
     elif event.kind == "shutdown":
-        loop = replace(loop, stop=replace(loop.stop, exabgp_gone=True, reason="ExaBGP shutdown"))
+        loop = evolve(loop, stop=evolve(loop.stop, exabgp_gone=True, reason="ExaBGP shutdown"))
     elif event.kind == "neighbor":
         out.log(logging.INFO, f"exabgp neighbor={event.neighbor} state={event.state}")
     elif event.kind == "unknown":
@@ -331,12 +331,12 @@ def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:
     if isinstance(tag, ReportTag):
         if event.err == 0:
             renewed = max(loop.reporting.renewed_at, tag.sent)
-            return replace(loop, reporting=replace(loop.reporting, renewed_at=renewed))
+            return evolve(loop, reporting=evolve(loop.reporting, renewed_at=renewed))
         # Retry soon rather than a report interval later.
-        return replace(loop, reporting=replace(loop.reporting, failed=True))
+        return evolve(loop, reporting=evolve(loop.reporting, failed=True))
     # Our leave failed to commit (leader change): ask again.
     if event.err != 0 and loop.stop.leave_key == tag.key:
-        return replace(loop, stop=replace(loop.stop, leave_key=None))
+        return evolve(loop, stop=evolve(loop.stop, leave_key=None))
     return loop
 
 
@@ -356,16 +356,16 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     ) and now - rep.last_at >= TICK:
         # Not (yet) known as alive, or the last report failed (leader change): retry at
         # once, not a report interval later.
-        rep = replace(rep, due=True, failed=False)
+        rep = evolve(rep, due=True, failed=False)
     if not rep.due and now < rep.next_at:
-        return replace(loop, reporting=rep) if rep is not loop.reporting else loop
+        return evolve(loop, reporting=rep) if rep is not loop.reporting else loop
     seq = loop.seq + 1
-    rep = replace(rep, due=False, last_at=now, next_at=now + cfg.cluster.report_interval)
+    rep = evolve(rep, due=False, last_at=now, next_at=now + cfg.cluster.report_interval)
     health = {name: value == "up" for name, value in loop.health.items()}
     out.proposals.append(
         Proposal(Report(wall, cfg.me, loop.incarnation, seq, health), ReportTag(now))
     )
-    return replace(loop, seq=seq, reporting=rep)
+    return evolve(loop, seq=seq, reporting=rep)
 
 
 def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, GroupView]:
@@ -386,7 +386,7 @@ def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, Grou
         quorum_lost_for=lost_for,
         lease_age=now - loop.reporting.renewed_at,
     )
-    return replace(loop, quorum_lost_at=lost_at, quorum_lost_for=lost_for), view
+    return evolve(loop, quorum_lost_at=lost_at, quorum_lost_for=lost_for), view
 
 
 # --- decide and announce --------------------------------------------------------------------
@@ -425,13 +425,13 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
                     acked.discard(vip)  # a new announce: wait for its ack
             acked &= desired.keys()
             out.lines.extend(lines)
-            loop = replace(
+            loop = evolve(
                 loop,
-                pipe=replace(pipe.written(lines), acked=frozenset(acked)),
+                pipe=evolve(pipe.written(lines), acked=frozenset(acked)),
                 announced=desired,
                 announced_version=loop.announced_version + 1,
             )
-        loop = replace(loop, decisions=decisions, decided_key=(*key[:-1], loop.announced_version))
+        loop = evolve(loop, decisions=decisions, decided_key=(*key[:-1], loop.announced_version))
     return _confirm(loop, state, wall, now, out)
 
 
@@ -447,7 +447,7 @@ def _resuming(loop: LoopState, state: ClusterState, out: _Out) -> tuple[LoopStat
         and me.seq >= loop.fence_seq
     ):
         out.log(logging.INFO, f"member={loop.cfg.me} is back in the group after a pause")
-        return replace(loop, fence_seq=None), False
+        return evolve(loop, fence_seq=None), False
     return loop, True
 
 
@@ -466,7 +466,7 @@ def _handover_expired(
                 f"handover_timeout={cfg.cluster.handover_timeout:g}s; withdrawing anyway",
             )
     if since != loop.handover_since:
-        loop = replace(loop, handover_since=since)
+        loop = evolve(loop, handover_since=since)
     return loop, expired
 
 
@@ -488,7 +488,7 @@ def _confirm(loop: LoopState, state: ClusterState, wall: float, now: float, out:
             sent[vip] = now
         out.proposals.append(Proposal(Confirm(wall, me, tuple(due))))
     sent = {v: t for v, t in sent.items() if now - t < 5.0}
-    return replace(loop, confirm_sent=sent) if sent != loop.confirm_sent else loop
+    return evolve(loop, confirm_sent=sent) if sent != loop.confirm_sent else loop
 
 
 # --- stopping -------------------------------------------------------------------------------
@@ -509,7 +509,7 @@ def _done_leaving(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[
         return True, loop
     if stop.deadline is None:
         out.log(logging.INFO, f"member={cfg.me} stopping ({stop.reason}): handing over")
-        loop = replace(loop, stop=replace(stop, deadline=now + cfg.cluster.shutdown_timeout))
+        loop = evolve(loop, stop=evolve(stop, deadline=now + cfg.cluster.shutdown_timeout))
         proposed, loop = _propose_leave(loop, wall, out)
         if not proposed:
             return True, loop
@@ -547,7 +547,7 @@ def _propose_leave(loop: LoopState, wall: float, out: _Out) -> tuple[bool, LoopS
     out.proposals.append(
         Proposal(Expire(wall, loop.cfg.me, me.incarnation, me.seq, "leaving"), LeaveTag(key))
     )
-    return True, replace(loop, stop=replace(loop.stop, leave_key=key))
+    return True, evolve(loop, stop=evolve(loop.stop, leave_key=key))
 
 
 def _shutdown(loop: LoopState, wall: float, out: _Out) -> tuple[LoopState, Effects]:
@@ -561,4 +561,4 @@ def _shutdown(loop: LoopState, wall: float, out: _Out) -> tuple[LoopState, Effec
         out.lines.extend(plan({}, loop.announced))
     out.log(logging.INFO, f"member={loop.cfg.me} stopped: {loop.stop.reason}")
     code = 1 if loop.stop.fatal else 0
-    return replace(loop, announced={}, exit_code=code), out.effects(linger=linger)
+    return evolve(loop, announced={}, exit_code=code), out.effects(linger=linger)

@@ -11,12 +11,13 @@ validates every field so that `apply` only ever sees well-typed values.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from raftvip.core.placement import Assignment, ServiceSpec, place
+from raftvip.core.values import evolve
 
 WIRE_VERSION = 1
 MAX_EVENTS = 200
@@ -351,10 +352,10 @@ def apply(state: ClusterState, cmd: Command, index: int = 0) -> ClusterState:
     """
     new = _apply(state, cmd)
     if index and new.version != state.version:
-        new = replace(
+        new = evolve(
             new,
             events=tuple(
-                replace(e, index=index) if e.version == new.version else e for e in new.events
+                evolve(e, index=index) if e.version == new.version else e for e in new.events
             ),
         )
     return new
@@ -374,14 +375,14 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
             flags = (
                 state.maintenance | {cmd.service} if cmd.on else state.maintenance - {cmd.service}
             )
-            new = replace(state, maintenance=frozenset(flags))
+            new = evolve(state, maintenance=frozenset(flags))
             return _bump(new, [_event(state, cmd.ts, "maintenance", cmd.service, _onoff(cmd.on))])
         case SetDrain():
             member = state.members.get(cmd.member)
             if cmd.member not in state.addresses or (member and member.drained == cmd.on):
                 return state
-            member = replace(member or MemberState(cmd.member), drained=cmd.on)
-            new = replace(state, members={**state.members, cmd.member: member})
+            member = evolve(member or MemberState(cmd.member), drained=cmd.on)
+            new = evolve(state, members={**state.members, cmd.member: member})
             return _replace_and_place(
                 state, new, cmd.ts, [_event(state, cmd.ts, "drain", cmd.member, _onoff(cmd.on))]
             )
@@ -395,7 +396,7 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
                 pins.pop(cmd.vip, None)
             else:
                 pins[cmd.vip] = cmd.member
-            new = replace(state, pins=pins)
+            new = evolve(state, pins=pins)
             detail = f"pinned to {cmd.member}" if cmd.member else "unpinned"
             return _replace_and_place(
                 state, new, cmd.ts, [_event(state, cmd.ts, "pin", cmd.vip, detail)]
@@ -405,14 +406,14 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
         case AddMember():
             if cmd.member in state.addresses or cmd.address in state.addresses.values():
                 return state
-            new = replace(state, addresses={**state.addresses, cmd.member: cmd.address})
+            new = evolve(state, addresses={**state.addresses, cmd.member: cmd.address})
             return _bump(
                 new, [_event(state, cmd.ts, "membership", cmd.member, f"added {cmd.address}")]
             )
         case RemoveMember():
             if cmd.member not in state.addresses:
                 return state
-            new = replace(
+            new = evolve(
                 state,
                 addresses={n: a for n, a in state.addresses.items() if n != cmd.member},
                 members={n: m for n, m in state.members.items() if n != cmd.member},
@@ -433,7 +434,7 @@ def _confirm(state: ClusterState, cmd: Confirm) -> ClusterState:
         _event(state, cmd.ts, "handover", vip, f"{state.handovers[vip]} -> {cmd.member} confirmed")
         for vip in done
     ]
-    return _bump(replace(state, handovers=handovers), events)
+    return _bump(evolve(state, handovers=handovers), events)
 
 
 def _onoff(on: bool) -> str:
@@ -450,7 +451,7 @@ def _configure(state: ClusterState, cmd: Configure) -> ClusterState:
     known_vips = {vip for s in cmd.services for vip in s.vips}
     pins = {vip: m for vip, m in state.pins.items() if vip in known_vips and m in addresses}
     names = {s.name for s in cmd.services}
-    new = replace(
+    new = evolve(
         state,
         services=cmd.services,
         addresses=addresses,
@@ -501,10 +502,10 @@ def _report(state: ClusterState, cmd: Report) -> ClusterState:
         drained=old.drained,
         leaving=False,
     )
-    new = replace(state, members={**state.members, cmd.member: member})
+    new = evolve(state, members={**state.members, cmd.member: member})
     if not events and _ready_sets(state) == _ready_sets(new):
         # A pure lease renewal: nothing that placement reads has changed.
-        return replace(new, version=state.version)
+        return evolve(new, version=state.version)
     return _replace_and_place(state, new, cmd.ts, events)
 
 
@@ -513,8 +514,8 @@ def _expire(state: ClusterState, cmd: Expire) -> ClusterState:
     if old is None or not old.alive or (old.incarnation, old.seq) != (cmd.incarnation, cmd.seq):
         return state  # renewed since the leader decided, or already expired
     leaving = cmd.reason == "leaving"
-    member = replace(old, alive=False, leaving=leaving)
-    new = replace(state, members={**state.members, cmd.member: member})
+    member = evolve(old, alive=False, leaving=leaving)
+    new = evolve(state, members={**state.members, cmd.member: member})
     return _replace_and_place(
         state, new, cmd.ts, [_event(state, cmd.ts, "alive", cmd.member, f"expired ({cmd.reason})")]
     )
@@ -552,7 +553,7 @@ def _replace_and_place(
                 f" ({after.reason if after else 'no eligible member'})"
             )
             events.append(_event(old, ts, "owner", vip, detail))
-    return _bump(replace(new, owners=owners, handovers=_handovers(old, new, owners)), events)
+    return _bump(evolve(new, owners=owners, handovers=_handovers(old, new, owners)), events)
 
 
 def _handovers(
@@ -592,7 +593,7 @@ def _event(state: ClusterState, ts: float, kind: str, subject: str, detail: str)
 
 
 def _bump(state: ClusterState, events: list[Event]) -> ClusterState:
-    return replace(
+    return evolve(
         state, version=state.version + 1, events=(state.events + tuple(events))[-MAX_EVENTS:]
     )
 

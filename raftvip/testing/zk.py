@@ -10,7 +10,6 @@ directory (every session and znode is gone: clients see their session expire).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -19,17 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from raftvip.testing.wait import free_port
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 CLASSPATH = f"{ZOOKEEPER_JAR}:/usr/share/java/slf4j-simple.jar"
 TICK_MS = 500
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def four_letter(port: int, word: str, timeout: float = 0.5) -> str:
@@ -140,12 +133,6 @@ def zookeeper_available() -> bool:
     return ZOOKEEPER_JAR.exists() and shutil.which("java") is not None
 
 
-requires_zookeeper = pytest.mark.skipif(
-    not zookeeper_available() and not os.environ.get("CI"),
-    reason="ZooKeeper (Debian package `zookeeper`) is not installed",
-)
-
-
 @contextlib.contextmanager
 def running_zookeeper(root: Path) -> Iterator[ZooKeeper]:
     root.mkdir(parents=True, exist_ok=True)
@@ -155,10 +142,3 @@ def running_zookeeper(root: Path) -> Iterator[ZooKeeper]:
         yield zk
     finally:
         zk.kill()
-
-
-@pytest.fixture(scope="module")
-def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeper]:
-    """A ZooKeeper shared by one test module; a test that stops it must start it again."""
-    with running_zookeeper(tmp_path_factory.mktemp("zookeeper")) as zk:
-        yield zk

@@ -1,33 +1,30 @@
-"""Run raftvip members as real OS processes, their stdout read as ExaBGP would.
+"""Members as real OS processes, their stdout read as ExaBGP would.
 
 Each member is `python -m raftvip run -c <its config>` with its stdin and stdout piped to a
 `SpeakerStub` that answers every command with `done` (ExaBGP's default ack) and records the
-announced set with timestamps. Shared by the integration tests, the lab and the benchmarks.
+announced set with timestamps. Shared by the integration tests, the chaos suite and the
+benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raftvip.control import request
+from raftvip.errors import ControlError
+from raftvip.testing.wait import free_port
+
 SECRET = "test-secret-0123456789abcdef"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -303,31 +300,30 @@ backup_prepend = {backup_prepend}
         """Every VIP announced by exactly one live member."""
         return all(len(self.announcers(vip)) == 1 for vip in self.vips)
 
-    def status(self, name: str) -> dict[str, Any]:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "raftvip",
-                "status",
-                "--json",
-                "-c",
-                str(self.members[name].config),
-            ],
-            capture_output=True,
-            timeout=20,
-            check=True,
+    def status(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Member `name`'s status document, from its control socket."""
+        doc: dict[str, Any] = request(
+            str(self.root / f"{name}.sock"), {"op": "status"}, timeout=timeout
         )
-        return dict(json.loads(out.stdout))
+        return doc
+
+    def any_status(
+        self, skip: Sequence[str] = (), timeout: float = 1.0, with_leader: bool = False
+    ) -> dict[str, Any] | None:
+        """The status document of the first running member that answers (and, `with_leader`,
+        knows a leader), or None."""
+        for name, m in self.members.items():
+            if name in skip or not m.running or m.stopped:
+                continue
+            with contextlib.suppress(ControlError):
+                doc = self.status(name, timeout=timeout)
+                if doc.get("leader") or not with_leader:
+                    return doc
+        return None
 
     def leader(self) -> str | None:
-        for name, m in self.members.items():
-            if m.running and not m.stopped:
-                with contextlib.suppress(subprocess.SubprocessError, ValueError):
-                    doc = self.status(name)
-                    if doc.get("leader"):
-                        return str(doc["leader"])
-        return None
+        doc = self.any_status(timeout=5.0, with_leader=True)
+        return str(doc["leader"]) if doc is not None else None
 
     def stderr(self, name: str) -> str:
         return self.members[name].stderr_path.read_text(errors="replace")
@@ -399,17 +395,6 @@ def cli(
         text=True,
         timeout=timeout,
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> float:
-    """Poll until `predicate()`; return the time it took. Raise TimeoutError past `timeout`."""
-    start = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @contextlib.contextmanager

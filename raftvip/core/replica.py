@@ -1,0 +1,37 @@
+"""What a member does with each committed log entry and with a received snapshot (pure).
+
+The Raft wrapper (raftvip/cluster.py) calls these from pysyncobj's replicated method and its
+snapshot loader; the simulator calls the same functions from its own replicated log.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from raftvip.core.leader import LeaderBook, report_applied
+from raftvip.core.records import LogRecord
+from raftvip.core.state import ClusterState, CommandError, Report, apply, decode_command
+
+
+def apply_entry(
+    state: ClusterState, book: LeaderBook, payload: bytes, index: int, now: float
+) -> tuple[ClusterState, LeaderBook, tuple[LogRecord, ...]]:
+    """Apply the committed entry at Raft `index`. Total: never raises (an exception inside a
+    pysyncobj replicated method halts the whole group)."""
+    try:
+        cmd = decode_command(payload)
+    except CommandError as exc:
+        return state, book, (LogRecord(logging.ERROR, f"raft ignored a malformed command: {exc}"),)
+    try:
+        new = apply(state, cmd, index=index)
+    except Exception:
+        record = LogRecord(
+            logging.ERROR,
+            f"raft command={type(cmd).__name__} failed to apply; ignored\n"
+            + traceback.format_exc().rstrip(),
+        )
+        return state, book, (record,)
+    if isinstance(cmd, Report):
+        book = report_applied(book, cmd.member, now)
+    return new, book, ()

@@ -1,0 +1,1594 @@
+"""A deterministic simulation of a whole raftvip group (after FoundationDB's simulator, VOPR).
+
+    python -m tests.sim --seeds 10000           # 10,000 schedules on every core, a summary
+    python -m tests.sim --seed 1234 --trace     # replay one schedule, with its event trace
+
+N members each run the real pure core — `core.loop.step`, `core.state.apply` (through
+`core.replica.apply_entry`), placement, decide and `core.leader.leader_tick` — on top of a
+simulated Raft log and network, a simulated clock per member and a fake ExaBGP pipe each.
+One seed drives everything: the group (3 or 5 members, `hold` or `withdraw`, backup paths),
+the schedule of faults and the timing of every message, so a seed replays exactly.
+
+The Raft model follows pysyncobj 0.3.17 where raftvip depends on it: elections with terms and
+randomised timeouts and no PreVote, commit after a majority of the current term, a leader that
+keeps acting until `leader_fallback` after it is isolated, followers that fail a forwarded
+command with LEADER_CHANGED when they see a new leader (even if it commits later), links that
+drop after `connection_timeout` of silence (or a few ms after a crash) and reconnect after up
+to `connection_retry`, log compaction and snapshot installs, journals kept across a crash.
+Messages on one link arrive in order (TCP) after a random delay; links reorder against each
+other; a cut holds a link's messages until it heals or the link drops (then they are lost).
+
+Faults: crash and restart with state kept (a clock stepped back across the restart, sometimes),
+pauses shorter and longer than the lease, partitions (a minority, the leader alone, one-way,
+and "all but the leader"), a pause that ends inside a partition, health flaps, a full-group
+restart, and operator commands (drain, maintenance, pin) racing all of these.
+
+Invariants, checked after every event (numbers as in tests/chaos.py):
+  1 availability: once quiet for the failover bound, every VIP not in maintenance has an
+    announcer while a healthy, eligible member sits in a majority;
+  2 exclusivity: once quiet, no VIP has two primary announcers for longer than a handover;
+  3 flags: maintenance, drain and pin in the committed state are what the operator was told;
+  4 bounded owner moves per fault;
+  6 quorum loss: a member cut off in a minority takes no new VIP; under `withdraw`, a VIP is
+    never announced on both sides of a cut (the one overlap allowed is a make-before-break
+    handover inside one side);
+  7 pause fence: a member that the group expired while it was frozen announces nothing after
+    it resumes until the group has committed a report it sent after the pause;
+  8 liveness: once quiet, every running, healthy member in a majority is alive in the group;
+  9 Raft safety (of the model): every member applies the same command at each log index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import heapq
+import itertools
+import math
+import multiprocessing
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftvip.config import Config, QuorumLossPolicy
+from raftvip.core import loop as core
+from raftvip.core import operator
+from raftvip.core.decide import fence_time
+from raftvip.core.exabgp import announce_line, route_for
+from raftvip.core.group import GroupObservation, RaftInfo
+from raftvip.core.leader import LeaderBook, leader_tick, service_specs
+from raftvip.core.replica import apply_entry
+from raftvip.core.state import (
+    ClusterState,
+    Command,
+    SetDrain,
+    SetMaintenance,
+    SetPin,
+    encode_command,
+)
+from raftvip.testing.config import make_config, service
+from raftvip.testing.exabgp import FakeExabgp
+
+# pysyncobj FAIL_REASON values
+SUCCESS, MISSING_LEADER, DISCARDED, NOT_LEADER, LEADER_CHANGED = 0, 2, 3, 4, 5
+
+LEASE = 1.5
+BOUND = 3.0  # failover bound: quiet this long and every invariant must hold
+COLD_BOUND = 6.0  # after a full-group restart (cold start with state on disk)
+HANDOVER_MAX = 1.0  # the longest two primary announcers may overlap in a handover
+MAX_MOVES = 6  # owner changes per VIP per episode
+COMPACT_AFTER = 40  # entries a node keeps before it compacts its log into a snapshot
+PROCESS = 0.0002  # a member's reaction time to an event (its loop waking up)
+
+
+# --- the event loop -------------------------------------------------------------------------
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (max(when, self.now), next(self._seq), action))
+
+    def run_until(self, end: float, after: Callable[[], None]) -> int:
+        steps = 0
+        heap = self._heap
+        while heap and heap[0][0] <= end:
+            when, _, action = heapq.heappop(heap)
+            self.now = when
+            action()
+            after()
+            steps += 1
+        self.now = end
+        return steps
+
+
+class Violation(Exception):
+    pass
+
+
+# --- the network ----------------------------------------------------------------------------
+
+
+@dataclass
+class Link:
+    """The TCP connection between two members (pysyncobj keeps one per pair)."""
+
+    up: bool = False
+    epoch: int = 0
+    blocked_since: float | None = None  # a cut or a pause stops traffic on it since then
+    last_delivery: dict[str, float] = field(default_factory=dict)  # per direction, FIFO
+    reconnect_at: float | None = None
+
+
+class Net:
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        self.cuts: set[tuple[str, str]] = set()  # (a, b): a's packets to b are dropped
+        self.links: dict[frozenset[str], Link] = {}
+        self.held: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+
+    def link(self, a: str, b: str) -> Link:
+        key = frozenset((a, b))
+        link = self.links.get(key)
+        if link is None:
+            link = self.links[key] = Link()
+        return link
+
+    def connected(self, a: str, b: str) -> bool:
+        return self.link(a, b).up
+
+    def cut(self, a: str, b: str) -> bool:
+        return (a, b) in self.cuts
+
+    def blocked(self, a: str, b: str) -> bool:
+        ma, mb = self.sim.members[a], self.sim.members[b]
+        return (
+            (a, b) in self.cuts
+            or (b, a) in self.cuts
+            or ma.paused
+            or mb.paused
+            or not ma.running
+            or not mb.running
+        )
+
+    def send(self, a: str, b: str, message: Any) -> None:
+        link = self.link(a, b)
+        if not link.up:
+            return
+        if (a, b) in self.cuts:
+            self.held.setdefault((a, b), []).append((link.epoch, message))
+            return
+        self._schedule(a, b, link, link.epoch, message)
+
+    def _schedule(self, a: str, b: str, link: Link, epoch: int, message: Any) -> None:
+        sim = self.sim
+        delay = sim.rng.uniform(0.0001, 0.002)
+        if sim.rng.random() < 0.02:
+            delay += sim.rng.uniform(0.005, 0.04)  # a slow packet: other links overtake it
+        when = max(sim.now + delay, link.last_delivery.get(a, 0.0))
+        link.last_delivery[a] = when
+        sim.sched.at(when, lambda: self._deliver(a, b, epoch, message))
+
+    def _deliver(self, a: str, b: str, epoch: int, message: Any) -> None:
+        link = self.link(a, b)
+        if not link.up or link.epoch != epoch:
+            return  # lost with its connection
+        target = self.sim.members[b]
+        if not target.running:
+            return
+        if target.paused:
+            target.inbox.append((a, epoch, message))  # read from the socket at resume
+            return
+        target.raft.receive(a, message)
+
+    def note_alive(self, a: str, b: str, term: int) -> None:
+        """`a` answers a heartbeat of leader `b`: the answer (which only says "alive") is
+        accounted at once rather than sent, when it could get through."""
+        link = self.link(a, b)
+        leader = self.sim.members[b]
+        if link.up and (a, b) not in self.cuts and leader.running and not leader.paused:
+            raft = leader.raft
+            if raft.role == "leader" and raft.term == term:
+                raft.last_response[a] = self.sim.now
+
+    def deliver_inbox(self, member: SimMember) -> None:
+        inbox, member.inbox = member.inbox, []
+        for a, epoch, message in inbox:
+            link = self.link(a, member.name)
+            if link.up and link.epoch == epoch and member.running:
+                member.raft.receive(a, message)
+
+    def changed(self) -> None:
+        """Cuts, pauses or processes changed: drop links that go silent, reconnect others."""
+        sim = self.sim
+        sim.topology_changed()
+        names = list(sim.members)
+        for a, b in itertools.combinations(names, 2):
+            link = self.link(a, b)
+            ma, mb = sim.members[a], sim.members[b]
+            if not ma.running or not mb.running:
+                if link.up:
+                    sim.sched.at(sim.now + sim.rng.uniform(0.002, 0.006), self._drop_crashed(a, b))
+                link.blocked_since = None
+                continue
+            if self.blocked(a, b):
+                if link.blocked_since is None:
+                    link.blocked_since = sim.now
+                    since = sim.now
+                    ct = sim.cfgs[a].raft.connection_timeout
+                    sim.sched.at(since + ct, functools.partial(self._silent, a, b, since))
+                continue
+            link.blocked_since = None
+            for src, dst in ((a, b), (b, a)):
+                held = self.held.pop((src, dst), [])
+                for epoch, message in held:
+                    if link.up and link.epoch == epoch:
+                        self._schedule(src, dst, link, epoch, message)
+            if not link.up and link.reconnect_at is None:
+                retry = sim.cfgs[a].raft.connection_retry
+                when = sim.now + sim.rng.uniform(0.001, retry)
+                link.reconnect_at = when
+                sim.sched.at(when, functools.partial(self._reconnect, a, b))
+
+    def _drop_crashed(self, a: str, b: str) -> Callable[[], None]:
+        def drop() -> None:
+            ma, mb = self.sim.members[a], self.sim.members[b]
+            if not ma.running or not mb.running:
+                self._down(a, b)
+
+        return drop
+
+    def _silent(self, a: str, b: str, since: float) -> None:
+        link = self.link(a, b)
+        if link.blocked_since == since and link.up:
+            self._down(a, b)
+
+    def _down(self, a: str, b: str) -> None:
+        link = self.link(a, b)
+        if not link.up:
+            return
+        link.up = False
+        link.epoch += 1
+        self.held.pop((a, b), None)
+        self.held.pop((b, a), None)
+        for name in (a, b):
+            member = self.sim.members[name]
+            if member.running and not member.paused:
+                member.raft.links_changed()
+        self.sim.trace(f"link {a}-{b} down")
+
+    def _reconnect(self, a: str, b: str) -> None:
+        link = self.link(a, b)
+        link.reconnect_at = None
+        if link.up or self.blocked(a, b):
+            return
+        link.up = True
+        link.epoch += 1
+        link.last_delivery.clear()
+        self.sim.trace(f"link {a}-{b} up")
+        for name in (a, b):
+            self.sim.members[name].raft.links_changed()
+
+    def reset_member(self, name: str) -> None:
+        """A process restarted: its connections are new ones."""
+        for other in self.sim.members:
+            if other != name:
+                self._down(name, other)
+
+
+# --- the Raft model -------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    term: int
+    payload: bytes | None  # None: the no-op a new leader appends
+
+
+Callback = Callable[[int], None]
+
+
+class RaftNode:
+    """One member's Raft (pysyncobj 0.3.17's behaviour where raftvip depends on it)."""
+
+    def __init__(self, member: SimMember) -> None:
+        self.m = member
+        self.sim = member.sim
+        self.name = member.name
+        self.peers = [n for n in self.sim.names if n != self.name]
+        # persistent (journal + snapshot)
+        self.term = 0
+        self.voted_for: str | None = None
+        self.log: list[Entry] = []
+        self.base_index = 0
+        self.base_term = 0
+        self.base_state = ClusterState()
+        self.commit = 0
+        self.boot()
+
+    # -- (re)start
+
+    def boot(self) -> None:
+        self.role = "follower"
+        self.leader: str | None = None
+        self.state = self.base_state
+        self.applied = self.base_index
+        self.book = LeaderBook(started_at=self.sim.now)
+        self.next_index: dict[str, int] = {}
+        self.match_index: dict[str, int] = {}
+        self.last_response: dict[str, float] = {}
+        self.votes = 0
+        self.waiting_reply: dict[int, Callback] = {}
+        self.waiting_commit: dict[int, list[tuple[int, Callback]]] = {}
+        self.request_ids = itertools.count(1)
+        self.leader_commit: int | None = None
+        self.ready = False
+        self.election_at = self.sim.now + self._timeout()
+        self.generation = getattr(self, "generation", 0) + 1
+        self._arm_election()
+        self._apply_committed()
+
+    def _timeout(self) -> float:
+        raft = self.m.cfg.raft
+        return self.sim.rng.uniform(raft.min_timeout, raft.max_timeout)
+
+    # -- log helpers
+
+    def last_index(self) -> int:
+        return self.base_index + len(self.log)
+
+    def term_at(self, index: int) -> int | None:
+        if index == self.base_index:
+            return self.base_term
+        if index < self.base_index or index > self.last_index():
+            return None
+        return self.log[index - self.base_index - 1].term
+
+    def last_term(self) -> int:
+        return self.term_at(self.last_index()) or 0
+
+    # -- timers (all lazily re-armed; a stale generation does nothing)
+
+    def _arm_election(self) -> None:
+        gen = self.generation
+        self.sim.sched.at(self.election_at, lambda: self._election_timer(gen))
+
+    def _election_timer(self, gen: int) -> None:
+        if gen != self.generation or not self.m.running:
+            return
+        if self.m.paused:
+            self.m.on_resume.append(lambda: self._election_timer(gen))
+            return
+        if self.role == "leader":
+            self.election_at = self.sim.now + self._timeout()  # for when it steps down
+            self._arm_election()
+            return
+        if self.sim.now < self.election_at:
+            self._arm_election()
+            return
+        if not any(self.sim.net.connected(self.name, p) for p in self.peers):
+            self.election_at = self.sim.now + self._timeout()
+            self._arm_election()
+            return
+        # pysyncobj: candidate, term + 1, vote for itself, ask every peer (no PreVote)
+        self.election_at = self.sim.now + self._timeout()
+        self.leader = None
+        self.role = "candidate"
+        self.term += 1
+        self.voted_for = self.name
+        self.votes = 1
+        self.sim.trace(f"{self.name} candidate term={self.term}")
+        for peer in self.peers:
+            self.sim.net.send(
+                self.name,
+                peer,
+                ("vote", self.term, self.last_index(), self.last_term()),
+            )
+        self._leader_changed()
+        self._arm_election()
+        if self.votes > (len(self.peers) + 1) / 2:
+            self._become_leader()
+
+    def _heartbeat(self, gen: int) -> None:
+        if gen != self.generation or not self.m.running:
+            return
+        if self.m.paused:
+            self.m.on_resume.append(lambda: self._heartbeat(gen))
+            return
+        if self.role != "leader":
+            return
+        now = self.sim.now
+        fallback = self.m.cfg.raft.leader_fallback
+        responding = 1 + sum(
+            1 for p in self.peers if self.last_response.get(p, -1e9) > now - fallback
+        )
+        if responding <= (len(self.peers) + 1) / 2:
+            self.sim.trace(f"{self.name} steps down (no majority for {fallback:g}s)")
+            self.role = "follower"
+            self.leader = None
+            self.election_at = now + self._timeout()
+            self._arm_election()
+            return
+        self._send_entries()
+        self.tick_duties()
+        self.sim.sched.at(now + self.m.cfg.raft.heartbeat, lambda: self._heartbeat(gen))
+
+    # -- leadership
+
+    def _become_leader(self) -> None:
+        self.role = "leader"
+        self.leader = self.name
+        now = self.sim.now
+        self.sim.trace(f"{self.name} leader term={self.term}")
+        for peer in self.peers:
+            self.next_index[peer] = self.last_index() + 1
+            self.match_index[peer] = 0
+            self.last_response[peer] = now
+        self.log.append(Entry(self.term, None))
+        self.m.sim.on_leader(self.name, self.term)
+        self._send_entries()
+        self.tick_duties()
+        gen = self.generation
+        self.sim.sched.at(now + self.m.cfg.raft.heartbeat, lambda: self._heartbeat(gen))
+
+    def _send_entries(self) -> None:
+        for peer in self.peers:
+            if not self.sim.net.connected(self.name, peer):
+                continue
+            nxt = self.next_index.get(peer, self.last_index() + 1)
+            if nxt <= self.base_index:
+                self.sim.net.send(
+                    self.name,
+                    peer,
+                    ("snapshot", self.term, self.base_index, self.base_term, self.base_state),
+                )
+                continue
+            prev = nxt - 1
+            entries = tuple(self.log[prev - self.base_index :])
+            # A heartbeat to a follower known to be up to date needs no answer but "alive"
+            needs_ack = bool(entries) or self.match_index.get(peer, 0) < prev
+            self.sim.net.send(
+                self.name,
+                peer,
+                ("append", self.term, prev, self.term_at(prev), entries, self.commit, needs_ack),
+            )
+
+    def _leader_changed(self) -> None:
+        """pysyncobj fails every forwarded command still waiting for the leader's reply."""
+        waiting, self.waiting_reply = self.waiting_reply, {}
+        for rid in sorted(waiting):
+            waiting[rid](LEADER_CHANGED)
+
+    # -- proposals
+
+    def propose(self, payload: bytes, callback: Callback | None) -> None:
+        """Queued and handled on the next tick, as pysyncobj does."""
+        self.sim.sched.at(
+            self.sim.now + self.sim.rng.uniform(0.0001, 0.001),
+            functools.partial(self._propose, self.generation, payload, callback),
+        )
+
+    def _propose(self, gen: int, payload: bytes, callback: Callback | None) -> None:
+        if gen != self.generation or not self.m.running:
+            return
+        if self.m.paused:
+            self.m.on_resume.append(lambda: self._propose(gen, payload, callback))
+            return
+        if self.role == "leader":
+            self.log.append(Entry(self.term, payload))
+            if callback is not None:
+                self.waiting_commit.setdefault(self.last_index(), []).append((self.term, callback))
+            self._send_entries()
+        elif self.leader is not None:
+            rid = next(self.request_ids)
+            if callback is not None:
+                self.waiting_reply[rid] = callback
+            self.sim.net.send(self.name, self.leader, ("command", rid, payload))
+        elif callback is not None:
+            callback(MISSING_LEADER)
+
+    # -- messages
+
+    def receive(self, src: str, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "append" or kind == "snapshot":
+            self._on_append(src, message)
+        elif kind == "append_ok":
+            self._on_append_ok(src, message)
+        elif kind == "vote":
+            self._on_vote(src, message)
+        elif kind == "voted":
+            _, term = message
+            if self.role == "candidate" and term == self.term:
+                self.votes += 1
+                if self.votes > (len(self.peers) + 1) / 2:
+                    self._become_leader()
+        elif kind == "command":
+            _, rid, payload = message
+            if self.role == "leader":
+                self.log.append(Entry(self.term, payload))
+                self.sim.net.send(self.name, src, ("command_ok", rid, self.last_index(), self.term))
+                self._send_entries()
+            else:
+                self.sim.net.send(self.name, src, ("command_err", rid, NOT_LEADER))
+        elif kind == "command_ok":
+            _, rid, index, term = message
+            callback = self.waiting_reply.pop(rid, None)
+            if callback is not None:
+                if index <= self.applied:
+                    callback(7)  # UNKNOWN_OUTCOME
+                else:
+                    self.waiting_commit.setdefault(index, []).append((term, callback))
+        elif kind == "command_err":
+            _, rid, err = message
+            callback = self.waiting_reply.pop(rid, None)
+            if callback is not None:
+                callback(err)
+
+    def _on_vote(self, src: str, message: tuple[Any, ...]) -> None:
+        _, term, last_index, last_term = message
+        if term > self.term:
+            self.term = term
+            self.voted_for = None
+            if self.role == "leader":
+                self.sim.trace(f"{self.name} deposed by {src}'s vote request term={term}")
+            self.role = "follower"
+            self.leader = None
+        if self.role in ("follower", "candidate") and term >= self.term:
+            if last_term < self.last_term():
+                return
+            if last_term == self.last_term() and last_index < self.last_index():
+                return
+            if self.voted_for is not None:
+                return
+            self.voted_for = src
+            self.election_at = self.sim.now + self._timeout()
+            self.sim.net.send(self.name, src, ("voted", term))
+
+    def _on_append(self, src: str, message: tuple[Any, ...]) -> None:
+        term = message[1]
+        if term < self.term:
+            return
+        self.election_at = self.sim.now + self._timeout()
+        if self.leader != src:
+            self._leader_changed()
+        self.leader = src
+        if term > self.term:
+            self.term = term
+            self.voted_for = None
+        if self.role == "leader":
+            self.sim.trace(f"{self.name} sees leader {src} term={term}: follower")
+        self.role = "follower"
+        if message[0] == "snapshot":
+            _, _, base_index, base_term, base_state = message
+            if base_index <= self.applied:
+                self.sim.net.send(self.name, src, ("append_ok", self.term, self.last_index(), True))
+                return
+            self.base_index, self.base_term, self.base_state = base_index, base_term, base_state
+            self.log = []
+            self.commit = self.applied = base_index
+            self.state = base_state
+            self.sim.trace(f"{self.name} installs a snapshot at {base_index}")
+            self.m.on_snapshot()
+            self.leader_commit = base_index
+            self.sim.net.send(self.name, src, ("append_ok", self.term, base_index, True))
+            self._check_ready()
+            return
+        _, _, prev, prev_term, entries, leader_commit, needs_ack = message
+        self.leader_commit = leader_commit
+        have = self.term_at(prev)
+        if have is None or have != prev_term:
+            self.sim.net.send(
+                self.name, src, ("append_ok", self.term, min(prev, self.last_index()) - 1, False)
+            )
+            return
+        index = prev
+        for entry in entries:
+            index += 1
+            existing = self.term_at(index)
+            if existing is not None and existing != entry.term:
+                if index <= self.applied:
+                    raise Violation(f"(9) {self.name} would truncate applied entry {index}")
+                del self.log[index - self.base_index - 1 :]
+                existing = None
+            if existing is None:
+                self.log.append(entry)
+        if needs_ack:
+            self.sim.net.send(self.name, src, ("append_ok", self.term, prev + len(entries), True))
+        else:
+            self.sim.net.note_alive(self.name, src, self.term)
+        last_new = prev + len(entries)
+        if leader_commit > self.commit and last_new > self.commit:
+            self.commit = min(leader_commit, last_new)
+            self._apply_committed()
+        self._check_ready()
+
+    def _on_append_ok(self, src: str, message: tuple[Any, ...]) -> None:
+        _, term, index, success = message
+        if self.role != "leader" or term != self.term:
+            return
+        self.last_response[src] = self.sim.now
+        if success:
+            if index > self.match_index.get(src, 0):
+                self.match_index[src] = index
+            self.next_index[src] = index + 1
+        else:
+            self.next_index[src] = max(1, index + 1)
+            self._send_entries()
+            return
+        self._advance_commit()
+
+    def _advance_commit(self) -> None:
+        majority = (len(self.peers) + 1) / 2
+        new = self.commit
+        for index in range(self.commit + 1, self.last_index() + 1):
+            count = 1 + sum(1 for p in self.peers if self.match_index.get(p, 0) >= index)
+            if count <= majority:
+                break
+            if self.term_at(index) == self.term:
+                new = index
+        if new != self.commit:
+            self.commit = new
+            self._apply_committed()
+            self._send_entries()  # appendEntriesUseBatch=False: tell the followers at once
+        self.leader_commit = self.commit
+        self._check_ready()
+
+    def _apply_committed(self) -> None:
+        changed = False
+        while self.applied < self.commit:
+            index = self.applied + 1
+            entry = self.log[index - self.base_index - 1]
+            self.sim.check_applied(self.name, index, entry)
+            subscribers = self.waiting_commit.pop(index, [])
+            if entry.payload is not None:
+                new, self.book, records = apply_entry(
+                    self.state, self.book, entry.payload, index, self.sim.now
+                )
+                for record in records:
+                    self.m.log_record(record.message)
+                if new is not self.state:
+                    self.state = new
+                    changed = True
+            self.applied = index
+            for term, callback in subscribers:
+                callback(SUCCESS if term == entry.term else DISCARDED)
+        if changed:
+            self.m.wake()
+        if self.applied - self.base_index > COMPACT_AFTER:
+            self.base_term = self.term_at(self.applied) or 0
+            del self.log[: self.applied - self.base_index]
+            self.base_index = self.applied
+            self.base_state = self.state
+
+    def _check_ready(self) -> None:
+        if not self.ready and self.leader_commit is not None and self.applied >= self.leader_commit:
+            self.ready = True
+            self.m.wake()
+
+    # -- leader duties and links
+
+    def tick_duties(self) -> None:
+        links = {p: self.sim.net.connected(self.name, p) for p in self.peers}
+        self.book, effects = leader_tick(
+            self.book,
+            self.m.cfg,
+            self.m.specs,
+            self.state,
+            is_leader=self.role == "leader",
+            term=self.term,
+            links=links,
+            now=self.sim.now,
+            wall=self.m.wall(),
+        )
+        for record in effects.logs:
+            self.m.log_record(record.message)
+        for cmd in effects.proposals:
+            self.propose(encode_command(cmd), None)
+
+    def links_changed(self) -> None:
+        if self.m.running and not self.m.paused:
+            self.tick_duties()
+            self.m.wake()
+
+    def info(self) -> RaftInfo:
+        connected = frozenset(p for p in self.peers if self.sim.net.connected(self.name, p))
+        return RaftInfo(
+            leader=self.leader,
+            is_leader=self.role == "leader",
+            term=self.term,
+            commit_index=self.commit,
+            last_applied=self.applied,
+            has_quorum=len(connected) + 1 > (len(self.peers) + 1) / 2,
+            ready=self.ready,
+            connected=connected,
+        )
+
+
+# --- members --------------------------------------------------------------------------------
+
+
+class SimMember:
+    def __init__(self, sim: Sim, name: str, cfg: Config) -> None:
+        self.sim = sim
+        self.name = name
+        self.cfg = cfg
+        self.specs = service_specs(cfg)
+        self.running = False
+        self.paused = False
+        self.paused_at = 0.0
+        self.inbox: list[tuple[str, int, Any]] = []
+        self.on_resume: list[Callable[[], None]] = []
+        self.wall_offset = 1_767_225_600.0 + sim.rng.uniform(-0.2, 0.2)
+        self.pipe = FakeExabgp()
+        self.loop: core.LoopState | None = None
+        self.events: list[core.Event] = []
+        self.loop_gen = 0
+        self.loop_at = math.inf
+        self.health = {s.name: True for s in cfg.services}  # what its checks see
+        self.local = {s.name: "down" for s in cfg.services}  # what its loop was told
+        self.fence: tuple[int, int] | None = None  # invariant 7: (incarnation, seq) needed
+        self.raft = RaftNode(self)
+        self.logs: list[str] = []
+        self.minority_since: float | None = None
+        self.minority_rib: set[str] = set()
+
+    def wall(self) -> float:
+        return self.sim.now + self.wall_offset
+
+    def log_record(self, message: str) -> None:
+        self.logs.append(f"{self.sim.now:8.3f} {message}")
+
+    # -- process life
+
+    def start(self) -> None:
+        self.running = True
+        self.paused = False
+        self.pipe = FakeExabgp()  # a new ExaBGP session: routers start from nothing
+        incarnation = int(self.wall() * 1_000_000)
+        self.loop, effects = core.start(self.cfg, incarnation)
+        self.events = []
+        self.local = {
+            s.name: ("up" if s.check.kind == "none" else "down") for s in self.cfg.services
+        }
+        self._carry_out(effects)
+        self.raft.boot()
+        self.sim.net.reset_member(self.name)
+        self.sim.net.changed()
+        self.sim.refresh(self)
+        for service_name, ok in self.health.items():
+            self._health_report(service_name, ok)
+        self.schedule_loop(self.sim.now + PROCESS)
+
+    def crash(self) -> None:
+        self.running = False
+        self.paused = False
+        self.inbox = []
+        self.on_resume = []
+        self.pipe = FakeExabgp()  # the LB is gone: its BGP sessions and routes with it
+        self.loop = None
+        self.fence = None
+        self.raft.generation += 1
+        self.sim.net.changed()
+        self.sim.refresh(self)
+
+    def pause(self) -> None:
+        self.paused = True
+        self.paused_at = self.sim.now
+        self.sim.net.changed()
+        self.sim.refresh(self)
+
+    def resume(self) -> None:
+        self.paused = False
+        self.sim.net.changed()
+        self.sim.refresh(self)
+        # Did the group expire us while we were frozen? Then invariant 7 applies.
+        committed = self.sim.committed_state()
+        me = committed.members.get(self.name)
+        if self.loop is not None and (
+            me is None or not me.alive or me.incarnation != self.loop.incarnation
+        ):
+            self.fence = (self.loop.incarnation, self.loop.seq + 1)
+        pending, self.on_resume = self.on_resume, []
+        actions: list[Callable[[], None]] = [
+            lambda: self.sim.net.deliver_inbox(self),
+            lambda: self._iterate(self.loop_gen),
+            *pending,
+        ]
+        self.sim.rng.shuffle(actions)  # the loop and the Raft thread resume in any order
+        for action in actions:
+            action()
+        self.sim.check_routes(self)
+
+    # -- health
+
+    def set_health(self, service_name: str, ok: bool) -> None:
+        self.health[service_name] = ok
+        if self.running:
+            delay = self.sim.rng.uniform(0.05, 0.3)  # probes and fall/rise
+            self.sim.sched.at(self.sim.now + delay, lambda: self._health_report(service_name, ok))
+
+    def _health_report(self, service_name: str, ok: bool) -> None:
+        if not self.running or self.health[service_name] != ok:
+            return
+        if self.paused:
+            self.on_resume.append(lambda: self._health_report(service_name, ok))
+            return
+        self.events.append(core.HealthChanged(service_name, "up" if ok else "down", "sim"))
+        self.wake()
+
+    # -- the loop
+
+    def wake(self) -> None:
+        if self.running:
+            self.schedule_loop(self.sim.now + PROCESS)
+
+    def schedule_loop(self, when: float) -> None:
+        if when >= self.loop_at - 1e-12 and self.loop_at > self.sim.now:
+            return
+        self.loop_gen += 1
+        self.loop_at = when
+        gen = self.loop_gen
+        self.sim.sched.at(when, lambda: self._iterate(gen))
+
+    def _iterate(self, gen: int) -> None:
+        if gen != self.loop_gen or not self.running or self.loop is None:
+            return
+        if self.paused:
+            return  # resume() runs the iteration
+        self.loop_at = math.inf
+        events, self.events = self.events, []
+        now = self.sim.now
+        loop = self.loop
+        for event in events:
+            loop, effects = core.step(loop, event, now)
+            self.loop = loop
+            self._carry_out(effects)
+        group = GroupObservation(self.raft.state, self.raft.info())
+        loop, effects = core.step(self.loop, core.Tick(group, self.wall()), now)
+        self.loop = loop
+        self._carry_out(effects)
+        if loop.exit_code is not None:
+            self.sim.trace(f"{self.name} exited {loop.exit_code}")
+            self.sim.exited(self, loop.exit_code)
+            return
+        self.sim.dirty = True
+        self.schedule_loop(effects.wake_at if effects.wake_at is not None else now + core.TICK)
+
+    def _carry_out(self, effects: core.Effects) -> None:
+        for record in effects.logs:
+            self.log_record(record.message)
+        if effects.lines:
+            if self.loop is not None:
+                for line in effects.lines:
+                    words = line.split()
+                    vip = words[2].split("/")[0]
+                    decision = self.loop.decisions.get(vip)
+                    why = decision.reason if decision is not None else "-"
+                    self.sim.trace(f"{self.name} {words[0]} {vip} ({why})")
+            self.pipe.receive(effects.lines)
+            self.sim.routes_changed(self)
+            delay = self.sim.rng.uniform(0.0001, 0.002)
+            self.sim.sched.at(self.sim.now + delay, self._deliver_acks(len(effects.lines)))
+        for proposal in effects.proposals:
+            callback = None
+            if proposal.tag is not None:
+                callback = self._callback(proposal.tag)
+            self.raft.propose(encode_command(proposal.cmd), callback)
+
+    def _deliver_acks(self, count: int) -> Callable[[], None]:
+        pipe = self.pipe
+
+        def deliver() -> None:
+            if self.pipe is not pipe or not self.running:
+                return
+            for ack in pipe.acks(count):
+                self.events.append(core.StdinLine(ack))
+            self.wake()
+
+        return deliver
+
+    def _callback(self, tag: core.Tag) -> Callback:
+        loop_generation = self.raft.generation
+
+        def done(err: int) -> None:
+            if self.running and self.raft.generation == loop_generation:
+                self.events.append(core.ProposalDone(tag, err))
+                self.wake()
+
+        return done
+
+    def on_snapshot(self) -> None:
+        """The Raft wrapper loaded a snapshot (raftvip/cluster.py `_load`)."""
+        self.wake()
+
+
+# --- the simulation -------------------------------------------------------------------------
+
+
+@dataclass
+class Expected:
+    """The operator's view of the flags: what the commands it was told succeeded set."""
+
+    maintenance: set[str] = field(default_factory=set)
+    drained: set[str] = field(default_factory=set)
+    pins: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Schedule:
+    seed: int
+    size: int
+    policy: QuorumLossPolicy
+    backup: int
+    preempt_delay: float
+    actions: list[tuple[float, str, tuple[Any, ...]]]
+    end: float
+
+
+class Sim:
+    def __init__(self, schedule: Schedule, trace: bool = False) -> None:
+        self.schedule = schedule
+        self.rng = random.Random(schedule.seed * 7919 + 17)
+        self.sched = Scheduler()
+        self.keep_trace = trace
+        self.trace_lines: list[str] = []
+        self.names = [f"lb{i}" for i in range(1, schedule.size + 1)]
+        vips: list[str] = []
+        preferred: dict[str, str] = {}
+        for i, name in enumerate(self.names, start=1):
+            vip = f"10.0.{i}.1"
+            vips.append(vip)
+            preferred[vip] = name
+            vips.append(f"10.0.{i}.2")
+        svc = service(
+            "apex",
+            vips,
+            preferred,
+            backup_prepend=schedule.backup,
+            preempt_delay=schedule.preempt_delay,
+        )
+        self.vips = vips
+        self.cfgs = {
+            name: make_config(name, self.names, [svc], policy=schedule.policy, lease=LEASE)
+            for name in self.names
+        }
+        self.primary = {v: announce_line(route_for(v, svc.announce)) for v in vips}
+        self.holders: dict[str, set[str]] = {v: set() for v in vips}
+        self.routed: dict[str, set[str]] = {v: set() for v in vips}
+        self.net = Net(self)
+        self.members: dict[str, SimMember] = {}
+        for name in self.names:
+            self.members[name] = SimMember(self, name, self.cfgs[name])
+        self.expected = Expected()
+        self.disturbed = 0.0  # the last fault, heal, restart or command (quiet counts from it)
+        self.bound = COLD_BOUND
+        self.applied_log: dict[int, bytes | None] = {}
+        self.violations: list[str] = []
+        self.dual_since: dict[str, float] = {}
+        self.cross_since: dict[str, float] = {}
+        self.owner_moves: dict[str, int] = {}
+        self.last_owners: dict[str, str | None] = {}
+        self.steps = 0
+        self.exits: list[str] = []
+        self.checks = 0
+        self.dirty = True  # something an invariant reads changed since the last check
+        self._components: list[set[str]] | None = None
+
+    @property
+    def now(self) -> float:
+        return self.sched.now
+
+    # -- tracing
+
+    def trace(self, text: str) -> None:
+        self.trace_lines.append(f"{self.sched.now:8.3f} {text}")
+        if len(self.trace_lines) > 4000 and not self.keep_trace:
+            del self.trace_lines[:2000]
+
+    # -- world views
+
+    def topology_changed(self) -> None:
+        self._components = None
+        self.dirty = True
+
+    def components(self) -> list[set[str]]:
+        if self._components is None:
+            self._components = self._compute_components()
+        return self._components
+
+    def _compute_components(self) -> list[set[str]]:
+        alive = [n for n, m in self.members.items() if m.running and not m.paused]
+        parent = {n: n for n in alive}
+
+        def find(x: str) -> str:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for a, b in itertools.combinations(alive, 2):
+            if (a, b) not in self.net.cuts and (b, a) not in self.net.cuts:
+                parent[find(a)] = find(b)
+        groups: dict[str, set[str]] = {}
+        for n in alive:
+            groups.setdefault(find(n), set()).add(n)
+        return list(groups.values())
+
+    def majority(self) -> set[str]:
+        for comp in self.components():
+            if len(comp) > len(self.names) / 2:
+                return comp
+        return set()
+
+    def committed_state(self) -> ClusterState:
+        best: RaftNode | None = None
+        for m in self.members.values():
+            if best is None or m.raft.applied > best.applied:
+                best = m.raft
+        return best.state if best is not None else ClusterState()
+
+    def announcers(self, vip: str, primary: bool = True) -> set[str]:
+        """Members (running, not frozen) whose ExaBGP carries `vip`: as its owner would
+        announce it (`primary`), or in any form (a backup path too)."""
+        return self.holders[vip] if primary else self.routed[vip]
+
+    def refresh(self, member: SimMember) -> None:
+        """Recompute what `member` contributes to `holders` / `routed`."""
+        name = member.name
+        live = member.running and not member.paused
+        rib = member.pipe.rib
+        for vip in self.vips:
+            line = rib.get(vip) if live else None
+            if line is None:
+                self.routed[vip].discard(name)
+                self.holders[vip].discard(name)
+                continue
+            self.routed[vip].add(name)
+            if line == self.primary[vip]:
+                self.holders[vip].add(name)
+            else:
+                self.holders[vip].discard(name)
+        self.dirty = True
+
+    # -- hooks from the model
+
+    def on_leader(self, name: str, term: int) -> None:
+        pass
+
+    def check_applied(self, name: str, index: int, entry: Entry) -> None:
+        known = self.applied_log.get(index, entry.payload)
+        if known != entry.payload:
+            raise Violation(f"(9) {name} applied a different command at index {index}")
+        self.applied_log[index] = entry.payload
+
+    def exited(self, member: SimMember, code: int) -> None:
+        self.exits.append(f"{member.name} exited {code}")
+        self.violation(f"(4) {member.name} exited with {code} unasked")
+
+    def routes_changed(self, member: SimMember) -> None:
+        self.refresh(member)
+        self.check_routes(member)
+
+    # -- invariants
+
+    def violation(self, text: str) -> None:
+        self.violations.append(f"t={self.sched.now:.3f} {text}")
+        raise Violation(text)
+
+    def check_routes(self, member: SimMember) -> None:
+        """Invariant 7 at the moment a member's routes change."""
+        if member.fence is not None and member.loop is not None:
+            inc, seq = member.fence
+            me = member.raft.state.members.get(member.name)
+            if me is not None and me.alive and me.incarnation == inc and me.seq >= seq:
+                member.fence = None
+            elif member.pipe.rib:
+                self.violation(
+                    f"(7) {member.name} resumed after the group expired it and announces "
+                    f"{sorted(member.pipe.rib)} before a report sent after the pause committed"
+                )
+
+    def check(self) -> None:
+        """After every event: the invariants that hold at every instant, and those that hold
+        once the group has been quiet for the failover bound."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        self.checks += 1
+        now = self.sched.now
+        comps = self.components()
+        majority: set[str] = next((c for c in comps if len(c) > len(self.names) / 2), set())
+        side = {n: i for i, c in enumerate(comps) for n in c}
+        policy = self.schedule.policy
+        # 6: minorities take nothing new (after connection_timeout: when they can know)
+        for name, m in self.members.items():
+            if not m.running or m.paused or name in majority:
+                m.minority_since = None
+                continue
+            if m.minority_since is None:
+                m.minority_since = now
+                m.minority_rib = set(m.pipe.rib)
+            elif now - m.minority_since > 1.3:
+                new = set(m.pipe.rib) - m.minority_rib
+                primary_new = {v for v in new if m.pipe.rib[v] == self.primary[v]}
+                if primary_new:
+                    self.violation(
+                        f"(6) {name} cut off in a minority since {m.minority_since:.3f} "
+                        f"announced {sorted(primary_new)}"
+                    )
+        quiet = now - self.disturbed >= self.bound
+        for vip in self.vips:
+            holders = self.announcers(vip)
+            for n in holders & majority:
+                # 6: a member that reaches the group announces only what its own view of
+                # the log gives it (its VIP, or one it keeps until the new owner confirms)
+                seen = self.members[n].loop
+                if seen is not None and n not in (
+                    seen.group.state.owner_of(vip),
+                    seen.group.state.handovers.get(vip),
+                ):
+                    why = seen.decisions.get(vip)
+                    self.violation(
+                        f"(6) {n} reaches a majority and announces {vip} although its own "
+                        f"view gives it to {seen.group.state.owner_of(vip)} "
+                        f"(decision: {why.reason if why else '-'})"
+                    )
+            if len(holders) >= 2:
+                sides = {side.get(n) for n in holders}
+                if policy == "withdraw" and len(sides) > 1:
+                    # only a make-before-break keeper may overlap across a cut, until its
+                    # own fence falls
+                    keeper = any(
+                        (seen := self.members[n].loop) is not None
+                        and seen.group.state.handovers.get(vip) == n
+                        for n in holders
+                    )
+                    since = self.cross_since.setdefault(vip, now)
+                    if not keeper or now - since > fence_time(self.cfgs[self.names[0]]) + 0.1:
+                        self.violation(
+                            f"(6) withdraw: {vip} announced on both sides of a cut by "
+                            f"{sorted(holders)} since {since:.3f}"
+                        )
+                else:
+                    self.cross_since.pop(vip, None)
+                since = self.dual_since.setdefault(vip, now)
+                if quiet and now - max(since, self.disturbed + self.bound) > HANDOVER_MAX:
+                    self.violation(f"(2) {vip} announced by {sorted(holders)} since {since:.3f}")
+            else:
+                self.dual_since.pop(vip, None)
+                self.cross_since.pop(vip, None)
+        if not quiet:
+            return
+        committed = self.committed_state()
+        # 3: flags are what the operator was told
+        e = self.expected
+        drained = {n for n, s in committed.members.items() if s.drained}
+        if (
+            committed.maintenance != e.maintenance
+            or drained != e.drained
+            or dict(committed.pins) != e.pins
+        ):
+            self.violation(
+                f"(3) flags: committed maintenance={sorted(committed.maintenance)} "
+                f"drained={sorted(drained)} pins={dict(committed.pins)}; the operator was told "
+                f"maintenance={sorted(e.maintenance)} drained={sorted(e.drained)} pins={e.pins}"
+            )
+        # 1: availability
+        for vip in self.vips:
+            if "apex" in committed.maintenance:
+                break
+            can = [n for n in majority if self.members[n].health["apex"] and n not in e.drained]
+            if can and not self.announcers(vip, primary=False):
+                self.violation(
+                    f"(1) {vip} has no announcer although {can} are healthy in a majority"
+                )
+        # 8: liveness
+        for n in majority:
+            m = self.members[n]
+            st = committed.members.get(n)
+            if m.loop is not None and (
+                st is None or not st.alive or st.incarnation != m.loop.incarnation
+            ):
+                self.violation(f"(8) {n} runs, reaches a majority, yet is not alive in the group")
+
+    def owner_moves_check(self) -> None:
+        committed = self.committed_state()
+        for vip in self.vips:
+            owner = committed.owner_of(vip)
+            if self.last_owners.get(vip, owner) != owner:
+                self.owner_moves[vip] = self.owner_moves.get(vip, 0) + 1
+                if self.owner_moves[vip] > MAX_MOVES:
+                    self.violation(
+                        f"(4) {vip} changed owner {self.owner_moves[vip]} times in one episode"
+                    )
+            self.last_owners[vip] = owner
+
+    # -- running a schedule
+
+    def disturb(self, bound: float = BOUND) -> None:
+        self.disturbed = self.sched.now
+        self.bound = bound
+        self.owner_moves.clear()
+
+    def run(self) -> None:
+        for when, action, args in self.schedule.actions:
+            self.sched.at(when, functools.partial(self.do, action, *args))
+
+        def after() -> None:
+            self.steps += 1
+            self.check()
+
+        self.steps = self.sched.run_until(self.schedule.end, after)
+
+    def do(self, action: str, *args: Any) -> None:
+        self.trace(f"FAULT {action} {' '.join(map(str, args))}")
+        getattr(self, f"a_{action}")(*args)
+        self.owner_moves_check()
+
+    # -- actions (faults and operator commands)
+
+    def a_start(self, name: str) -> None:
+        self.members[name].start()
+        self.disturb(COLD_BOUND)
+
+    def a_crash(self, name: str) -> None:
+        if self.members[name].running:
+            self.members[name].crash()
+        self.disturb()
+
+    def a_restart(self, name: str, clock_step: float) -> None:
+        m = self.members[name]
+        if m.running:
+            m.crash()
+        m.wall_offset += clock_step
+        m.start()
+        self.disturb()
+
+    def a_full_restart(self, clock_step: float) -> None:
+        for m in self.members.values():
+            if m.running:
+                m.crash()
+        for name in self.names:
+            self.sched.at(
+                self.sched.now + self.rng.uniform(0.0, 0.3),
+                functools.partial(self.a_start, name),
+            )
+        self.disturb(COLD_BOUND)
+
+    def a_pause(self, name: str) -> None:
+        m = self.members[name]
+        if m.running and not m.paused:
+            m.pause()
+        self.disturb()
+
+    def a_resume(self, name: str) -> None:
+        m = self.members[name]
+        if m.running and m.paused:
+            m.resume()
+        self.disturb()
+
+    def a_cut(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        self.net.cuts |= set(pairs)
+        self.net.changed()
+        self.disturb()
+
+    def a_cut_leader(self, mode: str) -> None:
+        """`alone`: the leader loses everyone; `keep_leader`: a follower keeps only the
+        leader (the 'quorum judged by links' case)."""
+        leader = next((n for n, m in self.members.items() if m.raft.role == "leader"), None)
+        if leader is None:
+            self.disturb()
+            return
+        others = [n for n in self.names if n != leader]
+        if mode == "alone":
+            pairs = [(leader, o) for o in others] + [(o, leader) for o in others]
+        else:
+            victim = self.rng.choice(others)
+            rest = [o for o in others if o != victim]
+            pairs = [(victim, o) for o in rest] + [(o, victim) for o in rest]
+        self.trace(f"cut {pairs}")
+        self.a_cut(tuple(pairs))
+
+    def a_heal(self) -> None:
+        self.net.cuts.clear()
+        self.net.changed()
+        self.disturb()
+
+    def a_health(self, name: str, ok: bool) -> None:
+        self.members[name].set_health("apex", ok)
+        self.disturb()
+
+    def a_command(self, via: str, kind: str, arg: str, on: bool) -> None:
+        m = self.members[via]
+        self.disturb()
+        if not m.running or m.paused or m.loop is None:
+            return
+        state = m.raft.state
+        wall = m.wall()
+        try:
+            cmd: Command
+            if kind == "maintenance":
+                cmd = operator.maintenance(m.cfg, state, arg, on, [], wall)
+            elif kind == "drain":
+                cmd = operator.drain(m.cfg, state, arg, on, False, [], wall)
+            else:
+                cmd = operator.pin(m.cfg, state, arg, self.pin_target(m, on), wall)
+        except operator.Refused as exc:
+            self.trace(f"operator: {kind} {arg} refused: {exc}")
+            return
+        if not m.raft.info().has_quorum:
+            self.trace(f"operator: {kind} {arg}: no quorum, nothing changed")
+            return
+        start = self.sched.now
+
+        def outcome(err: int) -> None:
+            # agent._commit: a failure is reported as "not committed; nothing changed"
+            if self.sched.now - start > 5.0:
+                return  # the operator gave up waiting (propose_and_wait timed out)
+            if err == SUCCESS:
+                self.trace(f"operator: {kind} {arg} {on}: committed")
+                self.record_flag(cmd)
+            else:
+                self.trace(f"operator: {kind} {arg} {on}: failed ({err}), told nothing changed")
+
+        m.raft.propose(encode_command(cmd), outcome)
+
+    def pin_target(self, m: SimMember, on: bool) -> str | None:
+        if not on:
+            return None
+        state = m.raft.state
+        able = [n for n in self.names if state.eligible(n, "apex")]
+        return self.rng.choice(able) if able else self.names[0]
+
+    def record_flag(self, cmd: Command) -> None:
+        e = self.expected
+        if isinstance(cmd, SetMaintenance):
+            (e.maintenance.add if cmd.on else e.maintenance.discard)(cmd.service)
+        elif isinstance(cmd, SetDrain):
+            (e.drained.add if cmd.on else e.drained.discard)(cmd.member)
+        elif isinstance(cmd, SetPin):
+            if cmd.member is None:
+                e.pins.pop(cmd.vip, None)
+            else:
+                e.pins[cmd.vip] = cmd.member
+
+
+# --- schedules ------------------------------------------------------------------------------
+
+FAULTS = (
+    "crash",
+    "crash_clock_back",
+    "pause_short",
+    "pause_long",
+    "pause_into_partition",
+    "partition",
+    "one_way",
+    "leader_alone",
+    "keep_leader",
+    "health",
+    "full_restart",
+)
+
+
+def make_schedule(seed: int) -> Schedule:
+    rng = random.Random(seed)
+    size = rng.choice((3, 3, 5))
+    policy: QuorumLossPolicy = rng.choice(("hold", "withdraw"))
+    names = [f"lb{i}" for i in range(1, size + 1)]
+    actions: list[tuple[float, str, tuple[Any, ...]]] = []
+    for name in names:
+        actions.append((rng.uniform(0.0, 0.4), "start", (name,)))
+    t = 2.0
+    drained: set[str] = set()
+    maintenance = False
+    for _ in range(rng.randint(1, 2)):
+        fault = rng.choice(FAULTS)
+        victim = rng.choice(names)
+        minority = rng.sample(names, (size - 1) // 2)
+        length = rng.uniform(0.3, 2.5)
+        if fault == "crash":
+            actions += [(t, "crash", (victim,)), (t + length, "restart", (victim, 0.0))]
+        elif fault == "crash_clock_back":
+            actions += [
+                (t, "crash", (victim,)),
+                (t + length, "restart", (victim, -rng.uniform(5.0, 120.0))),
+            ]
+        elif fault == "pause_short":
+            length = rng.uniform(0.2, 1.45)
+            actions += [(t, "pause", (victim,)), (t + length, "resume", (victim,))]
+        elif fault == "pause_long":
+            length = rng.uniform(1.5, 3.5)
+            actions += [(t, "pause", (victim,)), (t + length, "resume", (victim,))]
+        elif fault == "pause_into_partition":
+            length = rng.uniform(1.0, 3.0)
+            others = [n for n in names if n != victim]
+            pairs = tuple((victim, o) for o in others) + tuple((o, victim) for o in others)
+            actions += [
+                (t, "pause", (victim,)),
+                (t + length * 0.5, "cut", (pairs,)),
+                (t + length, "resume", (victim,)),
+                (t + length + rng.uniform(0.5, 2.5), "heal", ()),
+            ]
+            length += 2.5
+        elif fault in ("partition", "one_way"):
+            rest = [n for n in names if n not in minority]
+            pairs = tuple((a, b) for a in minority for b in rest)
+            if fault == "partition":
+                pairs += tuple((b, a) for a, b in pairs)
+            actions += [(t, "cut", (pairs,)), (t + length, "heal", ())]
+        elif fault in ("leader_alone", "keep_leader"):
+            mode = "alone" if fault == "leader_alone" else "keep_leader"
+            actions += [(t, "cut_leader", (mode,)), (t + length + 0.5, "heal", ())]
+        elif fault == "health":
+            actions += [(t, "health", (victim, False)), (t + length, "health", (victim, True))]
+        elif fault == "full_restart":
+            step = -rng.uniform(1.0, 60.0) if rng.random() < 0.3 else 0.0
+            actions += [(t, "full_restart", (step,))]
+            length = 0.5
+        # operator commands racing the fault
+        for _ in range(rng.choice((0, 0, 1, 2))):
+            when = t + rng.uniform(-0.2, length + 0.5)
+            via = rng.choice(names)
+            kind = rng.choice(("drain", "maintenance", "pin"))
+            if kind == "drain":
+                target = rng.choice(names)
+                on = target not in drained and len(drained) < (size - 1) // 2
+                (drained.add if on else drained.discard)(target)
+                actions.append((when, "command", (via, "drain", target, on)))
+            elif kind == "maintenance":
+                maintenance = not maintenance
+                actions.append((when, "command", (via, "maintenance", "apex", maintenance)))
+            else:
+                vip = f"10.0.{rng.randint(1, size)}.{rng.randint(1, 2)}"
+                actions.append((when, "command", (via, "pin", vip, rng.random() < 0.6)))
+        t += length + (COLD_BOUND if fault == "full_restart" else BOUND) + rng.uniform(0.2, 0.6)
+    # end with maintenance off and nothing drained, checked once more
+    if maintenance:
+        actions.append((t, "command", (names[0], "maintenance", "apex", False)))
+    for target in sorted(drained):
+        actions.append((t + 0.1, "command", (names[0], "drain", target, False)))
+    if maintenance or drained:
+        t += BOUND + 0.5
+    actions.sort(key=lambda a: a[0])
+    return Schedule(
+        seed=seed,
+        size=size,
+        policy=policy,
+        backup=rng.choice((0, 0, 1)),
+        preempt_delay=rng.choice((0.5, 1.0)),
+        actions=actions,
+        end=t,
+    )
+
+
+# --- running seeds --------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    seed: int
+    ok: bool
+    violation: str
+    steps: int
+    sim_seconds: float
+    trace: list[str]
+    logs: dict[str, list[str]]
+
+
+def run_seed(seed: int, trace: bool = False) -> Outcome:
+    schedule = make_schedule(seed)
+    sim = Sim(schedule, trace=trace)
+    try:
+        sim.run()
+    except Violation as exc:
+        return Outcome(
+            seed,
+            False,
+            f"t={sim.sched.now:.3f} {exc}",
+            sim.steps,
+            sim.sched.now,
+            sim.trace_lines[-60:] if not trace else sim.trace_lines,
+            {n: m.logs[-15:] for n, m in sim.members.items()},
+        )
+    return Outcome(seed, True, "", sim.steps, schedule.end, sim.trace_lines if trace else [], {})
+
+
+def describe(schedule: Schedule) -> str:
+    head = f"{schedule.size} members, {schedule.policy}, backup_prepend={schedule.backup}"
+    return (
+        head
+        + ", faults: "
+        + ", ".join(
+            f"{when:.2f}s {action}{args if args else ''}"
+            for when, action, args in schedule.actions
+            if action != "start"
+        )
+    )
+
+
+def print_failure(outcome: Outcome, out: Callable[[str], None]) -> None:
+    out(f"seed {outcome.seed}: VIOLATION {outcome.violation}")
+    out(f"  schedule: {describe(make_schedule(outcome.seed))}")
+    out("  last events:")
+    for line in outcome.trace[-40:]:
+        out(f"    {line}")
+    for name, lines in outcome.logs.items():
+        if lines:
+            out(f"  {name} log (last lines):")
+            for line in lines[-8:]:
+                out(f"    {line}")
+    out(f"  replay: python -m tests.sim --seed {outcome.seed} --trace")
+
+
+def _worker(seeds: Sequence[int]) -> list[Outcome]:
+    return [run_seed(seed) for seed in seeds]
+
+
+def run_many(
+    seeds: Iterable[int], workers: int, out: Callable[[str], None] = print
+) -> tuple[list[Outcome], float]:
+    seeds = list(seeds)
+    started = time.perf_counter()
+    if workers <= 1:
+        outcomes = [run_seed(s) for s in seeds]
+    else:
+        chunks = [seeds[i :: workers * 8] for i in range(workers * 8)]
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            outcomes = [o for chunk in pool.map(_worker, chunks) for o in chunk]
+    elapsed = time.perf_counter() - started
+    outcomes.sort(key=lambda o: o.seed)
+    return outcomes, elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.sim", description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=1000, help="how many schedules (from --first)")
+    parser.add_argument("--first", type=int, default=1, help="the first seed")
+    parser.add_argument("--seed", type=int, default=None, help="replay this one seed")
+    parser.add_argument("--trace", action="store_true", help="print the whole event trace")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if args.seed is not None:
+        outcome = run_seed(args.seed, trace=True)
+        print(f"seed {args.seed}: {describe(make_schedule(args.seed))}")
+        if args.trace:
+            for line in outcome.trace:
+                print(line)
+        if not outcome.ok:
+            print_failure(outcome, print)
+            return 1
+        print(
+            f"seed {args.seed}: ok ({outcome.steps} steps, {outcome.sim_seconds:.1f} s simulated)"
+        )
+        return 0
+    outcomes, elapsed = run_many(range(args.first, args.first + args.seeds), args.workers)
+    failed = [o for o in outcomes if not o.ok]
+    steps = sum(o.steps for o in outcomes)
+    simulated = sum(o.sim_seconds for o in outcomes)
+    for outcome in failed[:3]:
+        print_failure(outcome, print)
+    kinds: dict[str, int] = {}
+    for outcome in failed:
+        key = outcome.violation.split(" ", 2)[1] if " " in outcome.violation else "?"
+        kinds[key] = kinds.get(key, 0) + 1
+    print(
+        f"{len(outcomes)} schedules, {len(failed)} violations {dict(sorted(kinds.items()))}, "
+        f"{elapsed:.1f} s on {args.workers} workers: {len(outcomes) / elapsed:.0f} schedules/s, "
+        f"{steps / elapsed:,.0f} steps/s, {simulated:,.0f} s simulated"
+    )
+    if failed:
+        print("failing seeds: " + " ".join(str(o.seed) for o in failed[:50]))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

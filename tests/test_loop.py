@@ -1,0 +1,335 @@
+"""The member loop (raftvip/core/loop.py) driven in-process with a fake clock.
+
+Every decision reason, the report schedule, handovers, stops and ExaBGP's stdin, without a
+process, a socket or a sleep (raftvip/testing/driver.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pytest
+
+from raftvip.core import loop as core
+from raftvip.core.decide import fence_time
+from raftvip.core.exabgp import parse_stdin_line
+from raftvip.core.placement import Assignment, ServiceSpec
+from raftvip.core.state import ClusterState, Confirm, Expire, MemberState, Report
+from raftvip.testing.config import make_config, service
+from raftvip.testing.driver import READY, LoopDriver
+
+VIPS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+ADDRESSES = {"lb1": "127.0.0.11:7801", "lb2": "127.0.0.12:7801", "lb3": "127.0.0.13:7801"}
+
+
+def group_state(**changes: object) -> ClusterState:
+    """lb1 (this member) owns 10.0.0.1, lb2 owns 10.0.0.2, 10.0.0.3 has no owner."""
+    members = {
+        name: MemberState(name, alive=True, incarnation=0, healthy={"apex": True})
+        for name in ADDRESSES
+    }
+    base = ClusterState(
+        version=1,
+        services=(ServiceSpec("apex", VIPS, {}),),
+        addresses=ADDRESSES,
+        members=members,
+        owners={
+            "10.0.0.1": Assignment("lb1", "preferred"),
+            "10.0.0.2": Assignment("lb2", "preferred"),
+        },
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def member(name: str = "lb1", **changes: object) -> MemberState:
+    return replace(
+        MemberState(name, alive=True, healthy={"apex": True}),
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def started(policy: str = "hold", **kwargs: object) -> LoopDriver:
+    """A member whose check is up, in a healthy group, after a second of ticks."""
+    cfg = make_config(policy=policy, **kwargs)  # type: ignore[arg-type]
+    driver = LoopDriver(cfg, group_state())
+    driver.set_health("apex", "up")
+    driver.run(1.0)
+    return driver
+
+
+# --- start-up -------------------------------------------------------------------------------
+
+
+def test_start_withdraws_every_managed_vip_before_anything_else() -> None:
+    driver = LoopDriver(make_config(), group_state())
+    assert driver.exabgp.lines == [f"withdraw route {v}/32 next-hop self" for v in VIPS]
+
+
+def test_not_ready_is_starting_and_reports_nothing() -> None:
+    driver = LoopDriver(make_config(), group_state(), info=replace(READY, ready=False))
+    driver.set_health("apex", "up")
+    driver.run(1.0)
+    assert set(driver.reasons().values()) == {"starting"}
+    assert driver.announced() == set()
+    assert not [p for p in driver.proposals if isinstance(p.cmd, Report)]
+
+
+def test_owner_not_owner_unowned() -> None:
+    driver = started()
+    assert driver.reasons() == {"10.0.0.1": "owner", "10.0.0.2": "not_owner", "10.0.0.3": "unowned"}
+    assert driver.announced() == {"10.0.0.1"}
+    assert driver.exabgp.rib["10.0.0.1"] == (
+        "announce route 10.0.0.1/32 next-hop self med 100 community [ 65001:100 ]"
+    )
+
+
+# --- local health ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("local", "reason"), [("down", "unhealthy"), ("disabled", "disabled")])
+def test_local_health_withdraws_in_the_next_tick_then_reports(local: str, reason: str) -> None:
+    driver = started()
+    driver.auto_commit = False
+    before = len(driver.proposals)
+    driver.set_health("apex", local)
+    driver.tick()  # no time passes: the withdraw does not wait for the group
+    assert driver.reason("10.0.0.1") == reason
+    assert driver.announced() == set()
+    (report,) = [p.cmd for p in driver.proposals[before:] if isinstance(p.cmd, Report)]
+    assert report.health == {"apex": False}
+    assert any(f"local_health={local}" in m for m in driver.messages())
+
+
+def test_a_service_without_a_check_is_always_up() -> None:
+    cfg = make_config(services=[service(checked=False)])
+    driver = LoopDriver(cfg, group_state())
+    driver.run(0.5)
+    assert driver.reason("10.0.0.1") == "owner"
+
+
+# --- operator flags -------------------------------------------------------------------------
+
+
+def test_maintenance_and_drain() -> None:
+    driver = started()
+    driver.update(version=2, maintenance=frozenset({"apex"}))
+    driver.run(0.2)
+    assert set(driver.reasons().values()) == {"maintenance"}
+    assert driver.announced() == set()
+    driver.update(
+        version=3,
+        maintenance=frozenset(),
+        members={**driver.state.members, "lb1": replace(driver.state.members["lb1"], drained=True)},
+    )
+    driver.run(0.2)
+    assert driver.reason("10.0.0.1") == "drained"
+    assert driver.announced() == set()
+
+
+# --- handovers ------------------------------------------------------------------------------
+
+
+def test_handover_keeps_announcing_until_confirmed_then_withdraws() -> None:
+    driver = started()
+    # The group moved 10.0.0.1 to lb2 (drain, preemption): lb1 keeps it until lb2 confirms.
+    driver.update(
+        version=2,
+        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+    driver.run(0.3)
+    assert driver.reason("10.0.0.1") == "handover"
+    assert "10.0.0.1" in driver.announced()
+    driver.update(version=3, handovers={})  # lb2's Confirm committed
+    driver.run(0.2)
+    assert driver.reason("10.0.0.1") == "not_owner"
+    assert driver.announced() == set()
+
+
+def test_an_unconfirmed_handover_ends_after_handover_timeout() -> None:
+    driver = started()
+    driver.update(
+        version=2,
+        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+    driver.run(driver.cfg.cluster.handover_timeout - 0.2)
+    assert driver.reason("10.0.0.1") == "handover"
+    driver.run(0.5)
+    assert driver.reason("10.0.0.1") == "not_owner"
+    assert "10.0.0.1" not in driver.announced()
+    assert any("handover to lb2 not confirmed" in m for m in driver.messages())
+
+
+def test_the_new_owner_confirms_once_exabgp_acked_its_announce() -> None:
+    driver = started()
+    driver.auto_ack = False
+    driver.update(
+        version=2,
+        owners={**driver.state.owners, "10.0.0.2": Assignment("lb1", "rebalance")},
+        handovers={"10.0.0.2": "lb2"},
+    )
+    driver.run(0.3)
+    assert driver.reason("10.0.0.2") == "owner"
+    assert not [p for p in driver.proposals if isinstance(p.cmd, Confirm)]  # no ack yet
+    for ack in driver.exabgp.acks():
+        driver.send(core.StdinLine(ack))
+    driver.tick()
+    (confirm,) = [p.cmd for p in driver.proposals if isinstance(p.cmd, Confirm)]
+    assert confirm.vips == ("10.0.0.2",) and confirm.member == "lb1"
+
+
+# --- backup paths ---------------------------------------------------------------------------
+
+
+def test_backup_paths_for_vips_of_others() -> None:
+    cfg = make_config(services=[service(backup_prepend=2)])
+    driver = LoopDriver(cfg, group_state())
+    driver.set_health("apex", "up")
+    driver.run(0.5)
+    assert driver.reasons() == {"10.0.0.1": "owner", "10.0.0.2": "backup", "10.0.0.3": "unowned"}
+    assert "as-path [ 65001 65001 65001 ]" in driver.exabgp.rib["10.0.0.2"]
+    assert "as-path" not in driver.exabgp.rib["10.0.0.1"]
+
+
+# --- quorum loss ----------------------------------------------------------------------------
+
+
+def test_hold_keeps_what_was_announced_and_takes_nothing_new() -> None:
+    driver = started()
+    driver.auto_commit = False
+    driver.info = replace(READY, has_quorum=False)
+    # The (stale) state gives 10.0.0.3 to lb1 too: quorum-less, it must not be taken.
+    driver.update(version=2, owners={**driver.state.owners, "10.0.0.3": Assignment("lb1", "x")})
+    driver.run(2.0)
+    assert driver.reason("10.0.0.1") == "no_quorum_hold"
+    assert driver.reason("10.0.0.3") == "no_quorum"
+    assert driver.announced() == {"10.0.0.1"}
+    assert any("quorum lost: policy=hold" in m for m in driver.messages())
+
+
+def test_withdraw_fences_once_no_report_was_committed_for_the_fence_time() -> None:
+    driver = started(policy="withdraw")
+    driver.auto_commit = False  # reports stop committing: cut off from the group
+    last_commit = driver.loop.reporting.renewed_at
+    fence = fence_time(driver.cfg)
+    # The loop asks to be woken exactly when the fence falls, not up to a tick later.
+    driver.tick()
+    assert driver.wake_at is not None and driver.wake_at <= last_commit + fence + 0.01
+    driver.clock.now = last_commit + fence - 0.01
+    driver.tick()
+    assert driver.announced() == {"10.0.0.1"}
+    driver.clock.now = last_commit + fence + 0.002
+    driver.tick()
+    assert driver.announced() == set()
+    assert driver.reason("10.0.0.1") in ("no_quorum", "fenced")
+    # A committed report lifts the fence at once.
+    driver.auto_commit = True
+    driver.commit()
+    driver.tick()
+    assert driver.announced() == {"10.0.0.1"}
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+def test_reports_every_report_interval_and_retry_a_failed_one_at_once() -> None:
+    driver = started()
+    driver.auto_commit = False
+    start = driver.clock.now
+    driver.run(2.0)
+    reports = [p for p in driver.proposals if isinstance(p.cmd, Report)]
+    sent = [p.tag.sent for p in reports if isinstance(p.tag, core.ReportTag) and p.tag.sent > start]
+    assert len(sent) == 4  # every 0.5 s
+    driver.fail_pending()
+    before = len(driver.proposals)
+    driver.run(0.1)
+    assert [p for p in driver.proposals[before:] if isinstance(p.cmd, Report)]
+
+
+def test_reports_carry_rising_sequence_numbers_and_the_incarnation() -> None:
+    driver = started()
+    reports = [p.cmd for p in driver.proposals if isinstance(p.cmd, Report)]
+    assert [r.seq for r in reports] == list(range(1, len(reports) + 1))
+    assert {r.incarnation for r in reports} == {driver.loop.incarnation}
+    assert driver.state.members["lb1"].seq == reports[-1].seq
+
+
+# --- stopping -------------------------------------------------------------------------------
+
+
+def test_sigterm_hands_over_then_withdraws_and_exits_zero() -> None:
+    driver = started()
+    driver.send(core.StopRequested("SIGTERM"))
+    driver.auto_commit = False
+    driver.tick()
+    (leave,) = [p.cmd for p in driver.pending if isinstance(p.cmd, Expire)]
+    assert leave.reason == "leaving" and leave.member == "lb1"
+    assert driver.loop.exit_code is None and driver.announced() == {"10.0.0.1"}
+    # The group applies the leave and moves 10.0.0.1 to lb2 with a handover.
+    driver.commit()
+    driver.update(
+        version=5,
+        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "failover")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+    driver.tick()
+    assert driver.loop.exit_code is None and "10.0.0.1" in driver.announced()
+    driver.update(version=6, handovers={})  # lb2 confirmed
+    driver.tick()
+    assert driver.loop.exit_code == 0
+    assert driver.announced() == set()
+    assert "member=lb1 stopped: SIGTERM" in driver.messages()
+
+
+def test_sigterm_withdraws_after_shutdown_timeout_without_a_confirmation() -> None:
+    driver = started()
+    driver.auto_commit = False
+    driver.send(core.StopRequested("SIGTERM"))
+    driver.run(driver.cfg.cluster.shutdown_timeout + 0.2)
+    assert driver.loop.exit_code == 0
+    assert driver.announced() == set()
+    assert any("handover not confirmed within shutdown_timeout" in m for m in driver.messages())
+
+
+def test_exabgp_gone_leaves_at_once_without_writing() -> None:
+    driver = started()
+    lines = len(driver.exabgp.lines)
+    driver.send(core.StdinClosed())
+    driver.tick()
+    assert driver.loop.exit_code == 0
+    assert len(driver.exabgp.lines) == lines  # nobody reads stdout any more
+    assert driver.linger > 0  # the leave gets a moment to reach the leader
+    assert any(isinstance(p.cmd, Expire) for p in driver.proposals)
+
+
+def test_a_fatal_stop_exits_one() -> None:
+    driver = started()
+    driver.auto_commit = False
+    driver.send(core.StopRequested("SIGTERM"))
+    driver.send(core.StopRequested("cluster.state_dir: ... is full", fatal=True))
+    driver.run(driver.cfg.cluster.shutdown_timeout + 0.2)
+    assert driver.loop.exit_code == 1
+
+
+# --- ExaBGP's stdin -------------------------------------------------------------------------
+
+
+def test_stdin_events_are_logged_and_never_stop_the_loop() -> None:
+    driver = started()
+    for line in ["neighbor 127.0.0.1 up", "what is this", "error"]:
+        driver.send(core.StdinLine(parse_stdin_line(line)))
+    levels = {(r.level, r.message.split()[1].split("=")[0]) for r in driver.logs[-3:]}
+    assert (logging.INFO, "neighbor") in levels
+    assert (logging.WARNING, "unexpected") in levels
+    assert (logging.ERROR, "rejected") in levels
+    driver.run(0.3)
+    assert driver.loop.exit_code is None and driver.reason("10.0.0.1") == "owner"
+
+
+def test_shutdown_from_exabgp_stops_the_loop() -> None:
+    driver = started()
+    driver.send(core.StdinLine(parse_stdin_line("shutdown 123 1")))
+    driver.tick()
+    assert driver.loop.exit_code == 0
