@@ -210,3 +210,36 @@ def test_recorder_cuts_timelines_by_liveness(tmp_path: Path) -> None:
     group = Group(tmp_path, size=3)
     recorder = Recorder(group)
     assert recorder.coverage("10.20.0.1", 0.0, 1.0)[0].announcers == frozenset()
+
+
+@needs_root
+@pytest.mark.parametrize("policy", ["hold", "withdraw"])
+def test_a_member_paused_past_its_lease_that_wakes_up_cut_off_withdraws(
+    tmp_path: Path, policy: str
+) -> None:
+    """The pause fence on real processes: frozen longer than the lease, the member wakes up
+    inside a partition. It must withdraw at once (reason `resuming`) and stay withdrawn until
+    the group has committed a report it sent after the pause, then announce what it owns."""
+    with Chaos(tmp_path, size=3, seed=1, policy=policy, kinds={"partition": 1.0}) as chaos:
+        group = chaos.group
+        wait_until(chaos._settled, 20)
+        victim = next(n for n in group.members if n != group.leader())
+        vip = next(v for v, m in group.preferred.items() if m == victim)
+        chaos._stop(victim)
+        wait_until(lambda: len(group.announcers(vip)) == 1, 10)  # moved to another member
+        time.sleep(0.5)  # frozen for well over a lease (1.5 s) by now
+        for other in group.members:
+            if other != victim:
+                chaos._cut(victim, other)
+                chaos._cut(other, victim)
+        chaos._cont(victim)
+        wait_until(lambda: not group.members[victim].announced(), 2)
+        doc = group.status(victim)
+        assert doc["vips"][vip]["reason"] == "resuming"
+        time.sleep(2.0)  # the partition lasts: the fence holds
+        assert not group.members[victim].announced()
+        assert group.status(victim)["vips"][vip]["reason"] == "resuming"
+        chaos.firewall.heal()
+        # Back in the group: preempt_delay (1 s) later it takes its preferred VIP back.
+        wait_until(lambda: group.announcers(vip) == {victim}, 20)
+        assert "is back in the group after a pause" in group.stderr(victim)

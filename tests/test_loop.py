@@ -223,7 +223,7 @@ def test_withdraw_fences_once_no_report_was_committed_for_the_fence_time() -> No
     driver.clock.now = last_commit + fence + 0.002
     driver.tick()
     assert driver.announced() == set()
-    assert driver.reason("10.0.0.1") in ("no_quorum", "fenced")
+    assert driver.reason("10.0.0.1") == "fenced"
     # A committed report lifts the fence at once.
     driver.auto_commit = True
     driver.commit()
@@ -333,3 +333,44 @@ def test_shutdown_from_exabgp_stops_the_loop() -> None:
     driver.send(core.StdinLine(parse_stdin_line("shutdown 123 1")))
     driver.tick()
     assert driver.loop.exit_code == 0
+
+
+# --- pauses ---------------------------------------------------------------------------------
+
+
+def expire_and_move(driver: LoopDriver, vip: str, to: str) -> None:
+    """While lb1 was frozen, the group expired it and gave `vip` to `to`."""
+    lb1 = replace(driver.state.members["lb1"], alive=False)
+    driver.update(
+        version=driver.state.version + 2,
+        members={**driver.state.members, "lb1": lb1},
+        owners={**driver.state.owners, vip: Assignment(to, "failover")},
+    )
+
+
+@pytest.mark.parametrize("policy", ["hold", "withdraw"])
+def test_a_member_paused_past_its_lease_that_wakes_up_cut_off_withdraws_until_heard(
+    policy: str,
+) -> None:
+    driver = started(policy=policy)
+    assert driver.announced() == {"10.0.0.1"}
+    driver.pause(driver.cfg.cluster.lease + 0.5)
+    expire_and_move(driver, "10.0.0.1", "lb2")
+    # It wakes up cut off from the group: its view is stale, nothing it proposes commits.
+    driver.auto_commit = False
+    driver.info = replace(READY, has_quorum=False)
+    driver.tick()
+    assert driver.announced() == set()  # at once, before hearing from anyone
+    assert driver.reason("10.0.0.1") == "resuming"
+    assert any("was paused for 2.0s" in m for m in driver.messages())
+    driver.run(3.0)  # the partition lasts: still nothing
+    assert driver.announced() == set()
+    assert set(driver.reasons().values()) == {"resuming"}
+    # The partition heals: the group commits a report sent after the pause.
+    driver.info = READY
+    driver.auto_commit = True
+    driver.run(0.3)
+    assert "member=lb1 is back in the group after a pause" in driver.messages()
+    assert driver.reason("10.0.0.1") == "not_owner"  # lb2 has it now
+    assert driver.reason("10.0.0.3") == "owner"  # placed on lb1 when it rejoined
+    assert driver.announced() == {"10.0.0.3"}

@@ -143,7 +143,7 @@ def test_quorum_loss_policy(tmp_path: Path, policy: str) -> None:
         wait_until(lambda: group.status("lb1")["no_quorum_for"] > 0.5, 5, 0.1)
         doc = group.status("lb1")
         assert doc["has_quorum"] is False
-        assert doc["vips"][vip]["reason"] == ("no_quorum_hold" if policy == "hold" else "no_quorum")
+        assert doc["vips"][vip]["reason"] == ("no_quorum_hold" if policy == "hold" else "fenced")
         human = cli(group, "lb1", "status").stdout
         assert "NO QUORUM for" in human
         refused = cli(group, "lb1", "maintenance", "on", "apex")

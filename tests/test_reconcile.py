@@ -14,6 +14,7 @@ from raftvip.core.decide import (
     decide,
     desired_routes,
     fence_time,
+    inputs_for,
     plan,
     resync_lines,
 )
@@ -71,7 +72,7 @@ def reasons(
 ) -> dict[str, tuple[bool, str]]:
     return {
         vip: (d.announce, d.reason)
-        for vip, d in decide(cfg, st_, health, view, announced or set()).items()
+        for vip, d in decide(cfg, inputs_for(cfg, st_, health, view, announced or set())).items()
     }
 
 
@@ -132,21 +133,21 @@ def test_quorum_loss_withdraw_once_the_own_lease_may_be_gone() -> None:
     )
     assert reasons(config("withdraw"), state(), UP, late, {"10.0.0.1"})["10.0.0.1"] == (
         False,
-        "no_quorum",
+        "fenced",
     )
     # pysyncobj notices a silently dropped link only after connection_timeout: the stale
     # lease alone withdraws, even while the member still believes it has a quorum.
     stale = GroupView(ready=True, has_quorum=True, quorum_lost_for=0.0, lease_age=0.9)
     assert reasons(config("withdraw"), state(), UP, stale, {"10.0.0.1"})["10.0.0.1"] == (
         False,
-        "no_quorum",
+        "fenced",
     )
     # `hold` never withdraws for that.
     assert reasons(config("hold"), state(), UP, stale)["10.0.0.1"] == (True, "owner")
 
 
 def test_desired_routes_and_plan_lines() -> None:
-    decisions = decide(config(), state(), UP, OK, set())
+    decisions = decide(config(), inputs_for(config(), state(), UP, OK, set()))
     desired = desired_routes(config(), decisions)
     assert desired == {"10.0.0.1": route_for("10.0.0.1", ANNOUNCE)}
     stale = {"10.0.0.2": route_for("10.0.0.2", ANNOUNCE)}

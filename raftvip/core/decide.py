@@ -16,10 +16,10 @@
   from it again (its state is stale; ExaBGP must not re-advertise old routes);
 - `no_quorum_hold`: the group is unreachable and `on_quorum_loss = "hold"`: keep what was
   announced while locally healthy (fail static), take nothing new;
-- `no_quorum`: the group is unreachable and it was not announced; or
-  `on_quorum_loss = "withdraw"` and this member's own lease can no longer be known valid:
-  `fence_time(cfg)` has passed since it sent its last report that the group committed (the
-  leader expires a member at the earliest `connection_timeout` after that, so the member
+- `no_quorum`: the group is unreachable and it was not announced;
+- `fenced`: `on_quorum_loss = "withdraw"` and this member's own lease can no longer be known
+  valid: `fence_time(cfg)` has passed since it sent its last report that the group committed
+  (the leader expires a member at the earliest `connection_timeout` after that, so the member
   withdraws before anyone else can be given its VIPs: at most one announcer).
 
 `plan` turns desired routes vs. announced routes into ExaBGP lines.
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from raftvip.config import FENCE_MARGIN, Config
 from raftvip.core.exabgp import Route, announce_line, route_for, withdraw_line
+from raftvip.core.placement import Assignment
 from raftvip.core.state import ClusterState
 
 
@@ -73,7 +74,26 @@ def fenced(cfg: Config, view: GroupView) -> bool:
     return cfg.cluster.on_quorum_loss == "withdraw" and view.lease_age >= fence_time(cfg)
 
 
-def decide(
+@dataclass(frozen=True)
+class DecideInputs:
+    """Everything `decide` reads, as one value: it is also the loop's cache key, so an input
+    cannot be computed and then left out (how the pause fence was once lost)."""
+
+    ready: bool  # caught up with the group since start
+    resuming: bool  # frozen longer than the group waits: withdraw until it hears from us
+    reachable: bool  # the group hears us: take what it gives
+    fenced: bool  # withdraw policy: our lease may be gone
+    health: Mapping[str, str]  # service -> up | down | disabled (local)
+    maintenance: frozenset[str]
+    owners: Mapping[str, Assignment]
+    handovers: Mapping[str, str]
+    alive: bool  # the group has us as alive
+    drained: bool
+    handover_expired: frozenset[str]  # VIPs I have been handing over for too long
+    announced: frozenset[str]  # what ExaBGP was last told to carry
+
+
+def inputs_for(
     cfg: Config,
     state: ClusterState,
     health: LocalHealth,
@@ -81,45 +101,63 @@ def decide(
     announced: Set[str],
     handover_expired: Set[str] = frozenset(),
     resuming: bool = False,
-) -> dict[str, Decision]:
-    """`handover_expired`: VIPs I have been handing over for longer than the timeout."""
+) -> DecideInputs:
+    member = state.members.get(cfg.me)
+    return DecideInputs(
+        ready=view.ready,
+        resuming=resuming,
+        reachable=view.has_quorum,
+        fenced=fenced(cfg, view),
+        health=health,
+        maintenance=state.maintenance,
+        owners=state.owners,
+        handovers=state.handovers,
+        alive=member is not None and member.alive,
+        drained=member is not None and member.drained,
+        handover_expired=frozenset(handover_expired),
+        announced=frozenset(announced),
+    )
+
+
+def decide(cfg: Config, inputs: DecideInputs) -> dict[str, Decision]:
+    """For every managed VIP: announce it or not, and why (see the module's docstring)."""
     me = cfg.me
-    strict_out = fenced(cfg, view)
     decisions: dict[str, Decision] = {}
-    member = state.members.get(me)
-    drained = member is not None and member.drained
-    alive = member is not None and member.alive
+    owners = inputs.owners
     for service in cfg.services:
-        local = health.get(service.name, "down")
+        local = inputs.health.get(service.name, "down")
         backup = service.announce.backup_prepend
         for vip in service.vips:
-            owner = state.owner_of(vip)
-            if not view.ready:
+            assignment = owners.get(vip)
+            owner = assignment.owner if assignment is not None else None
+            if not inputs.ready:
                 decisions[vip] = Decision(False, "starting")
-            elif resuming:
+            elif inputs.resuming:
                 decisions[vip] = Decision(False, "resuming")
             elif local == "disabled":
                 decisions[vip] = Decision(False, "disabled")
             elif local != "up":
                 decisions[vip] = Decision(False, "unhealthy")
-            elif service.name in state.maintenance:
+            elif service.name in inputs.maintenance:
                 decisions[vip] = Decision(False, "maintenance")
-            elif not view.has_quorum or strict_out:
-                if not strict_out and vip in announced:
+            elif inputs.fenced:
+                decisions[vip] = Decision(False, "fenced")
+            elif not inputs.reachable:
+                if vip in inputs.announced:
                     # Keep the route as it was: a backup stays a (prepended) backup.
                     prepend = backup if owner != me and backup > 0 else 0
                     decisions[vip] = Decision(True, "no_quorum_hold", prepend=prepend)
                 else:
                     decisions[vip] = Decision(False, "no_quorum")
-            elif owner == me and not drained:
+            elif owner == me and not inputs.drained:
                 decisions[vip] = Decision(True, "owner")
-            elif state.handovers.get(vip) == me and vip not in handover_expired:
+            elif inputs.handovers.get(vip) == me and vip not in inputs.handover_expired:
                 decisions[vip] = Decision(True, "handover")
-            elif drained:
+            elif inputs.drained:
                 decisions[vip] = Decision(False, "drained")
             elif owner is None:
                 decisions[vip] = Decision(False, "unowned")
-            elif backup > 0 and alive:
+            elif backup > 0 and inputs.alive:
                 decisions[vip] = Decision(True, "backup", prepend=backup)
             else:
                 decisions[vip] = Decision(False, "not_owner")

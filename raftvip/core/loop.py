@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 from raftvip.config import Config
 from raftvip.core.decide import (
+    DecideInputs,
     Decision,
     GroupView,
     decide,
     desired_routes,
     fence_time,
-    fenced,
+    inputs_for,
     plan,
     resync_lines,
 )
@@ -180,8 +181,8 @@ class LoopState:
     announced: Mapping[str, Route] = field(default_factory=dict)
     pipe: Pipe = Pipe()
     decisions: Mapping[str, Decision] = field(default_factory=dict)
-    decided_key: tuple[object, ...] | None = None
-    announced_version: int = 0
+    announced_set: frozenset[str] = frozenset()
+    decided: DecideInputs | None = None  # what the current decisions were made from
     reporting: Reporting = Reporting()
     quorum_lost_at: float | None = None
     stop: Stopping = Stopping()
@@ -397,24 +398,14 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
     state = loop.group.state
     loop, view = _group_view(loop, now, out)
     loop, expired = _handover_expired(loop, state, now, out)
-    strict_out = fenced(cfg, view)
     loop, resuming = _resuming(loop, state, out)
-    # Everything `decide` reads. Pure lease renewals replace the state object but keep
-    # its version, so with thousands of VIPs the loop does no work while nothing changes.
-    key = (
-        state.version,
-        id(state.owners),
-        id(state.handovers),
-        tuple(loop.health.items()),
-        view.ready,
-        view.has_quorum,
-        strict_out,
-        expired,
-        resuming,
-        loop.announced_version,
+    inputs = inputs_for(
+        cfg, state, loop.health, view, loop.announced_set, expired, resuming=resuming
     )
-    if key != loop.decided_key:
-        decisions = decide(cfg, state, loop.health, view, loop.announced.keys(), expired)
+    # Pure lease renewals replace the state object but keep its owners: with thousands of
+    # VIPs the loop does no work while nothing that decide reads has changed.
+    if inputs != loop.decided:
+        decisions = decide(cfg, inputs)
         desired = desired_routes(cfg, decisions)
         lines = tuple(plan(desired, loop.announced))
         if lines:
@@ -425,13 +416,16 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
                     acked.discard(vip)  # a new announce: wait for its ack
             acked &= desired.keys()
             out.lines.extend(lines)
+            announced_set = frozenset(desired)
             loop = evolve(
                 loop,
                 pipe=evolve(pipe.written(lines), acked=frozenset(acked)),
                 announced=desired,
-                announced_version=loop.announced_version + 1,
+                announced_set=announced_set,
             )
-        loop = evolve(loop, decisions=decisions, decided_key=(*key[:-1], loop.announced_version))
+            # Deciding again with what is now announced gives the same decisions.
+            inputs = evolve(inputs, announced=announced_set)
+        loop = evolve(loop, decisions=decisions, decided=inputs)
     return _confirm(loop, state, wall, now, out)
 
 
@@ -561,4 +555,6 @@ def _shutdown(loop: LoopState, wall: float, out: _Out) -> tuple[LoopState, Effec
         out.lines.extend(plan({}, loop.announced))
     out.log(logging.INFO, f"member={loop.cfg.me} stopped: {loop.stop.reason}")
     code = 1 if loop.stop.fatal else 0
-    return evolve(loop, announced={}, exit_code=code), out.effects(linger=linger)
+    return evolve(loop, announced={}, announced_set=frozenset(), exit_code=code), out.effects(
+        linger=linger
+    )
