@@ -50,6 +50,7 @@ class Snapshot:
     announced: frozenset[str]
     health: Mapping[str, str]  # service -> up | down | disabled (local)
     quorum_lost_for: float
+    reachable: bool  # the group hears this member (its reports commit)
     time: float  # wall clock
 
 
@@ -231,6 +232,7 @@ class Agent:
             announced=frozenset(loop.announced),
             health=dict(loop.health),
             quorum_lost_for=loop.quorum_lost_for,
+            reachable=core.reachable(loop, self._clock()),
             time=self._wall(),
         )
         with self._status_lock:
@@ -284,9 +286,14 @@ class Agent:
         for listener in self._probe_listeners:
             listener(service, result)
 
+    def reachable(self) -> bool:
+        """Whether the group hears this member, as of the loop's last iteration."""
+        snap = self.snapshot
+        return snap is not None and snap.reachable
+
     def commit(self, cmd: Command, timeout: float = 5.0) -> str | None:
         """Commit a command through the group (any thread); None, or why it failed."""
-        if not self.cluster.info().has_quorum:
+        if not self.reachable():
             return "no quorum: this member cannot reach a majority"
         return self.cluster.propose_and_wait(cmd, timeout=timeout)
 
@@ -297,7 +304,14 @@ class Agent:
         if snap is None:
             raise RequestError("starting: no status yet")
         doc = build_status(
-            self.cfg, snap.state, snap.info, snap.decisions, snap.health, snap.quorum_lost_for
+            self.cfg,
+            snap.state,
+            snap.info,
+            snap.decisions,
+            snap.health,
+            snap.quorum_lost_for,
+            snap.reachable,
+            now=snap.time,
         )
         for extension in self._extensions:
             try:
@@ -354,7 +368,7 @@ class Agent:
             self.cluster.state,
             name,
             address,
-            self.cluster.info().has_quorum,
+            self.reachable(),
             self._wall(),
         )
         peers = {node.address for node in self.cluster.replica.otherNodes}

@@ -142,7 +142,7 @@ class Metrics:
         self._leader.set(1 if info.is_leader else 0)
         self._term.set(info.term)
         self._commit.set(info.commit_index)
-        self._quorum.set(1 if info.has_quorum else 0)
+        self._quorum.set(1 if snapshot.reachable else 0)
         self._no_quorum.set(snapshot.quorum_lost_for)
         for event in state.events:
             if event.version > self._last_event and event.kind == "owner":

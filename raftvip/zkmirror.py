@@ -141,6 +141,7 @@ def state_document(cfg: Config, snapshot: Snapshot) -> bytes:
         snapshot.decisions,
         snapshot.health,
         snapshot.quorum_lost_for,
+        snapshot.reachable,
         now=snapshot.time,
     )
     for key in _MEMBER_FIELDS:

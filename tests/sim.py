@@ -1145,11 +1145,12 @@ class Sim:
             if len(holders) >= 2:
                 sides = {side.get(n) for n in holders}
                 if policy == "withdraw" and len(sides) > 1:
-                    # only a make-before-break keeper may overlap across a cut, until its
-                    # own fence falls
+                    # only a make-before-break handover (one of them acted on a state in
+                    # which the other keeps the VIP until it confirms) may overlap across a
+                    # cut, until the keeper's own fence falls
                     keeper = any(
                         (seen := self.members[n].loop) is not None
-                        and seen.group.state.handovers.get(vip) == n
+                        and seen.group.state.handovers.get(vip) in holders
                         for n in holders
                     )
                     since = self.cross_since.setdefault(vip, now)
@@ -1325,7 +1326,7 @@ class Sim:
         except operator.Refused as exc:
             self.trace(f"operator: {kind} {arg} refused: {exc}")
             return
-        if not m.raft.info().has_quorum:
+        if not core.reachable(m.loop, self.sched.now):
             self.trace(f"operator: {kind} {arg}: no quorum, nothing changed")
             return
         start = self.sched.now

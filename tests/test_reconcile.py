@@ -60,7 +60,7 @@ def state(**kw: object) -> ClusterState:
 
 
 UP = {"apex": "up"}
-OK = GroupView(ready=True, has_quorum=True, quorum_lost_for=0.0)
+OK = GroupView(ready=True, reachable=True, quorum_lost_for=0.0)
 
 
 def reasons(
@@ -100,7 +100,7 @@ def test_owner_not_owner_unowned() -> None:
             OK,
             "drained",
         ),
-        (UP, {}, GroupView(ready=False, has_quorum=True, quorum_lost_for=0.0), "starting"),
+        (UP, {}, GroupView(ready=False, reachable=True, quorum_lost_for=0.0), "starting"),
     ],
 )
 def test_local_reasons_withdraw(
@@ -110,7 +110,7 @@ def test_local_reasons_withdraw(
 
 
 def test_quorum_loss_hold_keeps_only_what_was_announced() -> None:
-    lost = GroupView(ready=True, has_quorum=False, quorum_lost_for=60.0)
+    lost = GroupView(ready=True, reachable=False, quorum_lost_for=60.0)
     got = reasons(config("hold"), state(), UP, lost, announced={"10.0.0.1", "10.0.0.3"})
     assert got["10.0.0.1"] == (True, "no_quorum_hold")
     assert got["10.0.0.3"] == (True, "no_quorum_hold")
@@ -125,8 +125,8 @@ def test_quorum_loss_hold_keeps_only_what_was_announced() -> None:
 def test_quorum_loss_withdraw_once_the_own_lease_may_be_gone() -> None:
     # fence_time = min(lease 1.5, connection_timeout 1.0) - 0.15 = 0.85 s.
     assert fence_time(config("withdraw")) == pytest.approx(0.85)
-    early = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.84)
-    late = GroupView(ready=True, has_quorum=False, quorum_lost_for=0.5, lease_age=0.86)
+    early = GroupView(ready=True, reachable=False, quorum_lost_for=0.5, lease_age=0.84)
+    late = GroupView(ready=True, reachable=False, quorum_lost_for=0.5, lease_age=0.86)
     assert reasons(config("withdraw"), state(), UP, early, {"10.0.0.1"})["10.0.0.1"] == (
         True,
         "no_quorum_hold",
@@ -137,7 +137,7 @@ def test_quorum_loss_withdraw_once_the_own_lease_may_be_gone() -> None:
     )
     # pysyncobj notices a silently dropped link only after connection_timeout: the stale
     # lease alone withdraws, even while the member still believes it has a quorum.
-    stale = GroupView(ready=True, has_quorum=True, quorum_lost_for=0.0, lease_age=0.9)
+    stale = GroupView(ready=True, reachable=True, quorum_lost_for=0.0, lease_age=0.9)
     assert reasons(config("withdraw"), state(), UP, stale, {"10.0.0.1"})["10.0.0.1"] == (
         False,
         "fenced",

@@ -151,7 +151,9 @@ def snapshot(
         vip: Decision(True, "owner") if vip in owned else Decision(False, "not_owner")
         for vip in VIPS
     }
-    return Snapshot(state, info, decisions, frozenset(owned), {"apex": "up"}, 0.0, time.time())
+    return Snapshot(
+        state, info, decisions, frozenset(owned), {"apex": "up"}, 0.0, True, time.time()
+    )
 
 
 def zk_section(zk: ZooKeeper, prefix: str, extra: str = "") -> str:

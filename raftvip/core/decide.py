@@ -41,8 +41,11 @@ class GroupView:
     """What this member knows about its own connection to the group."""
 
     ready: bool  # caught up with a leader at least once since start
-    has_quorum: bool
-    quorum_lost_for: float  # seconds since quorum was lost (0 while it is held)
+    # The group hears us: a report we sent less than `reach_time` ago is committed. Judged by
+    # what is committed, not by pysyncobj's count of open links (a member that keeps its
+    # link to the leader alone still gets its reports committed and must follow the log).
+    reachable: bool
+    quorum_lost_for: float  # seconds since the group stopped hearing us (0 while it does)
     # Seconds since this member sent its last report that the group committed (inf: none).
     lease_age: float = 0.0
 
@@ -67,6 +70,12 @@ def fence_time(cfg: Config) -> float:
     time the expiry needs to be committed and the new owner to announce.
     """
     return min(cfg.cluster.lease, cfg.raft.connection_timeout) - FENCE_MARGIN
+
+
+def reach_time(cfg: Config) -> float:
+    """A member whose last committed report was sent longer ago than this is cut off from the
+    group (reports go out every `report_interval`, which config keeps below this)."""
+    return cfg.raft.connection_timeout
 
 
 def fenced(cfg: Config, view: GroupView) -> bool:
@@ -106,7 +115,7 @@ def inputs_for(
     return DecideInputs(
         ready=view.ready,
         resuming=resuming,
-        reachable=view.has_quorum,
+        reachable=view.reachable,
         fenced=fenced(cfg, view),
         health=health,
         maintenance=state.maintenance,

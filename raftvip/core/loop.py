@@ -27,6 +27,7 @@ from raftvip.core.decide import (
     fence_time,
     inputs_for,
     plan,
+    reach_time,
     resync_lines,
 )
 from raftvip.core.exabgp import Route, StdinEvent
@@ -134,6 +135,9 @@ NO_EFFECTS = Effects()
 # --- state ----------------------------------------------------------------------------------
 
 
+MAX_IN_FLIGHT = 64  # reports remembered until the state shows them (older ones: lost)
+
+
 @dataclass(frozen=True)
 class Reporting:
     """Lease renewals: when the next report is due, and what became of the last ones."""
@@ -142,7 +146,11 @@ class Reporting:
     next_at: float = 0.0
     last_at: float = 0.0
     failed: bool = False
-    renewed_at: float = -float("inf")  # send time of our last committed report
+    # Send time of our last report that the group committed: the newest one the replicated
+    # state shows as applied (a commit callback can be lost, e.g. behind a snapshot, and a
+    # report can be committed yet ignored as stale; the state says what counted).
+    renewed_at: float = -float("inf")
+    in_flight: tuple[tuple[int, float], ...] = ()  # (seq, sent) of reports not yet seen
 
 
 @dataclass(frozen=True)
@@ -273,7 +281,7 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
     loop = _reconcile(loop, tick.wall, now, out)
     done, loop = _done_leaving(loop, tick.wall, now, out)
     if done:
-        return _shutdown(loop, tick.wall, out)
+        return _shutdown(loop, tick.wall, now, out)
     return loop, out.effects(wake_at=_wake_at(loop, now))
 
 
@@ -331,8 +339,7 @@ def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:
     tag = event.tag
     if isinstance(tag, ReportTag):
         if event.err == 0:
-            renewed = max(loop.reporting.renewed_at, tag.sent)
-            return evolve(loop, reporting=evolve(loop.reporting, renewed_at=renewed))
+            return loop  # what counts is the state showing it (`_observe_reports`)
         # Retry soon rather than a report interval later.
         return evolve(loop, reporting=evolve(loop.reporting, failed=True))
     # Our leave failed to commit (leader change): ask again.
@@ -361,7 +368,13 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     if not rep.due and now < rep.next_at:
         return evolve(loop, reporting=rep) if rep is not loop.reporting else loop
     seq = loop.seq + 1
-    rep = evolve(rep, due=False, last_at=now, next_at=now + cfg.cluster.report_interval)
+    rep = evolve(
+        rep,
+        due=False,
+        last_at=now,
+        next_at=now + cfg.cluster.report_interval,
+        in_flight=((*rep.in_flight, (seq, now)))[-MAX_IN_FLIGHT:],
+    )
     health = {name: value == "up" for name, value in loop.health.items()}
     out.proposals.append(
         Proposal(Report(wall, cfg.me, loop.incarnation, seq, health), ReportTag(now))
@@ -369,25 +382,57 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     return evolve(loop, seq=seq, reporting=rep)
 
 
+def _observe_reports(loop: LoopState) -> LoopState:
+    """Renew our lease with the newest of our reports that the replicated state shows."""
+    rep = loop.reporting
+    if not rep.in_flight:
+        return loop
+    me = loop.group.state.members.get(loop.cfg.me)
+    if me is None or not me.alive or me.incarnation != loop.incarnation:
+        return loop
+    seen = [sent for seq, sent in rep.in_flight if seq <= me.seq]
+    if not seen:
+        return loop
+    return evolve(
+        loop,
+        reporting=evolve(
+            rep,
+            renewed_at=max(rep.renewed_at, *seen),
+            in_flight=tuple(item for item in rep.in_flight if item[0] > me.seq),
+        ),
+    )
+
+
 def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, GroupView]:
     info = loop.group.info
+    lease_age = now - loop.reporting.renewed_at
+    reachable = lease_age < reach_time(loop.cfg)
     lost_at = loop.quorum_lost_at
-    if info.has_quorum:
+    if reachable:
         if lost_at is not None:
             out.log(logging.INFO, f"quorum regained after {now - lost_at:.2f}s")
         lost_at = None
     elif lost_at is None:
         lost_at = now
-        if info.ready:
-            out.log(logging.WARNING, f"quorum lost: policy={loop.cfg.cluster.on_quorum_loss}")
+        if info.ready and loop.reporting.renewed_at > -float("inf"):
+            out.log(
+                logging.WARNING,
+                f"quorum lost: no report of ours committed for {lease_age:.2f}s "
+                f"(policy={loop.cfg.cluster.on_quorum_loss})",
+            )
     lost_for = 0.0 if lost_at is None else now - lost_at
     view = GroupView(
         ready=info.ready,
-        has_quorum=info.has_quorum,
+        reachable=reachable,
         quorum_lost_for=lost_for,
-        lease_age=now - loop.reporting.renewed_at,
+        lease_age=lease_age,
     )
     return evolve(loop, quorum_lost_at=lost_at, quorum_lost_for=lost_for), view
+
+
+def reachable(loop: LoopState, now: float) -> bool:
+    """Whether the group hears this member (a report of ours committed recently)."""
+    return now - loop.reporting.renewed_at < reach_time(loop.cfg)
 
 
 # --- decide and announce --------------------------------------------------------------------
@@ -396,6 +441,7 @@ def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, Grou
 def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
     cfg = loop.cfg
     state = loop.group.state
+    loop = _observe_reports(loop)
     loop, view = _group_view(loop, now, out)
     loop, expired = _handover_expired(loop, state, now, out)
     loop, resuming = _resuming(loop, state, out)
@@ -504,7 +550,7 @@ def _done_leaving(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[
     if stop.deadline is None:
         out.log(logging.INFO, f"member={cfg.me} stopping ({stop.reason}): handing over")
         loop = evolve(loop, stop=evolve(stop, deadline=now + cfg.cluster.shutdown_timeout))
-        proposed, loop = _propose_leave(loop, wall, out)
+        proposed, loop = _propose_leave(loop, wall, now, out)
         if not proposed:
             return True, loop
     state = loop.group.state
@@ -514,7 +560,7 @@ def _done_leaving(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[
     # leave as stale (or the proposal failed). Ask again: otherwise the leader expires us
     # for "lease" a lease later, without a handover, and our VIPs see a gap.
     if me is not None and me.alive and (me.incarnation, me.seq) != loop.stop.leave_key:
-        proposed, loop = _propose_leave(loop, wall, out)
+        proposed, loop = _propose_leave(loop, wall, now, out)
         if proposed:
             out.log(logging.INFO, f"member={cfg.me} leave not applied: asking again")
     if me is not None and not me.alive:
@@ -533,9 +579,9 @@ def _done_leaving(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[
     return False, loop
 
 
-def _propose_leave(loop: LoopState, wall: float, out: _Out) -> tuple[bool, LoopState]:
+def _propose_leave(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[bool, LoopState]:
     me = loop.group.state.members.get(loop.cfg.me)
-    if me is None or not me.alive or not loop.group.info.has_quorum:
+    if me is None or not me.alive or not reachable(loop, now):
         return False, loop
     key = (me.incarnation, me.seq)
     out.proposals.append(
@@ -544,11 +590,11 @@ def _propose_leave(loop: LoopState, wall: float, out: _Out) -> tuple[bool, LoopS
     return True, evolve(loop, stop=evolve(loop.stop, leave_key=key))
 
 
-def _shutdown(loop: LoopState, wall: float, out: _Out) -> tuple[LoopState, Effects]:
+def _shutdown(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[LoopState, Effects]:
     """Withdraw everything (after the handover in `_done_leaving`) and finish."""
     linger = 0.0
     if loop.stop.exabgp_gone and loop.stop.deadline is None:
-        proposed, loop = _propose_leave(loop, wall, out)
+        proposed, loop = _propose_leave(loop, wall, now, out)
         if proposed:
             linger = LEAVE_LINGER
     if not loop.stop.exabgp_gone:

@@ -19,11 +19,12 @@ def build_status(
     decisions: Mapping[str, Decision],
     health: LocalHealth,
     quorum_lost_for: float,
-    now: float | None = None,
+    reachable: bool,
+    now: float,
     events: int = 50,
 ) -> dict[str, Any]:
-    """The whole group as this member sees it. Never contains secrets."""
-    now = time.time() if now is None else now
+    """The whole group as this member sees it (`now`: the wall clock). Never contains
+    secrets. `reachable`: the group hears this member (its reports commit)."""
     owned: dict[str, int] = {}
     for owner in state.owners.values():
         owned[owner.owner] = owned.get(owner.owner, 0) + 1
@@ -69,7 +70,7 @@ def build_status(
         "commit_index": info.commit_index,
         "last_applied": info.last_applied,
         "state_version": state.version,
-        "has_quorum": info.has_quorum,
+        "has_quorum": reachable,
         "no_quorum_for": round(quorum_lost_for, 3),
         "ready": info.ready,
         "on_quorum_loss": cfg.cluster.on_quorum_loss,
