@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from raftvip.core import loop as core
-from raftvip.core.decide import fence_time
+from raftvip.core.decide import fence_time, pause_time
 from raftvip.core.exabgp import parse_stdin_line
 from raftvip.core.placement import Assignment, ServiceSpec
 from raftvip.core.state import ClusterState, Confirm, Expire, MemberState, Report, apply
@@ -425,3 +425,23 @@ def test_the_lease_is_renewed_by_what_the_state_shows_not_by_callbacks() -> None
                 driver.send(core.ProposalDone(proposal.tag, 0))
         driver.pending.clear()
     assert driver.reason("10.0.0.1") == "fenced"
+
+
+def test_a_pause_shorter_than_the_lease_but_long_enough_to_be_expired_is_fenced() -> None:
+    """The leader expires a frozen member by its dropped link (connection_timeout + grace,
+    ~1.03 s) before its lease (1.5 s): a 1.1 s pause must fence too."""
+    driver = started()
+    assert pause_time(driver.cfg) == pytest.approx(0.85)
+    driver.pause(1.1)
+    expire_and_move(driver, "10.0.0.1", "lb2")
+    driver.auto_commit = False
+    driver.tick()
+    assert driver.reason("10.0.0.1") == "resuming"
+    assert driver.announced() == set()
+
+
+def test_the_loop_s_own_cadence_is_not_a_pause() -> None:
+    driver = started()
+    driver.run(3.0, step=0.5)  # a slow loop (GC, a busy host): still below pause_time
+    assert not any("was paused" in m for m in driver.messages())
+    assert driver.reason("10.0.0.1") == "owner"

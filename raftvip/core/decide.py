@@ -72,6 +72,18 @@ def fence_time(cfg: Config) -> float:
     return min(cfg.cluster.lease, cfg.raft.connection_timeout) - FENCE_MARGIN
 
 
+def pause_time(cfg: Config) -> float:
+    """A gap between two steps of the loop longer than this may have let the group expire us.
+
+    While the process is frozen nothing of it runs (its Raft thread included): the leader
+    closes its link after `connection_timeout` of silence and expires it `disconnect_grace`
+    later, or expires it `lease` after its last report, sent up to `report_interval` before
+    the freeze. The earliest of the two, less FENCE_MARGIN for noticing: 0.85 s by default.
+    """
+    earliest = min(cfg.cluster.lease - cfg.cluster.report_interval, cfg.raft.connection_timeout)
+    return earliest - FENCE_MARGIN
+
+
 def reach_time(cfg: Config) -> float:
     """A member whose last committed report was sent longer ago than this is cut off from the
     group (reports go out every `report_interval`, which config keeps below this)."""

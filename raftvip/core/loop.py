@@ -26,6 +26,7 @@ from raftvip.core.decide import (
     desired_routes,
     fence_time,
     inputs_for,
+    pause_time,
     plan,
     reach_time,
     resync_lines,
@@ -266,15 +267,15 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
     cfg = loop.cfg
     loop = evolve(loop, group=tick.group)
     last = loop.last_step
-    if last is not None and now - last > cfg.cluster.lease:
-        # This process was frozen (SIGSTOP, VM pause) for longer than a lease: the group
-        # has moved on without us. Withdraw until a fresh report of ours is committed, so
+    if last is not None and now - last > pause_time(cfg):
+        # This process was frozen (SIGSTOP, VM pause) long enough for the group to expire
+        # it and move on without it. Withdraw until a fresh report of ours is committed, so
         # ExaBGP does not re-advertise stale routes when its sessions come back.
         loop = evolve(loop, fence_seq=loop.seq + 1, reporting=evolve(loop.reporting, due=True))
         out.log(
             logging.WARNING,
-            f"member={cfg.me} was paused for {now - last:.1f}s (longer than the "
-            "lease): withdrawing until the group has heard from it again",
+            f"member={cfg.me} was paused for {now - last:.1f}s (the group may have expired "
+            "it): withdrawing until the group has heard from it again",
         )
     loop = evolve(loop, last_step=now)
     loop = _maybe_report(loop, tick.wall, now, out)
