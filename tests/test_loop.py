@@ -445,3 +445,46 @@ def test_the_loop_s_own_cadence_is_not_a_pause() -> None:
     driver.run(3.0, step=0.5)  # a slow loop (GC, a busy host): still below pause_time
     assert not any("was paused" in m for m in driver.messages())
     assert driver.reason("10.0.0.1") == "owner"
+
+
+def test_a_late_ack_of_an_announce_that_was_withdrawn_since_confirms_nothing() -> None:
+    """announce v, withdraw v, announce v again (a handover to us) before ExaBGP acks: the
+    `done` of the first announce must not let us confirm v while the third is in flight (the
+    old owner would withdraw before ExaBGP carries our route)."""
+    driver = started()
+    driver.auto_ack = False
+    driver.update(version=2, owners={**driver.state.owners, "10.0.0.3": Assignment("lb1", "x")})
+    driver.tick()  # announce 10.0.0.3
+    driver.update(version=3, owners={**driver.state.owners, "10.0.0.3": Assignment("lb2", "x")})
+    driver.tick()  # withdraw 10.0.0.3
+    driver.update(
+        version=4,
+        owners={**driver.state.owners, "10.0.0.3": Assignment("lb1", "rebalance")},
+        handovers={"10.0.0.3": "lb2"},
+    )
+    driver.tick()  # announce 10.0.0.3 again, lb2 keeps it until we confirm
+    assert driver.exabgp.unacked == 3
+    driver.send(core.StdinLine(driver.exabgp.acks(1)[0]))  # the first announce's `done`
+    driver.tick()
+    assert "10.0.0.3" not in driver.loop.pipe.acked
+    assert not [p for p in driver.proposals if isinstance(p.cmd, Confirm)]
+    for ack in driver.exabgp.acks():  # the withdraw's and the new announce's
+        driver.send(core.StdinLine(ack))
+    driver.tick()
+    (confirm,) = [p.cmd for p in driver.proposals if isinstance(p.cmd, Confirm)]
+    assert confirm.vips == ("10.0.0.3",)
+
+
+def test_a_rejected_announce_is_not_acked() -> None:
+    driver = started()
+    driver.auto_ack = False
+    driver.update(
+        version=2,
+        owners={**driver.state.owners, "10.0.0.2": Assignment("lb1", "rebalance")},
+        handovers={"10.0.0.2": "lb2"},
+    )
+    driver.tick()
+    driver.send(core.StdinLine(parse_stdin_line("error")))
+    driver.tick()
+    assert "10.0.0.2" not in driver.loop.pipe.acked
+    assert not [p for p in driver.proposals if isinstance(p.cmd, Confirm)]

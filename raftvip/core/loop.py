@@ -165,19 +165,54 @@ class Stopping:
 
 @dataclass(frozen=True)
 class Pipe:
-    """Lines written to ExaBGP that await its ack (`pending[head:]`), and acked announces."""
+    """Lines written to ExaBGP that await its ack (`pending[head:]`), and what was acked.
+
+    ExaBGP acks route commands in order. A VIP counts as acked only when the ack is for the
+    latest line written for it: after `announce v`, `withdraw v`, `announce v`, the late
+    `done` of the first announce says nothing about the route ExaBGP carries now.
+    """
 
     pending: tuple[str, ...] = ()
     head: int = 0
-    acked: frozenset[str] = frozenset()
+    base: int = 0  # sequence number of pending[0] (lines are numbered from 0 as written)
+    latest: Mapping[str, int] = field(default_factory=dict)  # vip -> its latest line
+    acked: frozenset[str] = frozenset()  # VIPs whose latest line is an acked announce
 
     def written(self, lines: tuple[str, ...]) -> Pipe:
-        return evolve(self, pending=self.pending[self.head :] + lines, head=0)
+        first = self.base + len(self.pending)
+        latest = dict(self.latest)
+        for offset, line in enumerate(lines):
+            vip = _route_vip(line)
+            if vip is not None:
+                latest[vip] = first + offset
+        return evolve(
+            self,
+            pending=self.pending[self.head :] + lines,
+            head=0,
+            base=self.base + self.head,
+            latest=latest,
+        )
 
     def pop(self) -> tuple[Pipe, str | None]:
+        """The oldest unacked line, now acked; an announce marks its VIP acked if it is
+        still the latest line written for that VIP."""
         if self.head >= len(self.pending):
             return self, None
-        return evolve(self, head=self.head + 1), self.pending[self.head]
+        line = self.pending[self.head]
+        seq = self.base + self.head
+        acked = self.acked
+        if line.startswith("announce route "):
+            vip = _route_vip(line)
+            if vip is not None and self.latest.get(vip) == seq:
+                acked = acked | {vip}
+        return evolve(self, head=self.head + 1, acked=acked), line
+
+
+def _route_vip(line: str) -> str | None:
+    words = line.split(maxsplit=3)
+    if len(words) >= 3 and words[1] == "route" and words[0] in ("announce", "withdraw"):
+        return words[2].split("/", 1)[0]
+    return None
 
 
 @dataclass(frozen=True)
@@ -319,12 +354,13 @@ def _on_health(loop: LoopState, event: HealthChanged) -> tuple[LoopState, Effect
 def _on_stdin(loop: LoopState, event: StdinEvent) -> tuple[LoopState, Effects]:
     out = _Out()
     if event.kind == "ack_done":
-        pipe, line = loop.pipe.pop()
-        if line is not None and line.startswith("announce route "):
-            pipe = evolve(pipe, acked=pipe.acked | {line.split()[2].split("/")[0]})
+        pipe, _line = loop.pipe.pop()
         loop = evolve(loop, pipe=pipe)
     elif event.kind == "ack_error":
         pipe, line = loop.pipe.pop()
+        vip = _route_vip(line) if line is not None else None
+        if vip is not None:
+            pipe = evolve(pipe, acked=pipe.acked - {vip})  # ExaBGP does not carry it
         out.log(logging.ERROR, f"exabgp rejected command={line or '<unknown>'!r}")
         loop = evolve(loop, pipe=pipe)
     elif event.kind == "shutdown":
