@@ -14,8 +14,18 @@ import pytest
 from raftvip.core import loop as core
 from raftvip.core.decide import fence_time, pause_time
 from raftvip.core.exabgp import parse_stdin_line
+from raftvip.core.leader import LeaderBook
 from raftvip.core.placement import Assignment, ServiceSpec
-from raftvip.core.state import ClusterState, Confirm, Expire, MemberState, Report, apply
+from raftvip.core.replica import apply_entry
+from raftvip.core.state import (
+    ClusterState,
+    Confirm,
+    Expire,
+    MemberState,
+    Report,
+    apply,
+    encode_command,
+)
 from raftvip.testing.config import make_config, service
 from raftvip.testing.driver import READY, LoopDriver
 
@@ -488,3 +498,32 @@ def test_a_rejected_announce_is_not_acked() -> None:
     driver.tick()
     assert "10.0.0.2" not in driver.loop.pipe.acked
     assert not [p for p in driver.proposals if isinstance(p.cmd, Confirm)]
+
+
+def test_a_clock_stepped_back_across_a_restart_does_not_keep_the_member_out() -> None:
+    """The incarnation comes from the wall clock at start: stepped back across a restart, it
+    is older than the one the group saw last, and every report would be ignored as stale."""
+    state = group_state()
+    before = replace(state.members["lb1"], incarnation=5_000, seq=40, alive=False)
+    driver = LoopDriver(
+        make_config(), replace(state, members={**state.members, "lb1": before}), incarnation=10
+    )
+    driver.set_health("apex", "up")
+    driver.run(1.0)
+    me = driver.state.members["lb1"]
+    assert me.alive and me.incarnation == 5_001
+    assert driver.loop.incarnation == 5_001
+    assert any("newer than ours (10)" in m for m in driver.messages())
+    assert driver.reason("10.0.0.1") == "owner"  # back in the group
+    assert driver.announced() == {"10.0.0.1"}
+
+
+def test_a_report_ignored_as_stale_does_not_renew_the_lease_on_the_leader() -> None:
+    state = group_state()
+    book = LeaderBook(started_at=0.0)
+    stale = encode_command(Report(1.0, "lb2", 0, 0, {"apex": True}))  # (0, 0): not newer
+    new, book2, _ = apply_entry(state, book, stale, 7, now=50.0)
+    assert new is state and "lb2" not in book2.report_applied
+    fresh = encode_command(Report(1.0, "lb2", 0, 1, {"apex": True}))
+    _, book3, _ = apply_entry(state, book, fresh, 8, now=50.0)
+    assert book3.report_applied["lb2"] == 50.0 and book3.lease_seen["lb2"] == 50.0

@@ -236,6 +236,7 @@ class LoopState:
     confirm_sent: Mapping[str, float] = field(default_factory=dict)
     quorum_lost_for: float = 0.0
     exit_code: int | None = None  # set when the loop has finished
+    bumped: bool = False  # the incarnation was raised past the group's (see _newer_incarnation)
 
 
 def start(cfg: Config, incarnation: int) -> tuple[LoopState, Effects]:
@@ -394,8 +395,10 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     if not loop.group.info.ready:
         return loop  # not caught up with the group yet: claiming health would attract VIPs
     cfg = loop.cfg
-    rep = loop.reporting
     me = loop.group.state.members.get(cfg.me)
+    if me is not None and me.incarnation > loop.incarnation:
+        loop = _newer_incarnation(loop, me.incarnation, out)
+    rep = loop.reporting
     if (
         rep.failed or me is None or not me.alive or me.incarnation != loop.incarnation
     ) and now - rep.last_at >= TICK:
@@ -437,6 +440,35 @@ def _observe_reports(loop: LoopState) -> LoopState:
             renewed_at=max(rep.renewed_at, *seen),
             in_flight=tuple(item for item in rep.in_flight if item[0] > me.seq),
         ),
+    )
+
+
+def _newer_incarnation(loop: LoopState, theirs: int, out: _Out) -> LoopState:
+    """The group knows this member under a newer incarnation than ours: our reports would be
+    ignored as stale for ever. Report as the next one.
+
+    Our incarnation comes from the wall clock at start; a clock stepped back across a restart
+    makes it older than the last one the group saw. A second time in one process means that
+    another process reports under our member name.
+    """
+    if loop.bumped:
+        out.log(
+            logging.ERROR,
+            f"member={loop.cfg.me}: another process reports as this member (incarnation "
+            f"{theirs}); check cluster.member on every host",
+        )
+    else:
+        out.log(
+            logging.WARNING,
+            f"member={loop.cfg.me}: the group knows this member as incarnation {theirs}, "
+            f"newer than ours ({loop.incarnation}): the clock went back since the last run? "
+            f"reporting as {theirs + 1}",
+        )
+    return evolve(
+        loop,
+        incarnation=theirs + 1,
+        bumped=True,
+        reporting=evolve(loop.reporting, in_flight=(), due=True),
     )
 
 

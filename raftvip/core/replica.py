@@ -33,5 +33,8 @@ def apply_entry(
         )
         return state, book, (record,)
     if isinstance(cmd, Report):
-        book = report_applied(book, cmd.member, now)
+        if new.members.get(cmd.member) is not state.members.get(cmd.member):
+            # Only a report that counted renews the lease: one ignored as stale (an older
+            # incarnation, a duplicate) says nothing about the member being alive.
+            book = report_applied(book, cmd.member, now)
     return new, book, ()
