@@ -975,6 +975,7 @@ class Sim:
         self.violations: list[str] = []
         self.dual_since: dict[str, float] = {}
         self.cross_since: dict[str, float] = {}
+        self.cross_planned: dict[str, bool] = {}
         self.owner_moves: dict[str, int] = {}
         self.last_owners: dict[str, str | None] = {}
         self.steps = 0
@@ -1109,15 +1110,24 @@ class Sim:
         majority: set[str] = next((c for c in comps if len(c) > len(self.names) / 2), set())
         side = {n: i for i, c in enumerate(comps) for n in c}
         policy = self.schedule.policy
-        # 6: minorities take nothing new (after connection_timeout: when they can know)
+        # 6: a member that cannot hear the majority takes nothing new (its view is frozen;
+        # what it had time to learn before the cut, it may still act on for reach_time)
         for name, m in self.members.items():
-            if not m.running or m.paused or name in majority:
+            deaf = (
+                m.running
+                and not m.paused
+                and name not in majority
+                and all((x, name) in self.net.cuts for x in majority)
+            )
+            if not deaf:
                 m.minority_since = None
                 continue
             if m.minority_since is None:
                 m.minority_since = now
                 m.minority_rib = set(m.pipe.rib)
-            elif now - m.minority_since > 1.3:
+            elif now - m.minority_since <= 1.3:
+                m.minority_rib |= set(m.pipe.rib)
+            else:
                 new = set(m.pipe.rib) - m.minority_rib
                 primary_new = {v for v in new if m.pipe.rib[v] == self.primary[v]}
                 if primary_new:
@@ -1148,13 +1158,15 @@ class Sim:
                     # only a make-before-break handover (one of them acted on a state in
                     # which the other keeps the VIP until it confirms) may overlap across a
                     # cut, until the keeper's own fence falls
-                    keeper = any(
-                        (seen := self.members[n].loop) is not None
-                        and seen.group.state.handovers.get(vip) in holders
-                        for n in holders
-                    )
-                    since = self.cross_since.setdefault(vip, now)
-                    if not keeper or now - since > fence_time(self.cfgs[self.names[0]]) + 0.1:
+                    if vip not in self.cross_since:
+                        self.cross_since[vip] = now
+                        # judged when the overlap begins (later placements rename reasons)
+                        self.cross_planned[vip] = any(
+                            self.planned_move(n, vip, holders) for n in holders
+                        )
+                    since = self.cross_since[vip]
+                    fence = fence_time(self.cfgs[self.names[0]])
+                    if not self.cross_planned[vip] or now - since > fence + 0.1:
                         self.violation(
                             f"(6) withdraw: {vip} announced on both sides of a cut by "
                             f"{sorted(holders)} since {since:.3f}"
@@ -1200,6 +1212,23 @@ class Sim:
                 st is None or not st.alive or st.incarnation != m.loop.incarnation
             ):
                 self.violation(f"(8) {n} runs, reaches a majority, yet is not alive in the group")
+
+    def planned_move(self, name: str, vip: str, holders: set[str]) -> bool:
+        """In the state `name` acted on, `vip` is being handed over between two holders, or
+        `name` got it by a planned move (make before break: the old owner keeps announcing
+        until it learns of the confirmation, or until its own fence falls)."""
+        seen = self.members[name].loop
+        if seen is None:
+            return False
+        state = seen.group.state
+        if state.handovers.get(vip) in holders:
+            return True
+        assignment = state.owners.get(vip)
+        return (
+            assignment is not None
+            and assignment.owner == name
+            and assignment.reason in ("preempt", "rebalance", "pinned")
+        )
 
     def owner_moves_check(self) -> None:
         committed = self.committed_state()

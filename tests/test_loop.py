@@ -212,8 +212,13 @@ def test_hold_keeps_what_was_announced_and_takes_nothing_new() -> None:
     driver.run(1.1)  # reach_time (connection_timeout, 1 s) after the last committed report
     assert not core.reachable(driver.loop, driver.clock.now)
     assert any("quorum lost: no report of ours committed for" in m for m in driver.messages())
-    # The (stale) state gives 10.0.0.3 to lb1 too: quorum-less, it must not be taken.
-    driver.update(version=2, owners={**driver.state.owners, "10.0.0.3": Assignment("lb1", "x")})
+    # Its (stale) state gives 10.0.0.3 to lb1 too, in an entry applied as it was cut off:
+    # quorum-less, it must not be taken.
+    driver.update(
+        heard=False,
+        version=2,
+        owners={**driver.state.owners, "10.0.0.3": Assignment("lb1", "x")},
+    )
     driver.run(2.0)
     assert driver.reason("10.0.0.1") == "no_quorum_hold"
     assert driver.reason("10.0.0.3") == "no_quorum"
@@ -350,10 +355,12 @@ def test_shutdown_from_exabgp_stops_the_loop() -> None:
 # --- pauses ---------------------------------------------------------------------------------
 
 
-def expire_and_move(driver: LoopDriver, vip: str, to: str) -> None:
-    """While lb1 was frozen, the group expired it and gave `vip` to `to`."""
+def expire_and_move(driver: LoopDriver, vip: str, to: str, heard: bool) -> None:
+    """While lb1 was frozen, the group expired it and gave `vip` to `to` (`heard`: lb1 has
+    applied that since it woke up)."""
     lb1 = replace(driver.state.members["lb1"], alive=False)
     driver.update(
+        heard=heard,
         version=driver.state.version + 2,
         members={**driver.state.members, "lb1": lb1},
         owners={**driver.state.owners, vip: Assignment(to, "failover")},
@@ -367,7 +374,7 @@ def test_a_member_paused_past_its_lease_that_wakes_up_cut_off_withdraws_until_he
     driver = started(policy=policy)
     assert driver.announced() == {"10.0.0.1"}
     driver.pause(driver.cfg.cluster.lease + 0.5)
-    expire_and_move(driver, "10.0.0.1", "lb2")
+    expire_and_move(driver, "10.0.0.1", "lb2", heard=False)
     # It wakes up cut off from the group: its view is stale, nothing it proposes commits.
     driver.auto_commit = False
     driver.tick()
@@ -443,7 +450,7 @@ def test_a_pause_shorter_than_the_lease_but_long_enough_to_be_expired_is_fenced(
     driver = started()
     assert pause_time(driver.cfg) == pytest.approx(0.85)
     driver.pause(1.1)
-    expire_and_move(driver, "10.0.0.1", "lb2")
+    expire_and_move(driver, "10.0.0.1", "lb2", heard=False)
     driver.auto_commit = False
     driver.tick()
     assert driver.reason("10.0.0.1") == "resuming"
@@ -527,3 +534,17 @@ def test_a_report_ignored_as_stale_does_not_renew_the_lease_on_the_leader() -> N
     fresh = encode_command(Report(1.0, "lb2", 0, 1, {"apex": True}))
     _, book3, _ = apply_entry(state, book, fresh, 8, now=50.0)
     assert book3.report_applied["lb2"] == 50.0 and book3.lease_seen["lb2"] == 50.0
+
+
+def test_a_member_that_hears_the_leader_follows_the_log_even_before_its_report_commits() -> None:
+    """Back from a partition (hold), the member applies the entries it missed before its own
+    report commits: it must give up what the group moved away at once, not hold it."""
+    driver = started()
+    driver.auto_commit = False
+    driver.run(1.5)  # cut off
+    assert driver.reason("10.0.0.1") == "no_quorum_hold"
+    # It hears the leader again: the log says the group expired it and moved its VIP.
+    expire_and_move(driver, "10.0.0.1", "lb2", heard=True)
+    driver.tick()
+    assert driver.reason("10.0.0.1") == "not_owner"
+    assert driver.announced() == set()

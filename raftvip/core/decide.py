@@ -41,9 +41,10 @@ class GroupView:
     """What this member knows about its own connection to the group."""
 
     ready: bool  # caught up with a leader at least once since start
-    # The group hears us: a report we sent less than `reach_time` ago is committed. Judged by
-    # what is committed, not by pysyncobj's count of open links (a member that keeps its
-    # link to the leader alone still gets its reports committed and must follow the log).
+    # In touch with the group: a report we sent less than `reach_time` ago is committed, or
+    # the log we apply advanced that recently (we hear the leader). Judged by what is
+    # committed, not by pysyncobj's count of open links: a member that keeps its link to the
+    # leader alone still follows the log, and must.
     reachable: bool
     quorum_lost_for: float  # seconds since the group stopped hearing us (0 while it does)
     # Seconds since this member sent its last report that the group committed (inf: none).

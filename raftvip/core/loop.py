@@ -237,6 +237,8 @@ class LoopState:
     quorum_lost_for: float = 0.0
     exit_code: int | None = None  # set when the loop has finished
     bumped: bool = False  # the incarnation was raised past the group's (see _newer_incarnation)
+    applied_seen: int = 0  # the highest Raft index this member had applied, as last seen
+    heard_at: float = -float("inf")  # when that index last advanced (we hear the leader)
 
 
 def start(cfg: Config, incarnation: int) -> tuple[LoopState, Effects]:
@@ -474,8 +476,10 @@ def _newer_incarnation(loop: LoopState, theirs: int, out: _Out) -> LoopState:
 
 def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, GroupView]:
     info = loop.group.info
+    if info.last_applied > loop.applied_seen:
+        loop = evolve(loop, applied_seen=info.last_applied, heard_at=now)
     lease_age = now - loop.reporting.renewed_at
-    reachable = lease_age < reach_time(loop.cfg)
+    reachable = _reachable(loop, now)
     lost_at = loop.quorum_lost_at
     if reachable:
         if lost_at is not None:
@@ -500,8 +504,14 @@ def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, Grou
 
 
 def reachable(loop: LoopState, now: float) -> bool:
-    """Whether the group hears this member (a report of ours committed recently)."""
-    return now - loop.reporting.renewed_at < reach_time(loop.cfg)
+    """Whether this member is in touch with the group: a report of ours committed recently,
+    or we hear the leader (the log we apply advances: the group commits, we follow)."""
+    return _reachable(loop, now)
+
+
+def _reachable(loop: LoopState, now: float) -> bool:
+    limit = reach_time(loop.cfg)
+    return now - loop.reporting.renewed_at < limit or now - loop.heard_at < limit
 
 
 # --- decide and announce --------------------------------------------------------------------

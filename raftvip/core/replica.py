@@ -32,9 +32,8 @@ def apply_entry(
             + traceback.format_exc().rstrip(),
         )
         return state, book, (record,)
-    if isinstance(cmd, Report):
-        if new.members.get(cmd.member) is not state.members.get(cmd.member):
-            # Only a report that counted renews the lease: one ignored as stale (an older
-            # incarnation, a duplicate) says nothing about the member being alive.
-            book = report_applied(book, cmd.member, now)
+    if isinstance(cmd, Report) and new.members.get(cmd.member) is not state.members.get(cmd.member):
+        # Only a report that counted renews the lease: one ignored as stale (an older
+        # incarnation, a duplicate) says nothing about the member being alive.
+        book = report_applied(book, cmd.member, now)
     return new, book, ()

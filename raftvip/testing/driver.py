@@ -90,6 +90,7 @@ class LoopDriver:
         while self.pending:
             proposal = self.pending.pop(0)
             self.state = apply(self.state, proposal.cmd)
+            self._applied()
             if proposal.tag is not None:
                 self.send(core.ProposalDone(proposal.tag, 0))
 
@@ -103,9 +104,15 @@ class LoopDriver:
     def set_health(self, service: str, local: str) -> None:
         self.send(core.HealthChanged(service, local, "test"))
 
-    def update(self, **changes: object) -> None:
-        """Change the replicated state as another member's command would."""
+    def update(self, heard: bool = True, **changes: object) -> None:
+        """Change the replicated state as another member's command would (`heard`: this
+        member applied it, so its applied index advances: it hears the leader)."""
         self.state = replace(self.state, **changes)  # type: ignore[arg-type]
+        if heard:
+            self._applied()
+
+    def _applied(self) -> None:
+        self.info = replace(self.info, last_applied=self.info.last_applied + 1)
 
     # --- reading ---
 
