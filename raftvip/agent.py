@@ -38,6 +38,7 @@ from raftvip.health import CheckStatus, HealthMonitor, HealthState, ProbeResult
 log = logging.getLogger(__name__)
 
 MAX_STDIN_LINE = 64 * 1024
+RESOLVE_WAIT = 1.0  # an unknown outcome: how long the state may take to show the command
 
 
 @dataclass(frozen=True)
@@ -292,10 +293,38 @@ class Agent:
         return snap is not None and snap.reachable
 
     def commit(self, cmd: Command, timeout: float = 5.0) -> str | None:
-        """Commit a command through the group (any thread); None, or why it failed."""
+        """Commit an operator command through the group (any thread): None once it is known
+        to be committed, else a message that says why not, and whether anything changed.
+
+        An answer that does not say (LEADER_CHANGED, no answer in time) is resolved by
+        reading the replicated state, and the command proposed again while it is not
+        visible (operator commands set a value: twice is harmless).
+        """
         if not self.reachable():
-            return "no quorum: this member cannot reach a majority"
-        return self.cluster.propose_and_wait(cmd, timeout=timeout)
+            return "no quorum: this member cannot reach a majority; nothing changed"
+        deadline = time.monotonic() + timeout
+        why = ""
+        while True:
+            remaining = deadline - time.monotonic()
+            err = self.cluster.propose_and_wait(cmd, timeout=max(0.1, remaining))
+            outcome, why = operator.outcome_of(err)
+            if outcome == "committed":
+                return None
+            if outcome == "not committed":
+                return f"not committed ({why}); nothing changed"
+            log.info("command=%s outcome unknown (%s): reading the state", type(cmd).__name__, why)
+            settle = time.monotonic() + min(RESOLVE_WAIT, max(0.0, deadline - time.monotonic()))
+            while True:
+                if operator.effect_visible(cmd, self.cluster.state):
+                    return None
+                if time.monotonic() >= settle:
+                    break
+                time.sleep(0.02)
+            if time.monotonic() >= deadline:
+                return (
+                    f"outcome unknown ({why}) after {timeout:g}s: it may still be committed; "
+                    "check `raftvip status`, then run the command again if needed"
+                )
 
     # --- control socket (runs on control threads) ---
 
@@ -379,7 +408,22 @@ class Agent:
         return self._commit(cmd)
 
     def _members_remove(self, name: str, force: bool) -> dict[str, Any]:
-        members = operator.known_members(self.cfg, self.cluster.state)
+        state = self.cluster.state
+        address = self.cfg.members.get(name)
+        peers = {node.address for node in self.cluster.replica.otherNodes}
+        if (
+            address is not None
+            and state.addresses
+            and name not in state.addresses
+            and address in peers
+        ):
+            # An earlier `members remove` committed but its answer was lost (or it failed
+            # between its two steps): finish it by removing the Raft peer.
+            failure = self.cluster.change_membership(add=False, address=address, timeout=10.0)
+            if failure is not None:
+                raise RequestError(f"Raft peer {address} of {name} not removed ({failure})")
+            return {"version": state.version}
+        members = operator.known_members(self.cfg, state)
         deadline = time.monotonic() + 3.0  # a just-stopped leader is replaced in < 1 s
         while self.cluster.info().leader == name and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -403,18 +447,17 @@ class Agent:
         latencies = []
         for _ in range(samples):
             start = time.perf_counter()
-            failure = self.cluster.propose_and_wait(
-                Confirm(self._wall(), self.cfg.me, ()), timeout=5.0
-            )
-            if failure is not None:
-                raise RequestError(f"command not committed: {failure}")
+            err = self.cluster.propose_and_wait(Confirm(self._wall(), self.cfg.me, ()), 5.0)
+            outcome, why = operator.outcome_of(err)
+            if outcome != "committed":
+                raise RequestError(f"command {outcome}: {why}")
             latencies.append(time.perf_counter() - start)
         return latencies
 
     def _commit(self, cmd: Command) -> dict[str, Any]:
         failure = self.commit(cmd)
         if failure is not None:
-            raise RequestError(f"not committed ({failure}); nothing changed")
+            raise RequestError(failure)
         return {"version": self.cluster.state.version}
 
 

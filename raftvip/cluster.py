@@ -33,6 +33,7 @@ from raftvip import diskguard, pysyncobj_patches
 from raftvip.config import Config
 from raftvip.core.group import RaftInfo
 from raftvip.core.leader import LeaderBook, leader_tick, service_specs
+from raftvip.core.operator import outcome_of
 from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
     ClusterState,
@@ -44,17 +45,6 @@ from raftvip.core.state import (
 from raftvip.errors import RaftvipError
 
 log = logging.getLogger(__name__)
-
-FAIL_REASONS = {
-    0: "success",
-    1: "queue full",
-    2: "no leader",
-    3: "discarded by a new leader",
-    4: "leader changed",
-    5: "leader changed",
-    6: "request denied",
-    7: "unknown outcome",
-}
 
 
 class _Replica(SyncObj):  # type: ignore[misc]
@@ -275,8 +265,9 @@ class RaftCluster:
     def propose(self, cmd: Command, callback: Callable[[Any, int], None] | None = None) -> None:
         self.replica.propose(cmd, callback)
 
-    def propose_and_wait(self, cmd: Command, timeout: float) -> str | None:
-        """Commit `cmd`; None on success, else why it failed (for control commands)."""
+    def propose_and_wait(self, cmd: Command, timeout: float) -> int | None:
+        """Propose `cmd` and wait for pysyncobj's answer: its FAIL_REASON (0: committed), or
+        None when none came within `timeout` (see `core.operator.outcome_of`)."""
         done = threading.Event()
         outcome: list[int] = []
 
@@ -286,8 +277,8 @@ class RaftCluster:
 
         self.replica.propose(cmd, on_result)
         if not done.wait(timeout):
-            return f"not committed within {timeout:g}s (no quorum?)"
-        return None if outcome[0] == 0 else FAIL_REASONS.get(outcome[0], str(outcome[0]))
+            return None
+        return outcome[0]
 
     def change_membership(self, add: bool, address: str, timeout: float) -> str | None:
         """Add or remove a Raft peer (pysyncobj dynamic membership; one change at a time).
@@ -309,7 +300,7 @@ class RaftCluster:
             return f"not committed within {timeout:g}s"
         if outcome[0] == 6:
             return "refused by the leader (another membership change is in progress?)"
-        return None if outcome[0] == 0 else FAIL_REASONS.get(outcome[0], str(outcome[0]))
+        return None if outcome[0] == 0 else outcome_of(outcome[0])[1]
 
     def stop(self) -> None:
         if self._syncer is not None:

@@ -969,6 +969,8 @@ class Sim:
         for name in self.names:
             self.members[name] = SimMember(self, name, self.cfgs[name])
         self.expected = Expected()
+        self.in_flight = 0  # operator commands awaiting their answer
+        self.unknown_outcome = False
         self.disturbed = 0.0  # the last fault, heal, restart or command (quiet counts from it)
         self.bound = COLD_BOUND
         self.applied_log: dict[int, bytes | None] = {}
@@ -1182,10 +1184,17 @@ class Sim:
         if not quiet:
             return
         committed = self.committed_state()
-        # 3: flags are what the operator was told
+        # 3: flags are what the operator was told (once no command awaits its answer)
+        if self.unknown_outcome and not self.in_flight:
+            self.unknown_outcome = False
+            self.expected = Expected(
+                set(committed.maintenance),
+                {n for n, st in committed.members.items() if st.drained},
+                dict(committed.pins),
+            )
         e = self.expected
         drained = {n for n, s in committed.members.items() if s.drained}
-        if (
+        if not self.in_flight and (
             committed.maintenance != e.maintenance
             or drained != e.drained
             or dict(committed.pins) != e.pins
@@ -1358,19 +1367,65 @@ class Sim:
         if not core.reachable(m.loop, self.sched.now):
             self.trace(f"operator: {kind} {arg}: no quorum, nothing changed")
             return
-        start = self.sched.now
+        self.commit(m, cmd, f"{kind} {arg} {on}", self.sched.now + 5.0)
 
-        def outcome(err: int) -> None:
-            # agent._commit: a failure is reported as "not committed; nothing changed"
-            if self.sched.now - start > 5.0:
-                return  # the operator gave up waiting (propose_and_wait timed out)
-            if err == SUCCESS:
-                self.trace(f"operator: {kind} {arg} {on}: committed")
+    def commit(self, m: SimMember, cmd: Command, what: str, deadline: float) -> None:
+        """Agent.commit: propose, and resolve an outcome that pysyncobj leaves unknown by
+        reading the state (core.operator), proposing again while the effect is not visible."""
+        answered = False
+        generation = m.raft.generation
+        self.in_flight += 1
+
+        def gone() -> bool:
+            """The member the operator talked to died: its answer is lost."""
+            return not m.running or m.raft.generation != generation
+
+        def resolve(settle: float) -> None:
+            if gone():
+                self.finished(cmd)
+                return
+            if operator.effect_visible(cmd, m.raft.state):
+                self.trace(f"operator: {what}: committed (read from the state)")
                 self.record_flag(cmd)
+                self.finished(None)
+            elif self.sched.now < settle:
+                self.sched.at(self.sched.now + 0.02, functools.partial(resolve, settle))
+            elif self.sched.now < deadline:
+                self.finished(None)
+                self.commit(m, cmd, what, deadline)
             else:
-                self.trace(f"operator: {kind} {arg} {on}: failed ({err}), told nothing changed")
+                self.trace(f"operator: {what}: outcome unknown, the operator reads status")
+                self.finished(cmd)
+
+        def outcome(err: int | None) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if gone():
+                self.finished(cmd)
+                return
+            kind, why = operator.outcome_of(err)
+            if kind == "committed":
+                self.trace(f"operator: {what}: committed")
+                self.record_flag(cmd)
+                self.finished(None)
+            elif kind == "not committed":
+                self.trace(f"operator: {what}: not committed ({why}), nothing changed")
+                self.finished(None)
+            else:
+                self.trace(f"operator: {what}: outcome unknown ({why}), reading the state")
+                resolve(min(self.sched.now + 1.0, deadline))
 
         m.raft.propose(encode_command(cmd), outcome)
+        self.sched.at(deadline, functools.partial(outcome, None))
+
+    def finished(self, unknown: Command | None) -> None:
+        """An operator command got its answer. `unknown`: the answer was "outcome unknown"
+        (or the member died): the operator reads `raftvip status` once the group is quiet."""
+        self.in_flight -= 1
+        if unknown is not None:
+            self.unknown_outcome = True
 
     def pin_target(self, m: SimMember, on: bool) -> str | None:
         if not on:

@@ -9,13 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftvip.core import operator
 from raftvip.core.placement import ServiceSpec
 from raftvip.core.state import (
+    AddMember,
     ClusterState,
     Command,
     CommandError,
     Configure,
     Expire,
+    MemberState,
+    RemoveMember,
     Report,
     SetDrain,
     SetMaintenance,
@@ -211,3 +215,47 @@ def test_apply_is_total_deterministic_and_snapshots_roundtrip(cmds: list[Command
         assert a.eligible(assignment.owner, "apex"), vip
     wire = msgpack.unpackb(msgpack.packb(state_to_wire(a)), raw=False)
     assert state_from_wire(wire) == a
+
+
+# --- operator outcomes (raftvip/core/operator.py) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("err", "kind"),
+    [
+        (0, "committed"),
+        (1, "not committed"),
+        (2, "not committed"),
+        (3, "not committed"),
+        (4, "not committed"),
+        (6, "not committed"),
+        (5, "unknown"),  # LEADER_CHANGED: the new leader may commit it all the same
+        (7, "unknown"),
+        (None, "unknown"),  # no answer in time
+        (99, "unknown"),
+    ],
+)
+def test_outcome_of_a_proposal(err: int | None, kind: str) -> None:
+    assert operator.outcome_of(err)[0] == kind
+
+
+def test_the_effect_of_each_operator_command_is_read_from_the_state() -> None:
+    state = ClusterState(
+        services=(ServiceSpec("apex", ("10.0.0.1",), {}),),
+        addresses={"lb1": "a:1", "lb2": "b:1"},
+        members={"lb1": MemberState("lb1", alive=True)},
+    )
+    for cmd in (
+        SetMaintenance(1.0, "apex", True),
+        SetDrain(1.0, "lb1", True),
+        SetDrain(1.0, "lb2", True),  # a member that never reported
+        SetPin(1.0, "10.0.0.1", "lb2"),
+        RemoveMember(1.0, "lb2"),
+        AddMember(1.0, "lb3", "c:1"),
+    ):
+        assert not operator.effect_visible(cmd, state), cmd
+        after = apply(state, cmd)
+        assert operator.effect_visible(cmd, after), cmd
+        assert operator.effect_visible(cmd, apply(after, cmd)), cmd  # twice: the same
+    assert operator.effect_visible(SetMaintenance(1.0, "apex", False), state)
+    assert operator.effect_visible(SetPin(1.0, "10.0.0.1", None), state)

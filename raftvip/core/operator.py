@@ -13,6 +13,7 @@ from raftvip.config import Config, check_member
 from raftvip.core.state import (
     AddMember,
     ClusterState,
+    Command,
     RemoveMember,
     SetDrain,
     SetMaintenance,
@@ -145,3 +146,51 @@ def members_remove(
             "(it would keep announcing what it holds until it notices)"
         )
     return RemoveMember(wall, name)
+
+
+# --- outcomes -------------------------------------------------------------------------------
+#
+# pysyncobj answers a proposal with a FAIL_REASON. Some say the command was never appended;
+# LEADER_CHANGED does not: a follower fails every forwarded command still waiting for the
+# leader's answer when it sees a new leader, even one that the old leader had appended and
+# that the new one commits. A timeout says nothing either. Such an outcome is resolved by
+# reading the replicated state: operator commands set a value, so the effect is visible and
+# proposing the command again is harmless.
+
+NOT_APPENDED = {
+    1: "the proposal queue is full",
+    2: "there is no leader (an election is in progress?)",
+    3: "a new leader discarded it",
+    4: "the leader changed before it took the command",
+    6: "the leader refused it",
+}
+UNKNOWN = {5: "the leader changed before it answered", 7: "pysyncobj cannot tell"}
+
+
+def outcome_of(err: int | None) -> tuple[str, str]:
+    """("committed" | "not committed" | "unknown", why) for a proposal's FAIL_REASON (None:
+    no answer in time)."""
+    if err == 0:
+        return "committed", ""
+    if err is None:
+        return "unknown", "no answer in time"
+    if err in NOT_APPENDED:
+        return "not committed", NOT_APPENDED[err]
+    return "unknown", UNKNOWN.get(err, f"pysyncobj error {err}")
+
+
+def effect_visible(cmd: Command, state: ClusterState) -> bool:
+    """Whether `state` already has what operator command `cmd` sets."""
+    match cmd:
+        case SetMaintenance():
+            return (cmd.service in state.maintenance) == cmd.on
+        case SetDrain():
+            member = state.members.get(cmd.member)
+            return (member is not None and member.drained) == cmd.on
+        case SetPin():
+            return state.pins.get(cmd.vip) == cmd.member
+        case AddMember():
+            return state.addresses.get(cmd.member) == cmd.address
+        case RemoveMember():
+            return cmd.member not in state.addresses
+    return False
