@@ -32,7 +32,7 @@ from pysyncobj.node import TCPNode
 from raftvip import diskguard, pysyncobj_patches
 from raftvip.config import Config
 from raftvip.core.group import RaftInfo
-from raftvip.core.leader import LeaderBook, leader_tick, service_specs
+from raftvip.core.leader import LeaderBook, leader_tick, service_specs, snapshot_loaded
 from raftvip.core.operator import outcome_of
 from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
@@ -132,6 +132,7 @@ class _Replica(SyncObj):  # type: ignore[misc]
         with open(filename, "rb") as f:
             body = msgpack.unpackb(f.read(), raw=False)
         self._state = state_from_wire(body["state"])
+        self._book = snapshot_loaded(self._book, self._state, time.monotonic())
         self._notify()
         last, prev = (tuple(e) for e in body["raft"])
         return last, prev, [TCPNode(a) for a in body["cluster"]]

@@ -60,7 +60,7 @@ from raftvip.core import operator
 from raftvip.core.decide import fence_time
 from raftvip.core.exabgp import announce_line, route_for
 from raftvip.core.group import GroupObservation, RaftInfo
-from raftvip.core.leader import LeaderBook, leader_tick, service_specs
+from raftvip.core.leader import LeaderBook, leader_tick, service_specs, snapshot_loaded
 from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
     ClusterState,
@@ -908,6 +908,7 @@ class SimMember:
 
     def on_snapshot(self) -> None:
         """The Raft wrapper loaded a snapshot (raftvip/cluster.py `_load`)."""
+        self.raft.book = snapshot_loaded(self.raft.book, self.raft.state, self.sim.now)
         self.wake()
 
 

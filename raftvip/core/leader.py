@@ -77,6 +77,17 @@ def report_applied(book: LeaderBook, member: str, now: float) -> LeaderBook:
     )
 
 
+def snapshot_loaded(book: LeaderBook, state: ClusterState, now: float) -> LeaderBook:
+    """The state arrived as a snapshot (installed from the leader, or read at start): the
+    reports it contains were never applied here one by one. Count every member alive in it
+    as heard from now, or a new leader would take the time of some much older report as the
+    last one and expire a member that renewed through the old leader moments ago."""
+    alive = {name: now for name, member in state.members.items() if member.alive}
+    if not alive:
+        return book
+    return evolve(book, report_applied={**book.report_applied, **alive})
+
+
 def track_links(book: LeaderBook, links: Mapping[str, bool], now: float) -> LeaderBook:
     """Record which peer links are open (`links`: peer -> connected) and since when one is down."""
     was_connected = set(book.was_connected)
@@ -174,7 +185,9 @@ def fenced_by(book: LeaderBook, cfg: Config, name: str, down_since: float, now: 
     `connection_timeout` after the member's last report applied here, when its fence
     has fallen for sure. `hold` keeps the fast path (two announcers are its trade-off).
     """
-    if cfg.cluster.on_quorum_loss != "withdraw" or down_since >= book.leader_since:
+    # Strictly after: a drop first seen in the very tick that made us leader may have
+    # happened before (links are polled, leadership is not).
+    if cfg.cluster.on_quorum_loss != "withdraw" or down_since > book.leader_since:
         return True
     applied = book.report_applied.get(name, book.started_at)
     return now - applied >= cfg.raft.connection_timeout

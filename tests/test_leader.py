@@ -1,0 +1,165 @@
+"""The leader's duties (raftvip/core/leader.py): pure, with a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from raftvip.config import Config
+from raftvip.core.leader import (
+    LeaderBook,
+    leader_tick,
+    report_applied,
+    service_specs,
+    snapshot_loaded,
+)
+from raftvip.core.placement import Assignment
+from raftvip.core.state import ClusterState, Configure, Expire, MemberState
+from raftvip.testing.config import make_config
+
+ADDRESSES = {"lb1": "127.0.0.11:7801", "lb2": "127.0.0.12:7801", "lb3": "127.0.0.13:7801"}
+
+
+def group(cfg: Config) -> ClusterState:
+    return ClusterState(
+        version=1,
+        services=service_specs(cfg),
+        addresses=ADDRESSES,
+        members={n: MemberState(n, alive=True, incarnation=1, seq=5) for n in ADDRESSES},
+        owners={"10.0.0.2": Assignment("lb2", "sticky")},
+    )
+
+
+def tick(
+    book: LeaderBook, cfg: Config, state: ClusterState, now: float, leader: bool, **links: bool
+) -> tuple[LeaderBook, list[Expire]]:
+    book, effects = leader_tick(
+        book,
+        cfg,
+        service_specs(cfg),
+        state,
+        is_leader=leader,
+        term=2,
+        links={"lb2": True, "lb3": True, **links},
+        now=now,
+        wall=now + 1e9,
+    )
+    return book, [c for c in effects.proposals if isinstance(c, Expire)]
+
+
+def expiries_until(
+    book: LeaderBook, cfg: Config, state: ClusterState, start: float, end: float, **links: bool
+) -> list[tuple[float, str, str]]:
+    found = []
+    now = start
+    while now <= end:
+        book, expires = tick(book, cfg, state, now, True, **links)
+        found += [(round(now - start, 2), e.member, e.reason) for e in expires]
+        now += 0.01
+    return found
+
+
+def test_a_new_leader_grants_every_member_a_fresh_lease_then_expires_by_lease() -> None:
+    cfg = make_config()
+    state = group(cfg)
+    book = LeaderBook(started_at=0.0)
+    found = expiries_until(book, cfg, state, 100.0, 102.0)
+    # Nobody reports in this test: every peer's lease (1.5 s) runs out, granted at 100.0.
+    assert [(m, r) for _, m, r in found[:3]] == [
+        ("lb1", "lease"),
+        ("lb2", "lease"),
+        ("lb3", "lease"),
+    ]
+    assert found[0][0] == pytest.approx(1.51, abs=0.011)
+
+
+def test_a_dropped_link_expires_fast_once_the_grace_has_passed() -> None:
+    cfg = make_config()
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 100.0, True)
+    book = report_applied(book, "lb2", 100.0)
+    found = expiries_until(book, cfg, state, 100.5, 101.0, lb2=False)
+    assert found[0][1:] == ("lb2", "disconnect")
+    assert found[0][0] == pytest.approx(cfg.raft.disconnect_grace, abs=0.011)
+
+
+def test_withdraw_a_link_dropped_before_leading_waits_for_the_member_s_fence() -> None:
+    """The member may have renewed its lease through the old leader since: wait until
+    connection_timeout after its last report applied here."""
+    cfg = make_config(policy="withdraw")
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 99.0, False)  # links seen up
+    book = report_applied(book, "lb2", 99.8)
+    book, _ = tick(book, cfg, state, 99.9, False, lb2=False)  # the drop, while a follower
+    found = expiries_until(book, cfg, state, 100.0, 101.5, lb2=False)
+    assert found[0][1:] == ("lb2", "disconnect")
+    assert 99.8 + cfg.raft.connection_timeout <= 100.0 + found[0][0] < 99.8 + 1.02
+
+
+def test_withdraw_a_drop_first_seen_in_the_tick_that_makes_us_leader_counts_as_before() -> None:
+    """Links are polled: a drop first seen in the very first leader tick may have happened
+    before we led (down_since == leader_since took the fast path)."""
+    cfg = make_config(policy="withdraw")
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 99.0, False)
+    book = report_applied(book, "lb2", 99.9)
+    found = expiries_until(book, cfg, state, 100.0, 101.5, lb2=False)
+    assert found[0][1:] == ("lb2", "disconnect")
+    assert 100.0 + found[0][0] >= 99.9 + cfg.raft.connection_timeout
+
+
+def test_withdraw_after_a_snapshot_the_reports_it_holds_count_as_just_heard() -> None:
+    """A follower that installed a snapshot never applied the reports in it: without
+    `snapshot_loaded` its last report time for a member is much older than the truth."""
+    cfg = make_config(policy="withdraw")
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 50.0, False)  # links seen up
+    book = report_applied(book, "lb2", 50.0)  # long ago; then lagging, then a snapshot
+    book = snapshot_loaded(book, state, 99.95)
+    book, _ = tick(book, cfg, state, 99.97, False, lb2=False)
+    found = expiries_until(book, cfg, state, 100.0, 101.5, lb2=False)
+    assert found[0][1:] == ("lb2", "disconnect")
+    assert 100.0 + found[0][0] >= 99.95 + cfg.raft.connection_timeout
+
+
+def test_hold_keeps_the_fast_path() -> None:
+    cfg = make_config(policy="hold")
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 99.0, False)
+    book = report_applied(book, "lb2", 99.9)
+    found = expiries_until(book, cfg, state, 100.0, 100.5, lb2=False)
+    assert found[0][1:] == ("lb2", "disconnect")
+    assert found[0][0] == pytest.approx(cfg.raft.disconnect_grace, abs=0.011)
+
+
+def test_the_leader_proposes_its_layout_when_the_replicated_one_differs() -> None:
+    cfg = make_config()
+    state = replace(group(cfg), services=())
+    book, effects = leader_tick(
+        LeaderBook(started_at=0.0),
+        cfg,
+        service_specs(cfg),
+        state,
+        is_leader=True,
+        term=1,
+        links={},
+        now=10.0,
+        wall=20.0,
+    )
+    (configure,) = [c for c in effects.proposals if isinstance(c, Configure)]
+    assert configure.services == service_specs(cfg) and configure.ts == 20.0
+    _, again = leader_tick(
+        book, cfg, service_specs(cfg), state, is_leader=True, term=1, links={}, now=10.5, wall=20.5
+    )
+    assert not [c for c in again.proposals if isinstance(c, Configure)]  # at most once a second
+
+
+def test_an_expire_is_not_repeated_within_a_quarter_second() -> None:
+    cfg = make_config()
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 100.0, True)
+    found = expiries_until(book, cfg, state, 100.0, 102.0)
+    lb1 = [t for t, m, _ in found if m == "lb1"]
+    assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(lb1))
