@@ -106,7 +106,8 @@ class Agent:
         self._wall = wall
         self._events: queue.Queue[core.Event | None] = queue.Queue()
         self.cluster = RaftCluster(cfg, secret)
-        self.cluster.add_listener(lambda _state: self._events.put(_WAKE))
+        self._seen_state = self.cluster.state
+        self.cluster.add_listener(self._on_state)
         checked = [s for s in cfg.services if s.check.kind != "none"]
         self._probe_listeners: list[Callable[[str, ProbeResult], None]] = []
         self._monitor = HealthMonitor(
@@ -160,6 +161,12 @@ class Agent:
             self._monitor.stop(timeout=1.0)
             self._control.stop()
             self.cluster.stop()
+
+    def _on_state(self, state: ClusterState) -> None:
+        """Raft tick thread: wake the loop for a change it cares about."""
+        before, self._seen_state = self._seen_state, state
+        if core.worth_a_step(self.cfg, before, state):
+            self._events.put(_WAKE)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only a flag: a signal handler must not take the queue's lock (it may be held by
@@ -303,15 +310,16 @@ class Agent:
         if not self.reachable():
             return "no quorum: this member cannot reach a majority; nothing changed"
         deadline = time.monotonic() + timeout
-        why = ""
+        unknown = ""  # why an earlier attempt's outcome is unknown: it may still commit
         while True:
             remaining = deadline - time.monotonic()
             err = self.cluster.propose_and_wait(cmd, timeout=max(0.1, remaining))
             outcome, why = operator.outcome_of(err)
             if outcome == "committed":
                 return None
-            if outcome == "not committed":
+            if outcome == "not committed" and not unknown:
                 return f"not committed ({why}); nothing changed"
+            unknown = unknown or why
             log.info("command=%s outcome unknown (%s): reading the state", type(cmd).__name__, why)
             settle = time.monotonic() + min(RESOLVE_WAIT, max(0.0, deadline - time.monotonic()))
             while True:
@@ -322,8 +330,8 @@ class Agent:
                 time.sleep(0.02)
             if time.monotonic() >= deadline:
                 return (
-                    f"outcome unknown ({why}) after {timeout:g}s: it may still be committed; "
-                    "check `raftvip status`, then run the command again if needed"
+                    f"outcome unknown ({unknown}) after {timeout:g}s: it may still be "
+                    "committed; check `raftvip status`, then run the command again if needed"
                 )
 
     # --- control socket (runs on control threads) ---

@@ -77,12 +77,13 @@ from raftvip.testing.exabgp import FakeExabgp
 SUCCESS, MISSING_LEADER, DISCARDED, NOT_LEADER, LEADER_CHANGED = 0, 2, 3, 4, 5
 
 LEASE = 1.5
-BOUND = 3.0  # failover bound: quiet this long and every invariant must hold
+BOUND = 2.5  # failover bound: quiet this long and every invariant must hold
 COLD_BOUND = 6.0  # after a full-group restart (cold start with state on disk)
 HANDOVER_MAX = 1.0  # the longest two primary announcers may overlap in a handover
 MAX_MOVES = 6  # owner changes per VIP per episode
 COMPACT_AFTER = 40  # entries a node keeps before it compacts its log into a snapshot
-PROCESS = 0.0002  # a member's reaction time to an event (its loop waking up)
+PROCESS = 0.001  # a member's reaction time to an event (its loop waking up)
+CHECK_EVERY = 0.1  # invariants are checked after every change, and at least this often
 
 
 # --- the event loop -------------------------------------------------------------------------
@@ -132,14 +133,13 @@ class Net:
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.cuts: set[tuple[str, str]] = set()  # (a, b): a's packets to b are dropped
-        self.links: dict[frozenset[str], Link] = {}
+        self.links: dict[tuple[str, str], Link] = {}  # both orders of a pair: one Link
         self.held: dict[tuple[str, str], list[tuple[int, Any]]] = {}
 
     def link(self, a: str, b: str) -> Link:
-        key = frozenset((a, b))
-        link = self.links.get(key)
+        link = self.links.get((a, b))
         if link is None:
-            link = self.links[key] = Link()
+            link = self.links[(a, b)] = self.links[(b, a)] = Link()
         return link
 
     def connected(self, a: str, b: str) -> bool:
@@ -188,6 +188,25 @@ class Net:
             target.inbox.append((a, epoch, message))  # read from the socket at resume
             return
         target.raft.receive(a, message)
+
+    def beat(self, leader: str, peer: str, term: int) -> bool:
+        """An empty heartbeat of `leader` to `peer`, which already follows it: its only
+        effects are computed at once (the follower's election timer, the leader's "last
+        response") instead of being sent; False if it must really be sent."""
+        target = self.sim.members[peer]
+        raft = target.raft
+        if (
+            (leader, peer) in self.cuts
+            or not target.running
+            or target.paused
+            or raft.leader != leader
+            or raft.term != term
+            or raft.role != "follower"
+        ):
+            return False
+        raft.election_at = self.sim.now + raft._timeout()
+        self.note_alive(peer, leader, term)
+        return True
 
     def note_alive(self, a: str, b: str, term: int) -> None:
         """`a` answers a heartbeat of leader `b`: the answer (which only says "alive") is
@@ -325,6 +344,9 @@ class RaftNode:
         self.next_index: dict[str, int] = {}
         self.match_index: dict[str, int] = {}
         self.last_response: dict[str, float] = {}
+        self.told_commit: dict[str, int] = {}  # leader: the commit index each peer was sent
+        self._info: RaftInfo | None = None
+        self._info_key: tuple[object, ...] | None = None
         self.votes = 0
         self.waiting_reply: dict[int, Callback] = {}
         self.waiting_commit: dict[int, list[tuple[int, Callback]]] = {}
@@ -357,7 +379,15 @@ class RaftNode:
 
     # -- timers (all lazily re-armed; a stale generation does nothing)
 
+    def _follow(self) -> None:
+        """Become a follower; a former leader's election timer starts again."""
+        self.role = "follower"
+        if not self.election_armed:
+            self.election_at = self.sim.now + self._timeout()
+            self._arm_election()
+
     def _arm_election(self) -> None:
+        self.election_armed = True
         gen = self.generation
         self.sim.sched.at(self.election_at, lambda: self._election_timer(gen))
 
@@ -368,8 +398,7 @@ class RaftNode:
             self.m.on_resume.append(lambda: self._election_timer(gen))
             return
         if self.role == "leader":
-            self.election_at = self.sim.now + self._timeout()  # for when it steps down
-            self._arm_election()
+            self.election_armed = False  # `_follow` arms it again when it steps down
             return
         if self.sim.now < self.election_at:
             self._arm_election()
@@ -412,12 +441,10 @@ class RaftNode:
         )
         if responding <= (len(self.peers) + 1) / 2:
             self.sim.trace(f"{self.name} steps down (no majority for {fallback:g}s)")
-            self.role = "follower"
+            self._follow()
             self.leader = None
-            self.election_at = now + self._timeout()
-            self._arm_election()
             return
-        self._send_entries()
+        self._send_entries(heartbeat=True)
         self.tick_duties()
         self.sim.sched.at(now + self.m.cfg.raft.heartbeat, lambda: self._heartbeat(gen))
 
@@ -428,6 +455,7 @@ class RaftNode:
         self.leader = self.name
         now = self.sim.now
         self.sim.trace(f"{self.name} leader term={self.term}")
+        self.told_commit = {}
         for peer in self.peers:
             self.next_index[peer] = self.last_index() + 1
             self.match_index[peer] = 0
@@ -439,11 +467,19 @@ class RaftNode:
         gen = self.generation
         self.sim.sched.at(now + self.m.cfg.raft.heartbeat, lambda: self._heartbeat(gen))
 
-    def _send_entries(self) -> None:
+    def _send_entries(self, heartbeat: bool = False) -> None:
         for peer in self.peers:
             if not self.sim.net.connected(self.name, peer):
                 continue
             nxt = self.next_index.get(peer, self.last_index() + 1)
+            if (
+                heartbeat
+                and nxt > self.last_index()
+                and self.match_index.get(peer, 0) == self.last_index()
+                and self.told_commit.get(peer) == self.commit
+                and self.sim.net.beat(self.name, peer, self.term)
+            ):
+                continue  # an empty heartbeat to an up-to-date follower: accounted directly
             if nxt <= self.base_index:
                 self.sim.net.send(
                     self.name,
@@ -455,6 +491,7 @@ class RaftNode:
             entries = tuple(self.log[prev - self.base_index :])
             # A heartbeat to a follower known to be up to date needs no answer but "alive"
             needs_ack = bool(entries) or self.match_index.get(peer, 0) < prev
+            self.told_commit[peer] = self.commit
             self.sim.net.send(
                 self.name,
                 peer,
@@ -540,7 +577,7 @@ class RaftNode:
             self.voted_for = None
             if self.role == "leader":
                 self.sim.trace(f"{self.name} deposed by {src}'s vote request term={term}")
-            self.role = "follower"
+            self._follow()
             self.leader = None
         if self.role in ("follower", "candidate") and term >= self.term:
             if last_term < self.last_term():
@@ -566,7 +603,7 @@ class RaftNode:
             self.voted_for = None
         if self.role == "leader":
             self.sim.trace(f"{self.name} sees leader {src} term={term}: follower")
-        self.role = "follower"
+        self._follow()
         if message[0] == "snapshot":
             _, _, base_index, base_term, base_state = message
             if base_index <= self.applied:
@@ -643,7 +680,7 @@ class RaftNode:
         self._check_ready()
 
     def _apply_committed(self) -> None:
-        changed = False
+        before = self.state
         while self.applied < self.commit:
             index = self.applied + 1
             entry = self.log[index - self.base_index - 1]
@@ -655,13 +692,11 @@ class RaftNode:
                 )
                 for record in records:
                     self.m.log_record(record.message)
-                if new is not self.state:
-                    self.state = new
-                    changed = True
+                self.state = new
             self.applied = index
             for term, callback in subscribers:
                 callback(SUCCESS if term == entry.term else DISCARDED)
-        if changed:
+        if self.state is not before and core.worth_a_step(self.m.cfg, before, self.state):
             self.m.wake()
         if self.applied - self.base_index > COMPACT_AFTER:
             self.base_term = self.term_at(self.applied) or 0
@@ -701,7 +736,11 @@ class RaftNode:
 
     def info(self) -> RaftInfo:
         connected = frozenset(p for p in self.peers if self.sim.net.connected(self.name, p))
-        return RaftInfo(
+        key = (self.leader, self.role, self.term, self.commit, self.applied, self.ready, connected)
+        if key == self._info_key and self._info is not None:
+            return self._info
+        self._info_key = key
+        self._info = RaftInfo(
             leader=self.leader,
             is_leader=self.role == "leader",
             term=self.term,
@@ -711,6 +750,7 @@ class RaftNode:
             ready=self.ready,
             connected=connected,
         )
+        return self._info
 
 
 # --- members --------------------------------------------------------------------------------
@@ -848,6 +888,7 @@ class SimMember:
         events, self.events = self.events, []
         now = self.sim.now
         loop = self.loop
+        seen_state, seen_decisions = loop.group.state, loop.decisions
         for event in events:
             loop, effects = core.step(loop, event, now)
             self.loop = loop
@@ -860,7 +901,13 @@ class SimMember:
             self.sim.trace(f"{self.name} exited {loop.exit_code}")
             self.sim.exited(self, loop.exit_code)
             return
-        self.sim.dirty = True
+        state = loop.group.state
+        if (
+            loop.decisions is not seen_decisions
+            or state.owners is not seen_state.owners
+            or state.handovers is not seen_state.handovers
+        ):
+            self.sim.dirty = True  # what the invariants read of this member changed
         self.schedule_loop(effects.wake_at if effects.wake_at is not None else now + core.TICK)
 
     def _carry_out(self, effects: core.Effects) -> None:
@@ -971,6 +1018,7 @@ class Sim:
             self.members[name] = SimMember(self, name, self.cfgs[name])
         self.expected = Expected()
         self.in_flight = 0  # operator commands awaiting their answer
+        self.queued: list[tuple[str, str, str, bool]] = []
         self.unknown_outcome = False
         self.disturbed = 0.0  # the last fault, heal, restart or command (quiet counts from it)
         self.bound = COLD_BOUND
@@ -1206,11 +1254,11 @@ class Sim:
                 f"maintenance={sorted(e.maintenance)} drained={sorted(e.drained)} pins={e.pins}"
             )
         # 1: availability
+        can = [n for n in majority if self.members[n].health["apex"] and n not in e.drained]
         for vip in self.vips:
-            if "apex" in committed.maintenance:
+            if "apex" in committed.maintenance or not can:
                 break
-            can = [n for n in majority if self.members[n].health["apex"] and n not in e.drained]
-            if can and not self.announcers(vip, primary=False):
+            if not self.announcers(vip, primary=False):
                 self.violation(
                     f"(1) {vip} has no announcer although {can} are healthy in a majority"
                 )
@@ -1225,20 +1273,28 @@ class Sim:
 
     def planned_move(self, name: str, vip: str, holders: set[str]) -> bool:
         """In the state `name` acted on, `vip` is being handed over between two holders, or
-        `name` got it by a planned move (make before break: the old owner keeps announcing
-        until it learns of the confirmation, or until its own fence falls)."""
+        `name` got it from another holder that was still alive in the log (a drain, a
+        preemption, a rebalance: make before break, so the old owner keeps announcing until
+        it learns of the confirmation, or until its own fence falls). A move caused by an
+        expiry is not planned: the old owner's fence should have fallen first."""
         seen = self.members[name].loop
         if seen is None:
             return False
         state = seen.group.state
         if state.handovers.get(vip) in holders:
             return True
-        assignment = state.owners.get(vip)
-        return (
-            assignment is not None
-            and assignment.owner == name
-            and assignment.reason in ("preempt", "rebalance", "pinned")
-        )
+        for event in reversed(state.events):
+            if event.kind != "owner" or event.subject != vip:
+                continue
+            before, _, rest = event.detail.partition(" -> ")
+            after = rest.split(" ", 1)[0]
+            if after != name or before not in holders:
+                return False
+            return not any(
+                e.version == event.version and e.kind == "alive" and e.subject == before
+                for e in state.events
+            )
+        return False
 
     def owner_moves_check(self) -> None:
         committed = self.committed_state()
@@ -1262,12 +1318,18 @@ class Sim:
     def run(self) -> None:
         for when, action, args in self.schedule.actions:
             self.sched.at(when, functools.partial(self.do, action, *args))
+        self.sched.at(CHECK_EVERY, self._periodic)
 
         def after() -> None:
-            self.steps += 1
-            self.check()
+            if self.dirty:
+                self.check()
 
         self.steps = self.sched.run_until(self.schedule.end, after)
+
+    def _periodic(self) -> None:
+        """Time alone makes some invariants due (quiet windows, bounded overlaps)."""
+        self.dirty = True
+        self.sched.at(self.sched.now + CHECK_EVERY, self._periodic)
 
     def do(self, action: str, *args: Any) -> None:
         self.trace(f"FAULT {action} {' '.join(map(str, args))}")
@@ -1348,6 +1410,11 @@ class Sim:
         self.disturb()
 
     def a_command(self, via: str, kind: str, arg: str, on: bool) -> None:
+        if self.in_flight:
+            # One operator: a command waits for the answer to the previous one (two that
+            # race may be answered in another order than the log's).
+            self.queued.append((via, kind, arg, on))
+            return
         m = self.members[via]
         self.disturb()
         if not m.running or m.paused or m.loop is None:
@@ -1370,12 +1437,15 @@ class Sim:
             return
         self.commit(m, cmd, f"{kind} {arg} {on}", self.sched.now + 5.0)
 
-    def commit(self, m: SimMember, cmd: Command, what: str, deadline: float) -> None:
+    def commit(
+        self, m: SimMember, cmd: Command, what: str, deadline: float, again: bool = False
+    ) -> None:
         """Agent.commit: propose, and resolve an outcome that pysyncobj leaves unknown by
         reading the state (core.operator), proposing again while the effect is not visible."""
         answered = False
         generation = m.raft.generation
-        self.in_flight += 1
+        if not again:
+            self.in_flight += 1
 
         def gone() -> bool:
             """The member the operator talked to died: its answer is lost."""
@@ -1392,8 +1462,7 @@ class Sim:
             elif self.sched.now < settle:
                 self.sched.at(self.sched.now + 0.02, functools.partial(resolve, settle))
             elif self.sched.now < deadline:
-                self.finished(None)
-                self.commit(m, cmd, what, deadline)
+                self.commit(m, cmd, what, deadline, again=True)
             else:
                 self.trace(f"operator: {what}: outcome unknown, the operator reads status")
                 self.finished(cmd)
@@ -1411,10 +1480,10 @@ class Sim:
                 self.trace(f"operator: {what}: committed")
                 self.record_flag(cmd)
                 self.finished(None)
-            elif kind == "not committed":
+            elif kind == "not committed" and not again:
                 self.trace(f"operator: {what}: not committed ({why}), nothing changed")
                 self.finished(None)
-            else:
+            else:  # unknown, or a retry after an unknown outcome: that one may still commit
                 self.trace(f"operator: {what}: outcome unknown ({why}), reading the state")
                 resolve(min(self.sched.now + 1.0, deadline))
 
@@ -1427,6 +1496,8 @@ class Sim:
         self.in_flight -= 1
         if unknown is not None:
             self.unknown_outcome = True
+        if not self.in_flight and self.queued:
+            self.a_command(*self.queued.pop(0))
 
     def pin_target(self, m: SimMember, on: bool) -> str | None:
         if not on:
@@ -1467,16 +1538,17 @@ FAULTS = (
 
 def make_schedule(seed: int) -> Schedule:
     rng = random.Random(seed)
-    size = rng.choice((3, 3, 5))
+    size = rng.choice((3, 3, 3, 5))
     policy: QuorumLossPolicy = rng.choice(("hold", "withdraw"))
     names = [f"lb{i}" for i in range(1, size + 1)]
     actions: list[tuple[float, str, tuple[Any, ...]]] = []
     for name in names:
         actions.append((rng.uniform(0.0, 0.4), "start", (name,)))
-    t = 2.0
+    t = 1.6
+    fault_end = t
     drained: set[str] = set()
     maintenance = False
-    for _ in range(rng.randint(1, 2)):
+    for _ in range(1 if rng.random() < 0.6 else 2):
         fault = rng.choice(FAULTS)
         victim = rng.choice(names)
         minority = rng.sample(names, (size - 1) // 2)
@@ -1536,14 +1608,16 @@ def make_schedule(seed: int) -> Schedule:
             else:
                 vip = f"10.0.{rng.randint(1, size)}.{rng.randint(1, 2)}"
                 actions.append((when, "command", (via, "pin", vip, rng.random() < 0.6)))
-        t += length + (COLD_BOUND if fault == "full_restart" else BOUND) + rng.uniform(0.2, 0.6)
-    # end with maintenance off and nothing drained, checked once more
+        fault_end = t + length
+        t += length + (COLD_BOUND if fault == "full_restart" else BOUND) + rng.uniform(0.1, 0.3)
+    # end with maintenance off and nothing drained (as the fault ends), checked once more
+    cleanup = fault_end + 0.7
     if maintenance:
-        actions.append((t, "command", (names[0], "maintenance", "apex", False)))
+        actions.append((cleanup, "command", (names[0], "maintenance", "apex", False)))
     for target in sorted(drained):
-        actions.append((t + 0.1, "command", (names[0], "drain", target, False)))
+        actions.append((cleanup + 0.1, "command", (names[0], "drain", target, False)))
     if maintenance or drained:
-        t += BOUND + 0.5
+        t = max(t, cleanup + 0.1 + BOUND + 0.4)
     actions.sort(key=lambda a: a[0])
     return Schedule(
         seed=seed,
@@ -1619,17 +1693,16 @@ def _worker(seeds: Sequence[int]) -> list[Outcome]:
     return [run_seed(seed) for seed in seeds]
 
 
-def run_many(
-    seeds: Iterable[int], workers: int, out: Callable[[str], None] = print
-) -> tuple[list[Outcome], float]:
+def run_many(seeds: Iterable[int], workers: int) -> tuple[list[Outcome], float]:
     seeds = list(seeds)
     started = time.perf_counter()
     if workers <= 1:
         outcomes = [run_seed(s) for s in seeds]
     else:
-        chunks = [seeds[i :: workers * 8] for i in range(workers * 8)]
+        # Small interleaved chunks, handed out as workers free up: no worker idles at the end.
+        chunks = [seeds[i : i + 20] for i in range(0, len(seeds), 20)]
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            outcomes = [o for chunk in pool.map(_worker, chunks) for o in chunk]
+            outcomes = [o for chunk in pool.imap_unordered(_worker, chunks) for o in chunk]
     elapsed = time.perf_counter() - started
     outcomes.sort(key=lambda o: o.seed)
     return outcomes, elapsed

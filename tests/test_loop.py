@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from raftvip.core import loop as core
-from raftvip.core.decide import fence_time, pause_time
+from raftvip.core.decide import REASONS, fence_time, pause_time
 from raftvip.core.exabgp import parse_stdin_line
 from raftvip.core.leader import LeaderBook
 from raftvip.core.placement import Assignment, ServiceSpec
@@ -548,3 +548,50 @@ def test_a_member_that_hears_the_leader_follows_the_log_even_before_its_report_c
     driver.tick()
     assert driver.reason("10.0.0.1") == "not_owner"
     assert driver.announced() == set()
+
+
+def _reason_scenario(reason: str) -> tuple[LoopDriver, str]:
+    """A driver brought to a state where VIP 10.0.0.x is decided for `reason`."""
+    if reason == "starting":
+        return LoopDriver(make_config(), group_state(), info=replace(READY, ready=False)), "1"
+    if reason == "backup":
+        driver = LoopDriver(make_config(services=[service(backup_prepend=1)]), group_state())
+        driver.set_health("apex", "up")
+        driver.run(0.5)
+        return driver, "2"
+    driver = started(policy="withdraw" if reason == "fenced" else "hold")
+    if reason == "resuming":
+        driver.pause(1.0)
+        driver.auto_commit = False
+    elif reason in ("disabled", "unhealthy"):
+        driver.set_health("apex", "disabled" if reason == "disabled" else "down")
+    elif reason == "maintenance":
+        driver.update(version=2, maintenance=frozenset({"apex"}))
+    elif reason == "fenced":
+        driver.auto_commit = False
+        driver.run(1.0)
+    elif reason in ("no_quorum_hold", "no_quorum"):
+        driver.auto_commit = False
+        driver.run(1.2)
+        return driver, "1" if reason == "no_quorum_hold" else "3"
+    elif reason in ("owner", "not_owner", "unowned"):
+        return driver, {"owner": "1", "not_owner": "2", "unowned": "3"}[reason]
+    elif reason == "handover":
+        driver.update(
+            version=2,
+            owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
+            handovers={"10.0.0.1": "lb1"},
+        )
+    elif reason == "drained":
+        lb1 = replace(driver.state.members["lb1"], drained=True)
+        driver.update(version=2, members={**driver.state.members, "lb1": lb1})
+    return driver, "1"
+
+
+@pytest.mark.parametrize("reason", REASONS)
+def test_every_decision_reason_is_reached_in_process(reason: str) -> None:
+    driver, vip = _reason_scenario(reason)
+    driver.tick()
+    assert driver.reason(f"10.0.0.{vip}") == reason
+    announced = f"10.0.0.{vip}" in driver.announced()
+    assert announced == (reason in ("owner", "handover", "backup", "no_quorum_hold"))

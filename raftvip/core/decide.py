@@ -96,6 +96,24 @@ def fenced(cfg: Config, view: GroupView) -> bool:
     return cfg.cluster.on_quorum_loss == "withdraw" and view.lease_age >= fence_time(cfg)
 
 
+REASONS = (
+    "starting",
+    "resuming",
+    "disabled",
+    "unhealthy",
+    "maintenance",
+    "fenced",
+    "no_quorum_hold",
+    "no_quorum",
+    "owner",
+    "handover",
+    "drained",
+    "unowned",
+    "backup",
+    "not_owner",
+)
+
+
 @dataclass(frozen=True)
 class DecideInputs:
     """Everything `decide` reads, as one value: it is also the loop's cache key, so an input

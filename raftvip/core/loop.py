@@ -37,7 +37,8 @@ from raftvip.core.records import LogRecord
 from raftvip.core.state import ClusterState, Command, Confirm, Expire, Report
 from raftvip.core.values import evolve
 
-TICK = 0.1  # the loop steps at least this often
+TICK = 0.1  # a failed report is retried after this
+IDLE = 0.4  # with nothing to do, the loop still steps this often (pause detection)
 CONFIRM_RETRY = 0.5  # a Confirm for the same VIP at most this often
 LEAVE_LINGER = 0.1  # after a last-moment leave: let it reach the leader before links close
 
@@ -250,6 +251,16 @@ def start(cfg: Config, incarnation: int) -> tuple[LoopState, Effects]:
     return evolve(loop, pipe=loop.pipe.written(lines)), Effects(lines=lines)
 
 
+def worth_a_step(cfg: Config, before: ClusterState, after: ClusterState) -> bool:
+    """Whether a change of the replicated state can change what the loop does: placement
+    moved (the version), or our own entry changed (our report committed, we were expired).
+    Other members' lease renewals change neither: with N members they are 2N commits a
+    second that the loop need not wake up for."""
+    return after.version != before.version or after.members.get(cfg.me) is not before.members.get(
+        cfg.me
+    )
+
+
 # --- the transition -------------------------------------------------------------------------
 
 
@@ -303,8 +314,8 @@ class _Out:
 def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
     out = _Out()
     cfg = loop.cfg
-    loop = evolve(loop, group=tick.group)
     last = loop.last_step
+    loop = evolve(loop, group=tick.group, last_step=now)
     if last is not None and now - last > pause_time(cfg):
         # This process was frozen (SIGSTOP, VM pause) long enough for the group to expire
         # it and move on without it. Withdraw until a fresh report of ours is committed, so
@@ -315,7 +326,6 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
             f"member={cfg.me} was paused for {now - last:.1f}s (the group may have expired "
             "it): withdrawing until the group has heard from it again",
         )
-    loop = evolve(loop, last_step=now)
     loop = _maybe_report(loop, tick.wall, now, out)
     loop = _reconcile(loop, tick.wall, now, out)
     done, loop = _done_leaving(loop, tick.wall, now, out)
@@ -325,17 +335,29 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
 
 
 def _wake_at(loop: LoopState, now: float) -> float:
-    wake = now + TICK
-    if loop.reporting.next_at > now:
+    """When to step again if nothing happens: the earliest deadline the loop has, and at
+    least every IDLE (a longer gap is how a pause is told from an idle loop)."""
+    cfg = loop.cfg
+    rep = loop.reporting
+    wake = now + min(IDLE, pause_time(cfg) / 2)
+    if now < rep.next_at < wake:
         # A report that is due but cannot be sent yet (not caught up with the group) must
         # not make the loop spin: the group's next change wakes it anyway.
-        wake = min(wake, loop.reporting.next_at)
-    if loop.cfg.cluster.on_quorum_loss == "withdraw":
-        # Wake up when the lease fence falls, not up to a tick later.
-        fence_at = loop.reporting.renewed_at + fence_time(loop.cfg)
-        if fence_at > now:
-            wake = min(wake, fence_at + 0.001)
-    return wake
+        wake = rep.next_at
+    me = loop.group.state.members.get(cfg.me)
+    if rep.failed or me is None or not me.alive or me.incarnation != loop.incarnation:
+        retry = rep.last_at + TICK  # the retry of `_maybe_report`
+        if now < retry < wake:
+            wake = retry
+    if cfg.cluster.on_quorum_loss == "withdraw":
+        fence = rep.renewed_at + fence_time(cfg) + 0.001  # wake up when the fence falls
+        if now < fence < wake:
+            wake = fence
+    later = [t + cfg.cluster.handover_timeout + 0.001 for t in loop.handover_since.values()]
+    later += [t + CONFIRM_RETRY + 0.001 for t in loop.confirm_sent.values()]
+    if loop.stop.deadline is not None:
+        later.append(loop.stop.deadline)
+    return min([wake, *(t for t in later if t > now)])
 
 
 def _on_health(loop: LoopState, event: HealthChanged) -> tuple[LoopState, Effects]:
@@ -500,7 +522,9 @@ def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, Grou
         quorum_lost_for=lost_for,
         lease_age=lease_age,
     )
-    return evolve(loop, quorum_lost_at=lost_at, quorum_lost_for=lost_for), view
+    if lost_at != loop.quorum_lost_at or lost_for != loop.quorum_lost_for:
+        loop = evolve(loop, quorum_lost_at=lost_at, quorum_lost_for=lost_for)
+    return loop, view
 
 
 def reachable(loop: LoopState, now: float) -> bool:
@@ -573,6 +597,8 @@ def _resuming(loop: LoopState, state: ClusterState, out: _Out) -> tuple[LoopStat
 def _handover_expired(
     loop: LoopState, state: ClusterState, now: float, out: _Out
 ) -> tuple[LoopState, frozenset[str]]:
+    if not state.handovers and not loop.handover_since:
+        return loop, frozenset()
     cfg = loop.cfg
     handing = {v for v, m in state.handovers.items() if m == cfg.me}
     since = {v: loop.handover_since.get(v, now) for v in handing}

@@ -503,8 +503,9 @@ def _report(state: ClusterState, cmd: Report) -> ClusterState:
         leaving=False,
     )
     new = evolve(state, members={**state.members, cmd.member: member})
-    if not events and _ready_sets(state) == _ready_sets(new):
-        # A pure lease renewal: nothing that placement reads has changed.
+    if not events and all(_is_ready(old, s) == _is_ready(member, s) for s in state.services):
+        # A pure lease renewal: nothing that placement reads has changed (only this
+        # member's own readiness could have, as its clock moved on).
         return evolve(new, version=state.version)
     return _replace_and_place(state, new, cmd.ts, events)
 
@@ -528,16 +529,21 @@ def eligible_sets(state: ClusterState) -> dict[str, frozenset[str]]:
     }
 
 
+def _is_ready(m: MemberState, service: ServiceSpec) -> bool:
+    """Eligible, and healthy for at least `preempt_delay` on its own clock."""
+    return (
+        m.alive
+        and not m.drained
+        and m.is_healthy(service.name)
+        and m.clock - m.healthy_since.get(service.name, m.clock) >= service.preempt_delay
+    )
+
+
 def _ready_sets(state: ClusterState) -> dict[str, frozenset[str]]:
-    ready: dict[str, frozenset[str]] = {}
-    for service in state.services:
-        ready[service.name] = frozenset(
-            name
-            for name, m in state.members.items()
-            if state.eligible(name, service.name)
-            and m.clock - m.healthy_since.get(service.name, m.clock) >= service.preempt_delay
-        )
-    return ready
+    return {
+        service.name: frozenset(name for name, m in state.members.items() if _is_ready(m, service))
+        for service in state.services
+    }
 
 
 def _replace_and_place(
