@@ -26,7 +26,7 @@ from raftvip.core.group import RaftInfo
 from raftvip.core.leader import service_specs
 from raftvip.core.placement import Assignment
 from raftvip.core.state import ClusterState, Command, MemberState, SetDrain, SetMaintenance
-from raftvip.testing.group import SECRET, Group, cli, settled
+from raftvip.testing.group import Group, cli, settled
 from raftvip.testing.wait import wait_until
 from raftvip.testing.zk import ZooKeeper, running_zookeeper, zookeeper_available
 from raftvip.zkmirror import FOLLOWER_GRACE, ZkMirror, due, edges, settle
@@ -87,33 +87,9 @@ class RecordingAgent:
 
 
 def write_config(root: Path, zookeeper: str, member: str = "lb1") -> Config:
-    secret = root / "secret"
-    secret.write_text(SECRET)
-    secret.chmod(0o600)
-    path = root / f"{member}.toml"
-    path.write_text(
-        f"""
-[cluster]
-name = "test"
-member = "{member}"
-secret_file = "{secret}"
-state_dir = "{root / "state"}"
-control_socket = "{root / "sock"}"
-
-[members]
-lb1 = "127.0.0.11:7801"
-lb2 = "127.0.0.12:7801"
-lb3 = "127.0.0.13:7801"
-
-[[service]]
-name = "apex"
-vips = [{", ".join(f'"{v}"' for v in VIPS)}]
-
-[zookeeper]
-{zookeeper}
-"""
-    )
-    return load_config(str(path), environ={})
+    """A member's config with a [zookeeper] section (the files a `Group` would run)."""
+    group = Group(root, size=3, zookeeper=zookeeper)
+    return load_config(str(group.members[member].config))
 
 
 def snapshot(
