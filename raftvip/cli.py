@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
+from importlib import resources
 from typing import Any, TypeVar
 
 import click
@@ -140,6 +141,20 @@ def exabgp_config(config_path: str, member: str | None, run_command: str | None)
     if member and "--member" not in command:
         command += f" --member {member}"
     click.echo(render_exabgp_config(cfg, command), nl=False)
+
+
+def example_config_text() -> str:
+    """The example configuration shipped in the package (raftvip/examples/raftvip.toml)."""
+    return (resources.files("raftvip") / "examples" / "raftvip.toml").read_text(encoding="utf-8")
+
+
+@main.command("example-config")
+def example_config() -> None:
+    """Print the example configuration (lb1 of three racks) to start a config file from.
+
+    `raftvip example-config > /etc/raftvip/raftvip.toml`, then edit it.
+    """
+    click.echo(example_config_text(), nl=False)
 
 
 def _client(config_path: str, member: str | None) -> Config:
