@@ -117,7 +117,7 @@ class Metrics:
             ["service", "result"],
             registry=r,
         )
-        self._route_changes = Counter(
+        self._announced_changes = Counter(
             "raftvip_announced_changes",
             "VIPs this member started (announce) or stopped (withdraw) announcing to ExaBGP.",
             ["action"],
@@ -133,7 +133,7 @@ class Metrics:
         for reason in OWNERSHIP_REASONS:
             self._changes.labels(reason)
         for action in ("announce", "withdraw"):
-            self._route_changes.labels(action)
+            self._announced_changes.labels(action)
         for service in cfg.services:
             if service.check.kind != "none":
                 for result in ("success", "failure"):
@@ -181,9 +181,9 @@ class Metrics:
             started = len(snapshot.announced - self._announced_before)
             stopped = len(self._announced_before - snapshot.announced)
             if started:
-                self._route_changes.labels("announce").inc(started)
+                self._announced_changes.labels("announce").inc(started)
             if stopped:
-                self._route_changes.labels("withdraw").inc(stopped)
+                self._announced_changes.labels("withdraw").inc(stopped)
             self._announced_before = snapshot.announced
         for event in state.events:
             if event.version > self._last_event and event.kind == "owner":
@@ -234,8 +234,14 @@ class ZookeeperCollector(Collector):
     def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
         self._status = status  # the mirror's `raftvip status --json` section
 
+    def describe(self) -> Iterator[Metric]:
+        """The families without their values: registering must not call the mirror."""
+        return self._families({})
+
     def collect(self) -> Iterator[Metric]:
-        doc = self._status() or {}
+        return self._families(self._status() or {})
+
+    def _families(self, doc: dict[str, Any]) -> Iterator[Metric]:
         held = GaugeMetricFamily(
             "raftvip_zookeeper_ephemeral_nodes",
             "Ephemeral VIP znodes this member holds in ZooKeeper.",

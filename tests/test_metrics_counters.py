@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from raftvip.agent import Snapshot
 from raftvip.config import Config, load_config
 from raftvip.core.group import NO_INFO
@@ -102,3 +104,17 @@ def test_zookeeper_collector_reads_the_mirror_status_at_collect_time() -> None:
     status["maintenance_nodes"] = ["/exabgp/maintenance/apex"]
     assert samples()["raftvip_zookeeper_ephemeral_nodes"] == 0.0
     assert samples()["raftvip_zookeeper_maintenance_nodes"] == 1.0
+
+
+def test_registering_the_zookeeper_collector_does_not_call_the_mirror() -> None:
+    calls: list[int] = []
+
+    def status() -> dict[str, Any]:
+        calls.append(1)
+        return {"ephemeral_nodes": ["/a", "/b"]}
+
+    registry = CollectorRegistry()
+    registry.register(ZookeeperCollector(status))
+    assert calls == []
+    assert registry.get_sample_value("raftvip_zookeeper_ephemeral_nodes") == 2.0
+    assert calls
