@@ -6,10 +6,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from functools import wraps
+from importlib import resources
 from typing import Any, TypeVar
 
 import click
@@ -142,6 +144,20 @@ def exabgp_config(config_path: str, member: str | None, run_command: str | None)
     click.echo(render_exabgp_config(cfg, command), nl=False)
 
 
+def example_config_text() -> str:
+    """The example configuration shipped in the package (raftvip/examples/raftvip.toml)."""
+    return (resources.files("raftvip") / "examples" / "raftvip.toml").read_text(encoding="utf-8")
+
+
+@main.command("example-config")
+def example_config() -> None:
+    """Print the example configuration (lb1 of three racks) to start a config file from.
+
+    `raftvip example-config > /etc/raftvip/raftvip.toml`, then edit it.
+    """
+    click.echo(example_config_text(), nl=False)
+
+
 def _client(config_path: str, member: str | None) -> Config:
     return load_config(config_path, member=member)
 
@@ -151,17 +167,92 @@ def _client(config_path: str, member: str | None) -> Config:
 @member_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--events", is_flag=True, help="Also show recent events.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Redraw in place every --interval seconds, changes since the last frame in reverse "
+    "video; Ctrl-C stops.",
+)
+@click.option(
+    "--interval",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between --watch frames (default 1).",
+)
 @domain_errors
-def status(config_path: str, member: str | None, as_json: bool, events: bool) -> None:
+def status(
+    config_path: str,
+    member: str | None,
+    as_json: bool,
+    events: bool,
+    watch: bool,
+    interval: float | None,
+) -> None:
     """Show the whole group as this member sees it."""
     from raftvip.core.status import render_status
 
+    if watch and as_json:
+        raise click.UsageError("--watch redraws the table: it cannot be combined with --json")
+    if interval is not None and not watch:
+        raise click.UsageError("--interval applies to --watch only")
     cfg = _client(config_path, member)
+    if watch:
+        _watch(cfg, config_path, 1.0 if interval is None else interval, events)
+        return
     doc = request(cfg.cluster.control_socket, {"op": "status"})
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=False))
     else:
         click.echo(render_status(doc, events=events))
+
+
+HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+HIDE_CURSOR, SHOW_CURSOR, BOLD, NOT_BOLD = "\x1b[?25l", "\x1b[?25h", "\x1b[1m", "\x1b[22m"
+
+
+def _watch(cfg: Config, config_path: str, interval: float, events: bool) -> None:
+    """Redraw the status table in place until Ctrl-C (exit 0), like `watch`.
+
+    Each frame goes over the previous one from the top-left corner and clears what is left
+    of it, cut to the terminal's size so that nothing scrolls. While the member cannot be
+    reached, a line says why above the last table seen, and the request is retried.
+    """
+    from raftvip.core.status import render_changes
+
+    out = sys.stdout
+    sock = cfg.cluster.control_socket
+    previous: dict[str, Any] | None = None
+    last_seen = ""
+    out.write(HIDE_CURSOR)
+    try:
+        while True:
+            started = time.monotonic()
+            columns, rows = shutil.get_terminal_size((100, 50))
+            now = time.strftime("%H:%M:%S")
+            title = f"Every {interval:g}s: raftvip status -c {config_path}"
+            lines = [f"{title}{now:>{max(1, columns - len(title))}}"[:columns], ""]
+            try:
+                # A hung member answers nothing: give up in time for the next frame or so.
+                doc = request(sock, {"op": "status"}, timeout=max(1.0, interval))
+            except RaftvipError as exc:
+                seen = f"; last seen at {last_seen}" if last_seen else ""
+                problem = f"{cfg.me} unreachable: {exc} (retrying every {interval:g}s{seen})"
+                lines += [f"{BOLD}{problem[:columns]}{NOT_BOLD}", ""]
+                if previous is not None:
+                    lines += render_changes(None, previous, events, columns)
+            else:
+                lines += render_changes(previous, doc, events, columns)
+                previous, last_seen = doc, now
+            lines = lines[:rows]
+            out.write(HOME + "".join(f"{line}{CLEAR_LINE}\n" for line in lines[:-1]))
+            out.write(f"{lines[-1]}{CLEAR_LINE}{CLEAR_BELOW}")
+            out.flush()
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.write(SHOW_CURSOR + "\n")
+        out.flush()
 
 
 @main.command()

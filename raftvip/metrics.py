@@ -2,7 +2,8 @@
 
 An agent extension: gauges are refreshed from the loop's snapshots (at most every
 `REFRESH` seconds unless the state or the announced set changed); health-check results
-arrive from the check threads; ages are computed at scrape time.
+arrive from the check threads; ages and the ZooKeeper mirror's figures are computed at
+scrape time. deploy/grafana/raftvip.json is the dashboard built on these names.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from raftvip import __version__
 from raftvip.config import Config
@@ -26,6 +30,18 @@ log = logging.getLogger(__name__)
 
 REFRESH = 1.0
 _REASON = re.compile(r"\((\w+)\)$")
+# Placement's reasons (raftvip.core.placement.Assignment.reason) and "none" (no eligible
+# member). They start at 0: increase() cannot see the first change of a series born at 1.
+OWNERSHIP_REASONS = (
+    "initial",
+    "preferred",
+    "preempt",
+    "sticky",
+    "rebalance",
+    "failover",
+    "pinned",
+    "none",
+)
 
 
 class Metrics:
@@ -101,12 +117,28 @@ class Metrics:
             ["service", "result"],
             registry=r,
         )
+        self._announced_changes = Counter(
+            "raftvip_announced_changes",
+            "VIPs this member started (announce) or stopped (withdraw) announcing to ExaBGP.",
+            ["action"],
+            registry=r,
+        )
         self._apply_age = Gauge(
             "raftvip_last_apply_age_seconds",
             "Seconds since this member last applied a change from the Raft log.",
             registry=r,
         )
         self._info.labels(cfg.cluster.name, cfg.me, __version__).set(1)
+        # Known label values start at 0, so rate() has a series before the first event.
+        for reason in OWNERSHIP_REASONS:
+            self._changes.labels(reason)
+        for action in ("announce", "withdraw"):
+            self._announced_changes.labels(action)
+        for service in cfg.services:
+            if service.check.kind != "none":
+                for result in ("success", "failure"):
+                    self._check_results.labels(service.name, result)
+        self._announced_before: frozenset[str] = frozenset()
         self._service_of = {vip: s.name for s in cfg.services for vip in s.vips}
         self._last_refresh = 0.0
         self._last_key: tuple[int, int, frozenset[str]] | None = None
@@ -130,6 +162,7 @@ class Metrics:
                 "1 if the ZooKeeper mirror is connected.",
                 registry=self.registry,
             ).set_function(lambda: float(bool(getattr(zk, "connected", False))))
+            self.registry.register(ZookeeperCollector(zk.status))
         agent.add_probe_listener(self.on_probe)
         log.info("metrics listen=%s", self._listen)
 
@@ -144,6 +177,14 @@ class Metrics:
         self._commit.set(info.commit_index)
         self._quorum.set(1 if snapshot.reachable else 0)
         self._no_quorum.set(snapshot.quorum_lost_for)
+        if snapshot.announced != self._announced_before:
+            started = len(snapshot.announced - self._announced_before)
+            stopped = len(self._announced_before - snapshot.announced)
+            if started:
+                self._announced_changes.labels("announce").inc(started)
+            if stopped:
+                self._announced_changes.labels("withdraw").inc(stopped)
+            self._announced_before = snapshot.announced
         for event in state.events:
             if event.version > self._last_event and event.kind == "owner":
                 match = _REASON.search(event.detail)
@@ -185,3 +226,47 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+class ZookeeperCollector(Collector):
+    """The ZooKeeper mirror's own figures, read from its status section at scrape time."""
+
+    def __init__(self, status: Callable[[], dict[str, Any] | None]) -> None:
+        self._status = status  # the mirror's `raftvip status --json` section
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without their values: registering must not call the mirror."""
+        return self._families({})
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._status() or {})
+
+    def _families(self, doc: dict[str, Any]) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "raftvip_zookeeper_ephemeral_nodes",
+            "Ephemeral VIP znodes this member holds in ZooKeeper.",
+        )
+        held.add_metric([], len(doc.get("ephemeral_nodes", ())))
+        yield held
+        seen = GaugeMetricFamily(
+            "raftvip_zookeeper_maintenance_nodes",
+            "Maintenance znodes present, as this member last saw them.",
+        )
+        seen.add_metric([], len(doc.get("maintenance_nodes", ())))
+        yield seen
+        for key, name, text in (
+            ("connects", "raftvip_zookeeper_connects", "ZooKeeper sessions (re)established."),
+            (
+                "expirations",
+                "raftvip_zookeeper_session_expirations",
+                "ZooKeeper sessions that expired (ephemeral znodes were lost).",
+            ),
+            (
+                "commits",
+                "raftvip_zookeeper_commits",
+                "Maintenance changes seen in ZooKeeper and committed through Raft.",
+            ),
+        ):
+            counter = CounterMetricFamily(name, text)
+            counter.add_metric([], float(doc.get(key, 0)))
+            yield counter

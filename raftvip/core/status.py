@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -128,3 +129,92 @@ def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
                 f"  index {e['index']:<7} {stamp} {e['kind']:<11} {e['subject']}: {e['detail']}"
             )
     return "\n".join(lines)
+
+
+# --- `raftvip status --watch`: a frame with what changed since the last one highlighted ---
+
+REVERSE, NORMAL = "\x1b[7m", "\x1b[27m"  # ANSI reverse video on / off
+_TOKEN = re.compile(r"\S+|\s+")
+
+
+def render_changes(
+    previous: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    events: bool = False,
+    width: int | None = None,
+) -> list[str]:
+    """The lines of `render_status(current)`, each cut to `width` columns, with the words
+    that changed since `previous` in reverse video (a line that is new: all of it).
+
+    Lines are matched by what they describe (the member, the VIP, the event), not by
+    position. The commit index, which moves with every lease renewal, and the seconds
+    without quorum, which move with the clock, count as changed only when quorum comes or goes.
+    """
+    shown = render_status(current, events).split("\n")
+    if previous is None:
+        return [_cut(_TOKEN.findall(line), set(), width) for line in shown]
+    steady = render_status(_steady(current, previous), events).split("\n")
+    before: dict[tuple[str, int], list[str]] = {}
+    seen: dict[str, int] = {}
+    for line in render_status(previous, events).split("\n"):
+        before[_line_key(line, seen)] = line.split()
+    frame: list[str] = []
+    seen = {}
+    for line, compared in zip(shown, steady, strict=True):
+        old = before.get(_line_key(compared, seen))
+        words = compared.split()
+        if old is None:
+            changed = set(range(len(words)))
+        else:
+            changed = {i for i, word in enumerate(words) if i >= len(old) or old[i] != word}
+        frame.append(_cut(_TOKEN.findall(line), changed, width))
+    return frame
+
+
+def _steady(current: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
+    """`current` with the figures that move on every frame taken from `previous`."""
+    steady = dict(current)
+    steady["commit_index"] = previous.get("commit_index", current["commit_index"])
+    if not current["has_quorum"] and not previous.get("has_quorum", True):
+        steady["no_quorum_for"] = previous.get("no_quorum_for", current["no_quorum_for"])
+    return steady
+
+
+def _line_key(line: str, seen: dict[str, int]) -> tuple[str, int]:
+    """What a status line describes: its first word (a member without the leader's `*`, a
+    VIP, a heading), an event line as a whole; numbered when the same key repeats."""
+    words = line.split()
+    if not words:
+        base = ""
+    elif words[0] == "index":
+        base = line.strip()
+    else:
+        base = words[0].rstrip("*")
+    count = seen.get(base, 0)
+    seen[base] = count + 1
+    return base, count
+
+
+def _cut(tokens: list[str], changed: set[int], width: int | None) -> str:
+    """Join words and spaces back into a line of at most `width` visible columns, with the
+    words numbered in `changed` (and the spaces between two of them) in reverse video."""
+    out: list[str] = []
+    room = width if width is not None else sum(len(t) for t in tokens)
+    word = -1
+    lit = False
+    for n, token in enumerate(tokens):
+        if room <= 0:
+            break
+        if token.isspace():
+            on = lit and word + 1 in changed and n + 1 < len(tokens)
+        else:
+            word += 1
+            on = word in changed
+        if on != lit:
+            out.append(REVERSE if on else NORMAL)
+            lit = on
+        out.append(token[:room])
+        room -= len(token)
+    if lit:
+        out.append(NORMAL)
+    return "".join(out)
