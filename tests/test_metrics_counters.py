@@ -17,40 +17,17 @@ from raftvip.config import Config, load_config
 from raftvip.core.group import NO_INFO
 from raftvip.core.state import ClusterState
 from raftvip.metrics import OWNERSHIP_REASONS, Metrics, ZookeeperCollector
-
-SECRET = {"RAFTVIP_SECRET": "test-secret-0123456789abcdef"}
+from raftvip.testing.group import Group
 
 
 def config(tmp_path: Path) -> Config:
-    path = tmp_path / "lb1.toml"
-    path.write_text(
-        f"""
-[cluster]
-name = "test"
-member = "lb1"
-state_dir = "{tmp_path / "state"}"
-control_socket = "{tmp_path / "sock"}"
-
-[members]
-lb1 = "127.0.0.11:7801"
-lb2 = "127.0.0.12:7801"
-
-[[service]]
-name = "apex"
-vips = ["10.20.0.1", "10.20.0.2", "10.20.0.3"]
-
-[service.check]
-command = "true"
-
-[metrics]
-listen = "127.0.0.11:9273"
-"""
-    )
-    return load_config(str(path), environ=SECRET)
+    """lb1's config in a 3-member group with metrics (the files a `Group` would run)."""
+    group = Group(tmp_path, size=3, metrics=True)
+    return load_config(str(group.members["lb1"].config))
 
 
 def announcing(*vips: str) -> Snapshot:
-    return Snapshot(ClusterState(), NO_INFO, {}, frozenset(vips), {}, 0.0, time.time())
+    return Snapshot(ClusterState(), NO_INFO, {}, frozenset(vips), {}, 0.0, True, time.time())
 
 
 def test_announce_and_withdraw_count_changes_of_the_announced_set(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raftvip.core.status import NORMAL, REVERSE, render_changes, render_status
-from tests.members import Group, settled, wait_until
+from raftvip.testing.group import Group, settled
+from raftvip.testing.wait import wait_until
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 MEMBERS = ("lb1", "lb2", "lb3")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.members import free_port
+from raftvip.testing.wait import free_port
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
