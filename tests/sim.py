@@ -79,6 +79,7 @@ SUCCESS, MISSING_LEADER, DISCARDED, NOT_LEADER, LEADER_CHANGED = 0, 2, 3, 4, 5
 LEASE = 1.5
 BOUND = 2.5  # failover bound: quiet this long and every invariant must hold
 COLD_BOUND = 6.0  # after a full-group restart (cold start with state on disk)
+FULL_RESTART_BOUND = 1.0  # ... every VIP is announced this long after the first quorum
 HANDOVER_MAX = 1.0  # the longest two primary announcers may overlap in a handover
 MAX_MOVES = 6  # owner changes per VIP per episode
 COMPACT_AFTER = 40  # entries a node keeps before it compacts its log into a snapshot
@@ -1029,6 +1030,11 @@ class Sim:
         self.cross_planned: dict[str, bool] = {}
         self.owner_moves: dict[str, int] = {}
         self.last_owners: dict[str, str | None] = {}
+        self.preferred = preferred
+        self.cold_until = min((w for w, a, _ in schedule.actions if a != "start"), default=0.0)
+        self.first_owners: dict[str, str | None] | None = None
+        self.restarted_at: float | None = None  # a full-group restart being checked (11)
+        self.first_quorum: float | None = None
         self.steps = 0
         self.exits: list[str] = []
         self.checks = 0
@@ -1186,6 +1192,10 @@ class Sim:
                         f"(6) {name} cut off in a minority since {m.minority_since:.3f} "
                         f"announced {sorted(primary_new)}"
                     )
+        if now < self.cold_until:
+            self.check_cold_start()
+        if self.restarted_at is not None:
+            self.check_full_restart()
         quiet = now - self.disturbed >= self.bound
         for vip in self.vips:
             holders = self.announcers(vip)
@@ -1271,6 +1281,66 @@ class Sim:
             ):
                 self.violation(f"(8) {n} runs, reaches a majority, yet is not alive in the group")
 
+    def check_full_restart(self) -> None:
+        """11: after a full-group restart (state on disk), every VIP is announced within
+        FULL_RESTART_BOUND of the first quorum (a member's report committed again)."""
+        now = self.sched.now
+        if self.first_quorum is None:
+            if any(
+                m.loop is not None and m.running and core.reachable(m.loop, now)
+                for m in self.members.values()
+            ):
+                self.first_quorum = now
+            return
+        committed = self.committed_state()
+        healthy = any(
+            m.health["apex"] and n not in self.expected.drained
+            for n, m in self.members.items()
+            if m.running
+        )
+        if (
+            "apex" in committed.maintenance
+            or not healthy
+            or all(self.routed[vip] for vip in self.vips)
+        ):
+            self.restarted_at = None  # done
+        elif now - self.first_quorum > FULL_RESTART_BOUND:
+            dark = [vip for vip in self.vips if not self.routed[vip]]
+            self.violation(
+                f"(11) full restart: {dark} still unannounced {now - self.first_quorum:.2f}s "
+                "after the first quorum"
+            )
+
+    def check_cold_start(self) -> None:
+        """10: all members start within 0.4 s: from the first moment every VIP is announced
+        until the first fault, no VIP changes owner, the preferred owners have theirs and the
+        spread is even (max - min <= 1)."""
+        committed = self.committed_state()
+        owners = {vip: committed.owner_of(vip) for vip in self.vips}
+        if self.first_owners is None:
+            if not all(self.holders[vip] for vip in self.vips):
+                return
+            self.first_owners = owners
+            load = {name: 0 for name in self.names}
+            for owner in owners.values():
+                if owner is not None:
+                    load[owner] += 1
+            wrong = [v for v, m in self.preferred.items() if owners[v] != m]
+            if wrong or max(load.values()) - min(load.values()) > 1:
+                self.violation(
+                    f"(10) first full announcement: owners {owners}, load {load}, "
+                    f"preferred owners without their VIP: {wrong}"
+                )
+        elif owners != self.first_owners:
+            moved = {
+                v: (self.first_owners[v], owners[v])
+                for v in self.vips
+                if owners[v] != self.first_owners[v]
+            }
+            self.violation(
+                f"(10) cold start: owners moved after the first full announcement: {moved}"
+            )
+
     def planned_move(self, name: str, vip: str, holders: set[str]) -> bool:
         """In the state `name` acted on, `vip` is being handed over between two holders, or
         `name` got it from another holder that was still alive in the log (a drain, a
@@ -1355,15 +1425,17 @@ class Sim:
         m.start()
         self.disturb()
 
-    def a_full_restart(self, clock_step: float) -> None:
+    def a_full_restart(self, clock_step: float, late: str, delay: float) -> None:
+        """Every member crashes and restarts within 0.3 s (state kept, clocks stepped by
+        `clock_step`), but `late` (if any) comes back only `delay` later."""
         for m in self.members.values():
             if m.running:
                 m.crash()
+            m.wall_offset += clock_step
+        self.restarted_at, self.first_quorum = self.sched.now, None
         for name in self.names:
-            self.sched.at(
-                self.sched.now + self.rng.uniform(0.0, 0.3),
-                functools.partial(self.a_start, name),
-            )
+            when = self.sched.now + self.rng.uniform(0.0, 0.3) + (delay if name == late else 0.0)
+            self.sched.at(when, functools.partial(self.a_start, name))
         self.disturb(COLD_BOUND)
 
     def a_pause(self, name: str) -> None:
@@ -1590,8 +1662,9 @@ def make_schedule(seed: int) -> Schedule:
             actions += [(t, "health", (victim, False)), (t + length, "health", (victim, True))]
         elif fault == "full_restart":
             step = -rng.uniform(1.0, 60.0) if rng.random() < 0.3 else 0.0
-            actions += [(t, "full_restart", (step,))]
-            length = 0.5
+            late, delay = (victim, rng.uniform(1.0, 3.0)) if rng.random() < 0.5 else ("", 0.0)
+            actions += [(t, "full_restart", (step, late, delay))]
+            length = 0.5 + delay
         # operator commands racing the fault
         for _ in range(rng.choice((0, 0, 1, 2))):
             when = t + rng.uniform(-0.2, length + 0.5)

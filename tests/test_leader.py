@@ -9,6 +9,7 @@ import pytest
 
 from raftvip.config import Config
 from raftvip.core.leader import (
+    FORM_GRACE,
     LeaderBook,
     leader_tick,
     report_applied,
@@ -16,7 +17,7 @@ from raftvip.core.leader import (
     snapshot_loaded,
 )
 from raftvip.core.placement import Assignment
-from raftvip.core.state import ClusterState, Configure, Expire, MemberState
+from raftvip.core.state import ClusterState, Configure, Expire, Form, MemberState
 from raftvip.testing.config import make_config
 
 ADDRESSES = {"lb1": "127.0.0.11:7801", "lb2": "127.0.0.12:7801", "lb3": "127.0.0.13:7801"}
@@ -163,3 +164,81 @@ def test_an_expire_is_not_repeated_within_a_quarter_second() -> None:
     found = expiries_until(book, cfg, state, 100.0, 102.0)
     lb1 = [t for t, m, _ in found if m == "lb1"]
     assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(lb1))
+
+
+# --- formation and full restarts ------------------------------------------------------------
+
+
+def forms(
+    book: LeaderBook, cfg: Config, state: ClusterState, now: float
+) -> tuple[LeaderBook, bool]:
+    book, effects = leader_tick(
+        book, cfg, service_specs(cfg), state, is_leader=True, term=1, links={}, now=now, wall=now
+    )
+    return book, any(isinstance(c, Form) for c in effects.proposals)
+
+
+def forming_group(cfg: Config, present: tuple[str, ...]) -> ClusterState:
+    members = {n: MemberState(n, alive=True, healthy={"apex": True}) for n in present}
+    return replace(group(cfg), formed=False, owners={}, members=members)
+
+
+def test_a_new_group_bootstraps_with_a_forming_configure() -> None:
+    cfg = make_config()
+    _, effects = leader_tick(
+        LeaderBook(started_at=0.0),
+        cfg,
+        service_specs(cfg),
+        ClusterState(),
+        is_leader=True,
+        term=1,
+        links={},
+        now=5.0,
+        wall=5.0,
+    )
+    (configure,) = [c for c in effects.proposals if isinstance(c, Configure)]
+    assert configure.forming
+
+
+def test_the_group_forms_as_soon_as_every_member_is_eligible() -> None:
+    cfg = make_config()
+    book = LeaderBook(started_at=0.0)
+    book, formed = forms(book, cfg, forming_group(cfg, ("lb1", "lb2")), 10.0)
+    assert not formed
+    book, formed = forms(book, cfg, forming_group(cfg, ("lb1", "lb2", "lb3")), 10.2)
+    assert formed
+
+
+def test_the_group_forms_without_a_missing_member_after_the_grace() -> None:
+    cfg = make_config()
+    state = forming_group(cfg, ("lb1", "lb2"))
+    book = LeaderBook(started_at=0.0)
+    book, formed = forms(book, cfg, state, 10.0)  # the first member seen alive
+    for now in (10.5, 10.0 + FORM_GRACE - 0.01):
+        book, formed = forms(book, cfg, state, now)
+        assert not formed
+    book, formed = forms(book, cfg, state, 10.0 + FORM_GRACE)
+    assert formed
+    _, again = forms(book, cfg, state, 10.0 + FORM_GRACE + 0.1)
+    assert not again  # not proposed twice in a row
+
+
+@pytest.mark.parametrize("policy", ["hold", "withdraw"])
+def test_after_a_full_restart_a_member_that_is_not_back_is_expired_within_a_second(
+    policy: str,
+) -> None:
+    """The state on disk says everyone is alive; the new leader waits connection_timeout
+    from its own start for a member's link to come up, not a whole lease."""
+    cfg = make_config(policy=policy)  # type: ignore[arg-type]
+    state = group(cfg)
+    book = LeaderBook(started_at=100.0)
+    book = report_applied(book, "lb3", 100.05)  # replayed from the journal at start
+    found = []
+    now = 100.3  # elected: lb2 is back (its link is up), lb3 is not
+    while now < 101.5:
+        book, expires = tick(book, cfg, state, now, True, lb3=False)
+        found += [(round(now, 2), e.member, e.reason) for e in expires]
+        now += 0.01
+    assert found[0][1:] == ("lb3", "not back")
+    earliest = 100.0 + cfg.raft.connection_timeout + cfg.raft.disconnect_grace
+    assert earliest - 0.011 <= found[0][0] <= 100.05 + cfg.raft.connection_timeout + 0.04

@@ -18,6 +18,7 @@ from raftvip.core.state import (
     CommandError,
     Configure,
     Expire,
+    Form,
     MemberState,
     RemoveMember,
     Report,
@@ -142,6 +143,8 @@ def test_maintenance_drain_pin() -> None:
 
 COMMANDS: list[Command] = [
     Configure(1.0, (SPEC,), ADDRS),
+    Configure(1.0, (SPEC,), ADDRS, forming=True),
+    Form(1.5),
     report("lb1", 3, 2.5),
     Expire(3.0, "lb2", 7, 9, "lease"),
     SetMaintenance(4.0, "apex", True),
@@ -199,6 +202,7 @@ commands = st.one_of(
     st.builds(SetMaintenance, times, st.sampled_from(["apex", "x"]), st.booleans()),
     st.builds(SetDrain, times, members, st.booleans()),
     st.builds(SetPin, times, vips, st.one_of(st.none(), members)),
+    st.builds(Form, times),
 )
 
 
@@ -259,3 +263,57 @@ def test_the_effect_of_each_operator_command_is_read_from_the_state() -> None:
         assert operator.effect_visible(cmd, apply(after, cmd)), cmd  # twice: the same
     assert operator.effect_visible(SetMaintenance(1.0, "apex", False), state)
     assert operator.effect_visible(SetPin(1.0, "10.0.0.1", None), state)
+
+
+# --- formation ------------------------------------------------------------------------------
+
+
+def forming() -> ClusterState:
+    return apply(ClusterState(), Configure(0.0, (SPEC,), ADDRS, forming=True))
+
+
+def test_a_forming_group_places_nothing_until_form_then_everything_at_once() -> None:
+    state = forming()
+    assert not state.formed
+    state = apply(state, report("lb2", 1, 100.0))
+    state = apply(state, report("lb1", 1, 100.1))
+    assert state.owners == {}  # the first to report does not get everything
+    state = apply(state, report("lb3", 1, 100.2))
+    state = apply(state, Form(100.3))
+    # Everyone present counts as ready at once: the first placement is the final one.
+    assert owners(state) == {"10.20.255.1": "lb1", "10.20.255.2": "lb2", "10.20.255.3": "lb3"}
+    assert state.formed
+    assert any(e.detail == "group formed" for e in state.events)
+    later = apply(state, report("lb1", 2, 100.4))
+    assert owners(later) == owners(state)  # and nothing moves afterwards
+
+
+def test_form_with_a_member_missing_spreads_over_those_present() -> None:
+    state = apply(apply(forming(), report("lb1", 1, 100.0)), report("lb2", 1, 100.0))
+    state = apply(state, Form(101.0))
+    assert owners(state)["10.20.255.1"] == "lb1" and owners(state)["10.20.255.2"] == "lb2"
+    assert owners(state)["10.20.255.3"] in ("lb1", "lb2")
+    # lb3 comes later: preempt_delay protects against flapping, then make before break.
+    state = apply(state, report("lb3", 1, 102.0))
+    assert owners(state)["10.20.255.3"] != "lb3"
+    state = apply(state, report("lb3", 2, 102.0 + SPEC.preempt_delay))
+    assert owners(state)["10.20.255.3"] == "lb3"
+    assert state.handovers.get("10.20.255.3") in ("lb1", "lb2")
+
+
+def test_a_log_written_before_formation_existed_replays_as_it_did() -> None:
+    """A Configure without `forming` (every log written before it) leaves the group formed:
+    replaying an old journal places exactly as before."""
+    old = encode_command(Configure(0.0, (SPEC,), ADDRS))
+    assert b"forming" not in old
+    state = apply(ClusterState(), decode_command(old))
+    assert state.formed
+    state = apply(state, report("lb1", 1, 100.0))
+    assert set(owners(state).values()) == {"lb1"}
+    assert state_from_wire({k: v for k, v in state_to_wire(state).items() if k != "formed"}).formed
+
+
+def test_only_the_bootstrap_configure_starts_a_formation() -> None:
+    state = group("lb1", "lb2", "lb3")
+    again = apply(state, Configure(9.0, (SPEC,), ADDRS, forming=True))
+    assert again.formed and owners(again) == owners(state)

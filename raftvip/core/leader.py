@@ -9,7 +9,9 @@ propose:
 - `Configure` with this member's service layout while the replicated one differs;
 - `Expire` for a member whose lease lapsed (`lease` since its last report was applied here:
   a hung process) or, faster, whose TCP link dropped `disconnect_grace` ago (a crashed
-  process), with the withdraw-mode rule of `fenced_by`.
+  process) or never came up since this process started (a full-group restart), with the
+  withdraw-mode rule of `fenced_by`;
+- `Form` once a brand-new group has formed (`_formation`).
 
 The shell (raftvip/cluster.py) feeds it on pysyncobj's tick thread.
 """
@@ -23,11 +25,15 @@ from dataclasses import dataclass, field
 from raftvip.config import Config
 from raftvip.core.placement import ServiceSpec
 from raftvip.core.records import LogRecord
-from raftvip.core.state import ClusterState, Command, Configure, Expire
+from raftvip.core.state import ClusterState, Command, Configure, Expire, Form
 from raftvip.core.values import evolve
 
 EXPIRE_RETRY = 0.25  # an Expire for the same (member, incarnation, seq) at most this often
 CONFIGURE_RETRY = 1.0
+# A new group forms when every configured member is eligible, or this long after the leader
+# first saw one alive, whichever comes first (members that start within about a second of
+# each other all get their share of the first placement).
+FORM_GRACE = 1.0
 
 
 def service_specs(cfg: Config) -> tuple[ServiceSpec, ...]:
@@ -60,6 +66,8 @@ class LeaderBook:
     down_since: Mapping[str, float] = field(default_factory=dict)
     expire_sent: Mapping[tuple[str, int, int], float] = field(default_factory=dict)
     configure_sent: float = 0.0
+    forming_since: float | None = None  # a forming group: when a member was first alive
+    form_sent: float = -float("inf")
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,12 @@ def leader_tick(
         now - book.configure_sent > CONFIGURE_RETRY
     ):
         book = evolve(book, configure_sent=now)
-        proposals.append(Configure(wall, specs, dict(cfg.members)))
+        bootstrap = not state.addresses and not state.owners
+        proposals.append(Configure(wall, specs, dict(cfg.members), forming=bootstrap))
+    if not state.formed and state.addresses:
+        book, form = _formation(book, state, now, logs)
+        if form:
+            proposals.append(Form(wall))
     lease = cfg.cluster.lease
     grace = cfg.raft.disconnect_grace
     expire_sent = dict(book.expire_sent)
@@ -160,6 +173,17 @@ def leader_tick(
             and fenced_by(book, cfg, name, down_since, now)
         ):
             reason = "disconnect"
+        elif (
+            name != cfg.me
+            and name not in book.was_connected
+            and now - book.started_at >= cfg.raft.connection_timeout + grace
+            and fenced_by(book, cfg, name, book.started_at, now)
+        ):
+            # Alive in the state, yet its link has not come up once since this process
+            # started (a full-group restart: the state on disk says alive, the member is
+            # not back): as if its link had dropped when we started, once it had
+            # connection_timeout to connect.
+            reason = "not back"
         if reason is None:
             continue
         key = (name, member.incarnation, member.seq)
@@ -172,6 +196,40 @@ def leader_tick(
     if expire_sent != book.expire_sent:
         book = evolve(book, expire_sent=expire_sent)
     return book, LeaderEffects(tuple(proposals), tuple(logs))
+
+
+def _formation(
+    book: LeaderBook, state: ClusterState, now: float, logs: list[LogRecord]
+) -> tuple[LeaderBook, bool]:
+    """Whether to commit `Form` now: every configured member eligible for every service, or
+    FORM_GRACE since the first one was alive (the missing ones get their share later)."""
+    alive = [n for n in state.addresses if n in state.members and state.members[n].alive]
+    if not alive:
+        return book, False
+    if book.forming_since is None:
+        book = evolve(book, forming_since=now)
+    since = book.forming_since if book.forming_since is not None else now
+    # Drained members get nothing anyway: formation does not wait for them.
+    waited_for = [
+        n for n in state.addresses if not (n in state.members and state.members[n].drained)
+    ]
+    everyone = all(
+        state.eligible(name, service.name) for name in waited_for for service in state.services
+    )
+    if not everyone and now - since < FORM_GRACE:
+        return book, False
+    if now - book.form_sent < CONFIGURE_RETRY:
+        return book, False
+    missing = sorted(n for n in state.addresses if n not in alive)
+    logs.append(
+        LogRecord(
+            logging.INFO,
+            "raft leader: the group forms with "
+            + ", ".join(sorted(alive))
+            + (f" (not there yet: {', '.join(missing)})" if missing else ""),
+        )
+    )
+    return evolve(book, form_sent=now), True
 
 
 def fenced_by(book: LeaderBook, cfg: Config, name: str, down_since: float, now: float) -> bool:

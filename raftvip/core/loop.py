@@ -499,7 +499,9 @@ def _newer_incarnation(loop: LoopState, theirs: int, out: _Out) -> LoopState:
 def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, GroupView]:
     info = loop.group.info
     if info.last_applied > loop.applied_seen:
-        loop = evolve(loop, applied_seen=info.last_applied, heard_at=now)
+        # Replaying our own journal at start is not hearing anyone: only once caught up.
+        heard = now if info.ready else loop.heard_at
+        loop = evolve(loop, applied_seen=info.last_applied, heard_at=heard)
     lease_age = now - loop.reporting.renewed_at
     reachable = _reachable(loop, now)
     lost_at = loop.quorum_lost_at

@@ -66,6 +66,10 @@ class ClusterState:
     # the log that it announces (make before break on drain, preemption, rebalancing, leave).
     handovers: Mapping[str, str] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
+    # False while a brand-new group forms: nothing is placed until the leader commits `Form`
+    # (every configured member eligible, or FORM_GRACE after the first), so that the first
+    # placement is the final one instead of everything on the first member to report.
+    formed: bool = True
 
     def owner_of(self, vip: str) -> str | None:
         assignment = self.owners.get(vip)
@@ -101,6 +105,15 @@ class Configure:
     ts: float
     services: tuple[ServiceSpec, ...]
     addresses: Mapping[str, str]
+    forming: bool = False  # it bootstraps a new group: place nothing until `Form`
+
+
+@dataclass(frozen=True)
+class Form:
+    """The group has formed (the leader saw every member, or waited FORM_GRACE): place
+    every VIP at once on the members present, as if they had been healthy long enough."""
+
+    ts: float
 
 
 @dataclass(frozen=True)
@@ -166,6 +179,7 @@ class RemoveMember:
 
 Command = (
     Configure
+    | Form
     | Report
     | Expire
     | SetMaintenance
@@ -190,6 +204,10 @@ def encode_command(cmd: Command) -> bytes:
                 "services": [_spec_to_wire(s) for s in cmd.services],
                 "addresses": dict(cmd.addresses),
             }
+            if cmd.forming:
+                body["forming"] = True  # absent in logs written before it existed
+        case Form():
+            body = {"op": "form"}
         case Report():
             body = {
                 "op": "report",
@@ -239,9 +257,17 @@ def decode_command(payload: bytes) -> Command:
         services = body.get("services")
         if not isinstance(services, list):
             raise CommandError("configure.services: not a list")
+        forming = body.get("forming", False)
+        if not isinstance(forming, bool):
+            raise CommandError("configure.forming: not a boolean")
         return Configure(
-            ts, tuple(_spec_from_wire(s) for s in services), _str_map(body, "addresses")
+            ts,
+            tuple(_spec_from_wire(s) for s in services),
+            _str_map(body, "addresses"),
+            forming,
         )
+    if op == "form":
+        return Form(ts)
     if op == "report":
         health = body.get("health")
         if not isinstance(health, dict) or not all(
@@ -365,6 +391,13 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
     match cmd:
         case Configure():
             return _configure(state, cmd)
+        case Form():
+            if state.formed:
+                return state
+            new = evolve(state, formed=True)
+            return _replace_and_place(
+                state, new, cmd.ts, [_event(state, cmd.ts, "config", "-", "group formed")]
+            )
         case Report():
             return _report(state, cmd)
         case Expire():
@@ -458,6 +491,8 @@ def _configure(state: ClusterState, cmd: Configure) -> ClusterState:
         members=members,
         pins=pins,
         maintenance=frozenset(state.maintenance & names),
+        # Only the very first Configure of a group can start its formation.
+        formed=state.formed and not (cmd.forming and not state.addresses and not state.owners),
     )
     detail = f"{len(cmd.services)} services, {len(known_vips)} VIPs, {len(addresses)} members"
     return _replace_and_place(state, new, cmd.ts, [_event(state, cmd.ts, "config", "-", detail)])
@@ -550,7 +585,15 @@ def _replace_and_place(
     old: ClusterState, new: ClusterState, ts: float, events: list[Event]
 ) -> ClusterState:
     current = {vip: a.owner for vip, a in old.owners.items()}
-    owners = place(new.services, eligible_sets(new), _ready_sets(new), new.pins, current)
+    eligible = eligible_sets(new)
+    if not new.formed:
+        owners: dict[str, Assignment] = {}  # forming: nothing yet
+    elif not old.formed:
+        # The group forms: every member present counts as ready (it was up while the group
+        # formed; preempt_delay protects against members that flap after that).
+        owners = place(new.services, eligible, eligible, new.pins, current)
+    else:
+        owners = place(new.services, eligible, _ready_sets(new), new.pins, current)
     for vip in _all_vips(new):
         before, after = old.owners.get(vip), owners.get(vip)
         if (before.owner if before else None) != (after.owner if after else None):
@@ -631,6 +674,7 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
         "owners": {vip: [a.owner, a.reason] for vip, a in state.owners.items()},
         "handovers": dict(state.handovers),
         "events": [[e.version, e.time, e.kind, e.subject, e.detail, e.index] for e in state.events],
+        "formed": state.formed,
     }
 
 
@@ -664,6 +708,7 @@ def state_from_wire(body: Any) -> ClusterState:
             events=tuple(
                 Event(int(e[0]), float(e[1]), e[2], e[3], e[4], int(e[5])) for e in body["events"]
             ),
+            formed=bool(body.get("formed", True)),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CommandError(f"malformed snapshot: {exc!r}") from None
