@@ -53,6 +53,8 @@ class Snapshot:
     quorum_lost_for: float
     reachable: bool  # the group hears this member (its reports commit)
     time: float  # wall clock
+    left: bool = False  # `raftvip leave` is done
+    leave_outcome: str | None = None
 
 
 class Extension(Protocol):
@@ -242,6 +244,8 @@ class Agent:
             quorum_lost_for=loop.quorum_lost_for,
             reachable=core.reachable(loop, self._clock()),
             time=self._wall(),
+            left=loop.left,
+            leave_outcome=loop.leave_outcome,
         )
         with self._status_lock:
             self._snapshot = snapshot  # the status document is built on request
@@ -350,6 +354,8 @@ class Agent:
             snap.reachable,
             now=snap.time,
         )
+        doc["left"] = snap.left
+        doc["leave_outcome"] = snap.leave_outcome
         for extension in self._extensions:
             try:
                 section = extension.status()
@@ -371,6 +377,9 @@ class Agent:
         state = self.cluster.state
         if op == "status":
             return self.status()
+        if op == "leave":
+            self._events.put(core.LeaveRequested())
+            return {"leaving": True}
         if op == "commit_latency":
             return self._commit_latency(request.get("samples"))
         if op == "maintenance":

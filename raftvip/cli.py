@@ -337,6 +337,48 @@ def drain(
 @main.command()
 @config_option
 @member_option
+@click.option(
+    "--timeout",
+    default=None,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait (default: cluster.shutdown_timeout + 5).",
+)
+@domain_errors
+def leave(config_path: str, member: str | None, timeout: float | None) -> None:
+    """Planned stop: hand every VIP of this member over, make before break, and withdraw.
+
+    The member then stays out of placement until its process restarts (nothing persists,
+    unlike drain): run it before stopping ExaBGP (deploy/'s unit does, in ExecStop). Exits 0
+    once handed over; non-zero with the reason otherwise.
+    """
+    cfg = _client(config_path, member)
+    sock = cfg.cluster.control_socket
+    limit = cfg.cluster.shutdown_timeout + 5.0 if timeout is None else timeout
+    total = len(_on_member(request(sock, {"op": "status"}), cfg.me))
+    request(sock, {"op": "leave"})
+    start = time.monotonic()
+    while True:
+        doc = request(sock, {"op": "status"})
+        if doc.get("left"):
+            outcome = doc.get("leave_outcome") or "left"
+            elapsed = time.monotonic() - start
+            if outcome != "handed over":
+                raise click.ClickException(f"{cfg.me} left after {elapsed:.2f}s: {outcome}")
+            click.echo(
+                f"{cfg.me} left the group in {elapsed:.2f}s: {total} VIPs handed over, "
+                "nothing announced; it rejoins when its process restarts"
+            )
+            return
+        if time.monotonic() - start > limit:
+            raise click.ClickException(
+                f"{cfg.me} has not left after {limit:g}s (still handing over: see raftvip status)"
+            )
+        time.sleep(0.05)
+
+
+@main.command()
+@config_option
+@member_option
 @click.argument("target", required=False)
 @domain_errors
 def undrain(config_path: str, member: str | None, target: str | None) -> None:

@@ -331,6 +331,8 @@ def test_systemd_unit_runs_exabgp_with_raftvip() -> None:
     assert "ExecStartPre=/usr/local/bin/raftvip check-config -c /etc/raftvip/raftvip.toml" in (
         settings
     )
+    # A planned stop hands over and withdraws before ExaBGP gets SIGTERM.
+    assert "ExecStop=/usr/local/bin/raftvip leave -c /etc/raftvip/raftvip.toml" in settings
     for env in ("exabgp_api_cli=false", "exabgp_daemon_user=raftvip", "exabgp_api_ack=true"):
         assert f"Environment={env}" in settings
     # The directories the example config uses exist under systemd's management.

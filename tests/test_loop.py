@@ -560,7 +560,10 @@ def _reason_scenario(reason: str) -> tuple[LoopDriver, str]:
         driver.run(0.5)
         return driver, "2"
     driver = started(policy="withdraw" if reason == "fenced" else "hold")
-    if reason == "resuming":
+    if reason == "left":
+        driver.send(core.LeaveRequested())
+        driver.run(driver.cfg.cluster.shutdown_timeout + 0.5)  # nobody takes over here
+    elif reason == "resuming":
         driver.pause(1.0)
         driver.auto_commit = False
     elif reason in ("disabled", "unhealthy"):
@@ -595,3 +598,58 @@ def test_every_decision_reason_is_reached_in_process(reason: str) -> None:
     assert driver.reason(f"10.0.0.{vip}") == reason
     announced = f"10.0.0.{vip}" in driver.announced()
     assert announced == (reason in ("owner", "handover", "backup", "no_quorum_hold"))
+
+
+# --- raftvip leave ---------------------------------------------------------------------------
+
+
+def test_leave_hands_over_then_withdraws_and_stays_out_without_exiting() -> None:
+    driver = started()
+    driver.send(core.LeaveRequested())
+    driver.auto_commit = False
+    driver.tick()
+    (leave,) = [p.cmd for p in driver.pending if isinstance(p.cmd, Expire)]
+    assert leave.reason == "leaving"
+    driver.commit()  # lb1 is not alive any more; the group moves 10.0.0.1 with a handover
+    driver.update(
+        version=5,
+        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "failover")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+    driver.tick()
+    assert driver.announced() == {"10.0.0.1"} and not driver.loop.left  # make before break
+    driver.update(version=6, handovers={})  # lb2 confirmed
+    driver.tick()
+    assert driver.loop.left and driver.loop.exit_code is None
+    assert driver.loop.leave_outcome == "handed over"
+    assert driver.announced() == set()
+    before = len(driver.proposals)
+    driver.auto_commit = True
+    driver.run(3.0)  # no report: it would make this member alive again
+    assert not [p for p in driver.proposals[before:] if isinstance(p.cmd, Report)]
+    assert set(driver.reasons().values()) == {"left"}
+    # ExaBGP stops next (systemd): the member exits at once, nothing left to withdraw.
+    lines = len(driver.exabgp.lines)
+    driver.send(core.StopRequested("SIGTERM"))
+    driver.tick()
+    assert driver.loop.exit_code == 0 and len(driver.exabgp.lines) == lines
+
+
+def test_a_leave_that_the_group_does_not_take_withdraws_and_says_so() -> None:
+    driver = started()
+    driver.auto_commit = False
+    driver.send(core.LeaveRequested())
+    driver.run(driver.cfg.cluster.shutdown_timeout + 0.5)
+    assert driver.loop.left and driver.announced() == set()
+    assert driver.loop.leave_outcome is not None
+    assert "without a handover" in driver.loop.leave_outcome
+
+
+def test_a_stop_during_a_leave_exits_once_handed_over() -> None:
+    driver = started()
+    driver.auto_commit = False
+    driver.send(core.LeaveRequested())
+    driver.tick()
+    driver.send(core.StopRequested("SIGTERM"))
+    driver.run(driver.cfg.cluster.shutdown_timeout + 0.5)
+    assert driver.loop.exit_code == 0 and not driver.loop.left

@@ -4,13 +4,15 @@ paths reach are measured by the benchmarks (deploy/BENCHMARKS.md), not asserted 
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from raftvip.testing.group import Group, longest_gap, running_group, settled
+from raftvip.testing.group import Group, cli, longest_gap, running_group, settled
 from raftvip.testing.wait import wait_until
+from tests.test_e2e_bgp import Topology, topology  # noqa: F401 - the BIRD + ExaBGP fixture
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +83,76 @@ def test_a_full_restart_with_a_member_late_announces_everything_without_it(
         assert "expires member=lb3 reason=not back" in group.stderr("lb1") + group.stderr("lb2")
         group.start("lb3")
         wait_until(lambda: settled(group), START)
+
+
+# --- raftvip leave ---------------------------------------------------------------------------
+
+
+def test_leave_hands_everything_over_then_the_member_rejoins_when_restarted(
+    tmp_path: Path,
+) -> None:
+    with running_group(tmp_path, size=3, vips_per_member=2) as group:
+        wait_until(lambda: settled(group), START)
+        mine = [v for v, m in group.preferred.items() if m == "lb2"]
+        start = time.monotonic()
+        result = cli(group, "lb2", "leave")
+        end = time.monotonic()
+        assert result.returncode == 0, result.stderr
+        assert "lb2 left the group in" in result.stdout and "2 VIPs handed over" in result.stdout
+        assert group.members["lb2"].announced() == set()
+        for vip in mine:
+            assert group.announcers(vip) and "lb2" not in group.announcers(vip)
+            assert longest_gap(group, vip, start, end + 0.5) == 0.0
+        doc = group.status("lb2")
+        assert doc["left"] is True and doc["leave_outcome"] == "handed over"
+        assert {v["reason"] for v in doc["vips"].values()} == {"left"}
+        assert "LEFT the group" in cli(group, "lb2", "status").stdout
+        time.sleep(2.0)  # it stays out: no report brings it back
+        assert group.members["lb2"].announced() == set()
+        assert group.status("lb1")["members"]["lb2"]["alive"] is False
+        # ExaBGP stops it (SIGTERM), then starts it again: it rejoins on its own.
+        assert group.terminate("lb2") == 0
+        group.start("lb2")
+        wait_until(lambda: settled(group), START)
+        assert group.status("lb2")["left"] is False
+
+
+def test_leave_then_sigterm_to_exabgp_leaves_no_vip_without_a_path_on_bird(
+    topology: Topology,  # noqa: F811 - the fixture
+) -> None:
+    """What `systemctl stop` does with deploy/'s unit: `raftvip leave` (ExecStop), then
+    SIGTERM to ExaBGP, which sends the router a NOTIFICATION."""
+    group = topology.group
+    topology.bird.wait_established(timeout=20)
+    wait_until(
+        lambda: all(topology.single_path_owner(v) == m for v, m in group.preferred.items()),
+        30,
+        0.02,
+    )
+    victim = "lb2"
+    vip = next(v for v, m in group.preferred.items() if m == victim)
+    dark: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            paths = topology.paths().get(vip, [])
+            if not any(p.best for p in paths):
+                dark.append(time.monotonic())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = cli(group, victim, "leave")
+        assert result.returncode == 0, result.stderr
+        topology.speakers[victim].stop()  # SIGTERM to ExaBGP
+        wait_until(lambda: topology.single_path_owner(vip) in {"lb1", "lb3"}, 10, 0.005)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        sampler.join(5)
+    assert not dark, f"{vip} had no path at the router for {len(dark)} samples"
+    # ExaBGP comes back: the member rejoins and takes its preferred VIP back by itself.
+    topology.start_speaker(victim)
+    wait_until(lambda: topology.single_path_owner(vip) == victim, 30, 0.02)

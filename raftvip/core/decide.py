@@ -12,6 +12,7 @@
   prepended, so routers hold a standby path;
 - `maintenance`, `drained`: operator flags from the replicated state;
 - `starting`: this process has not yet caught up with the group;
+- `left`: `raftvip leave` handed everything over; nothing until the process restarts;
 - `resuming`: this process was frozen longer than a lease and the group has not yet heard
   from it again (its state is stale; ExaBGP must not re-advertise old routes);
 - `no_quorum_hold`: the group is unreachable and `on_quorum_loss = "hold"`: keep what was
@@ -98,6 +99,7 @@ def fenced(cfg: Config, view: GroupView) -> bool:
 
 REASONS = (
     "starting",
+    "left",
     "resuming",
     "disabled",
     "unhealthy",
@@ -120,6 +122,7 @@ class DecideInputs:
     cannot be computed and then left out (how the pause fence was once lost)."""
 
     ready: bool  # caught up with the group since start
+    left: bool  # `raftvip leave` is done: announce nothing until the process restarts
     resuming: bool  # frozen longer than the group waits: withdraw until it hears from us
     reachable: bool  # the group hears us: take what it gives
     fenced: bool  # withdraw policy: our lease may be gone
@@ -141,10 +144,12 @@ def inputs_for(
     announced: Set[str],
     handover_expired: Set[str] = frozenset(),
     resuming: bool = False,
+    left: bool = False,
 ) -> DecideInputs:
     member = state.members.get(cfg.me)
     return DecideInputs(
         ready=view.ready,
+        left=left,
         resuming=resuming,
         reachable=view.reachable,
         fenced=fenced(cfg, view),
@@ -172,6 +177,8 @@ def decide(cfg: Config, inputs: DecideInputs) -> dict[str, Decision]:
             owner = assignment.owner if assignment is not None else None
             if not inputs.ready:
                 decisions[vip] = Decision(False, "starting")
+            elif inputs.left:
+                decisions[vip] = Decision(False, "left")
             elif inputs.resuming:
                 decisions[vip] = Decision(False, "resuming")
             elif local == "disabled":

@@ -88,6 +88,12 @@ class StopRequested:
 
 
 @dataclass(frozen=True)
+class LeaveRequested:
+    """`raftvip leave`: hand every VIP over, withdraw, and stay out of placement until this
+    process restarts (a planned stop: ExaBGP is stopped next)."""
+
+
+@dataclass(frozen=True)
 class ReportTag:
     """A report of ours, sent at `sent` (monotonic)."""
 
@@ -112,7 +118,16 @@ class ProposalDone:
     err: int
 
 
-Event = Tick | HealthChanged | StdinLine | StdinClosed | StdoutClosed | StopRequested | ProposalDone
+Event = (
+    Tick
+    | HealthChanged
+    | StdinLine
+    | StdinClosed
+    | StdoutClosed
+    | StopRequested
+    | LeaveRequested
+    | ProposalDone
+)
 
 # --- effects --------------------------------------------------------------------------------
 
@@ -162,6 +177,7 @@ class Stopping:
     exabgp_gone: bool = False
     deadline: float | None = None  # handover bound, set when the stop begins
     leave_key: tuple[int, int] | None = None  # what our pending leave names
+    stay: bool = False  # `raftvip leave`: once handed over, withdraw and keep running
 
 
 @dataclass(frozen=True)
@@ -238,6 +254,8 @@ class LoopState:
     quorum_lost_for: float = 0.0
     exit_code: int | None = None  # set when the loop has finished
     bumped: bool = False  # the incarnation was raised past the group's (see _newer_incarnation)
+    left: bool = False  # `raftvip leave` is done: out of placement until the process restarts
+    leave_outcome: str | None = None  # how the handover before leaving ended
     applied_seen: int = 0  # the highest Raft index this member had applied, as last seen
     heard_at: float = -float("inf")  # when that index last advanced (we hear the leader)
 
@@ -282,15 +300,22 @@ def step(loop: LoopState, event: Event, now: float) -> tuple[LoopState, Effects]
                 loop, stop=evolve(loop.stop, exabgp_gone=True, reason="stdout closed")
             ), NO_EFFECTS
         case StopRequested():
-            # The first reason is the one reported; a fatal condition always exits 1.
+            # The first reason is the one reported; a fatal condition always exits 1; a
+            # stop ends a `raftvip leave` in progress by exiting once handed over.
             stop = evolve(
                 loop.stop,
                 reason=loop.stop.reason or event.reason,
                 fatal=loop.stop.fatal or event.fatal,
+                stay=False,
             )
             return (
                 (loop, NO_EFFECTS) if stop == loop.stop else (evolve(loop, stop=stop), NO_EFFECTS)
             )
+        case LeaveRequested():
+            if loop.stop.reason is not None or loop.left:
+                return loop, NO_EFFECTS
+            stop = evolve(loop.stop, reason="raftvip leave", stay=True)
+            return evolve(loop, stop=stop), NO_EFFECTS
         case ProposalDone():
             return _on_proposal(loop, event), NO_EFFECTS
     return loop, NO_EFFECTS  # pragma: no cover - the match is exhaustive
@@ -329,7 +354,9 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
     loop = _maybe_report(loop, tick.wall, now, out)
     loop = _reconcile(loop, tick.wall, now, out)
     done, loop = _done_leaving(loop, tick.wall, now, out)
-    if done:
+    if done and loop.stop.stay and not loop.stop.exabgp_gone:
+        loop = _left(loop, out)
+    elif done:
         return _shutdown(loop, tick.wall, now, out)
     return loop, out.effects(wake_at=_wake_at(loop, now))
 
@@ -414,8 +441,8 @@ def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:
 
 
 def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
-    if loop.stop.deadline is not None:
-        return loop  # leaving: a report would make this member alive again
+    if loop.stop.deadline is not None or loop.left:
+        return loop  # leaving or left: a report would make this member alive again
     if not loop.group.info.ready:
         return loop  # not caught up with the group yet: claiming health would attract VIPs
     cfg = loop.cfg
@@ -551,7 +578,14 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
     loop, expired = _handover_expired(loop, state, now, out)
     loop, resuming = _resuming(loop, state, out)
     inputs = inputs_for(
-        cfg, state, loop.health, view, loop.announced_set, expired, resuming=resuming
+        cfg,
+        state,
+        loop.health,
+        view,
+        loop.announced_set,
+        expired,
+        resuming=resuming,
+        left=loop.left,
     )
     # Pure lease renewals replace the state object but keep its owners: with thousands of
     # VIPs the loop does no work while nothing that decide reads has changed.
@@ -684,6 +718,35 @@ def _done_leaving(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[
         )
         return True, loop
     return False, loop
+
+
+def _left(loop: LoopState, out: _Out) -> LoopState:
+    """`raftvip leave` is done: withdraw what is left and stay out of placement (no more
+    reports) until this process restarts; a later stop just exits."""
+    state = loop.group.state
+    me = state.members.get(loop.cfg.me)
+    holding = any(a.owner == loop.cfg.me for a in state.owners.values()) or (
+        loop.cfg.me in state.handovers.values()
+    )
+    if me is None or me.alive:
+        outcome = "withdrew without a handover: the group did not take the leave"
+    elif holding:
+        outcome = "handover not confirmed within shutdown_timeout; withdrew anyway"
+    else:
+        outcome = "handed over"
+    out.lines.extend(plan({}, loop.announced))
+    out.log(
+        logging.INFO,
+        f"member={loop.cfg.me} left the group ({outcome}); it stays out until its process restarts",
+    )
+    return evolve(
+        loop,
+        left=True,
+        leave_outcome=outcome,
+        announced={},
+        announced_set=frozenset(),
+        stop=Stopping(),
+    )
 
 
 def _propose_leave(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[bool, LoopState]:

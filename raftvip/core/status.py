@@ -118,6 +118,12 @@ def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
         if v.get("pinned"):
             owner += " (pin)"
         lines.append(f"{vip:<26} {v['service']:<12} {owner:<10} {v['preferred'] or '-':<10} {here}")
+    if doc.get("left"):
+        lines += [
+            "",
+            f"{doc['member']} LEFT the group ({doc.get('leave_outcome')}): it announces "
+            "nothing until its process restarts",
+        ]
     maint = [name for name, s in doc["services"].items() if s["maintenance"]]
     if maint:
         lines += ["", "maintenance: " + ", ".join(maint)]
