@@ -9,7 +9,10 @@ alone writes to stdout (ExaBGP's channel), proposes, and logs what the core deci
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -55,6 +58,7 @@ class Snapshot:
     time: float  # wall clock
     left: bool = False  # `raftvip leave` is done
     leave_outcome: str | None = None
+    restart_outcome: str | None = None  # `raftvip restart`: asked | exiting | refused: ...
 
 
 class Extension(Protocol):
@@ -124,6 +128,7 @@ class Agent:
         self._loop: core.LoopState | None = None  # the loop thread's alone
         self._wake_at = 0.0
         self._signal: str | None = None
+        self._linger = 0.0
         self._status_lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._extensions: list[Extension] = []
@@ -138,7 +143,8 @@ class Agent:
                 signal.signal(signum, self._on_signal)
             for extension in self._extensions:
                 extension.start(self)
-            self._loop, effects = core.start(self.cfg, self._incarnation)
+            until = self._take_restart_note()
+            self._loop, effects = core.start(self.cfg, self._incarnation, restart_until=until)
             self._execute(effects)
             self.cluster.start()
             self._monitor.start()
@@ -153,6 +159,8 @@ class Agent:
             self._wake_at = self._clock()
             while self._loop.exit_code is None:
                 self._iterate()
+            if self._linger:
+                time.sleep(self._linger)
             return self._loop.exit_code
         finally:
             for extension in self._extensions:
@@ -225,8 +233,56 @@ class Agent:
             self.cluster.propose(proposal.cmd, callback=callback)
         if effects.wake_at is not None:
             self._wake_at = effects.wake_at
+        if effects.restart_until is not None:
+            self._leave_restart_note(effects.restart_until)
         if effects.linger:
-            time.sleep(effects.linger)  # let a last-moment leave reach the leader
+            # Slept once the loop has finished and its last snapshot is published: a
+            # last-moment leave reaches the leader, `raftvip restart` gets its answer.
+            self._linger = max(self._linger, effects.linger)
+
+    # --- restarts in place ---
+
+    @property
+    def _restart_note(self) -> str:
+        """A file in state_dir that a process restarting in place leaves to the next one."""
+        name = f"{self.cfg.cluster.name}-{self.cfg.me}.restarting"
+        return os.path.join(self.cfg.cluster.state_dir, name)
+
+    def _leave_restart_note(self, until: float) -> None:
+        try:
+            os.makedirs(self.cfg.cluster.state_dir, mode=0o700, exist_ok=True)
+            tmp = self._restart_note + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"incarnation": self._loop_incarnation(), "until": until}, f)
+            os.replace(tmp, self._restart_note)
+        except OSError as exc:
+            log.error("cannot leave the restart note %s: %s", self._restart_note, exc.strerror)
+
+    def _take_restart_note(self) -> float | None:
+        """The wall time until which the note of a process that restarted in place holds
+        (ExaBGP still carries its routes), or None. The note is used once."""
+        try:
+            with open(self._restart_note, encoding="utf-8") as f:
+                note = json.load(f)
+            os.unlink(self._restart_note)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("restart note %s unreadable (%s): a normal start", self._restart_note, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(self._restart_note)
+            return None
+        until = note.get("until") if isinstance(note, dict) else None
+        if not isinstance(until, int | float) or isinstance(until, bool):
+            return None
+        if until <= self._wall():
+            log.warning("member=%s: restart note too old: a normal start", self.cfg.me)
+            return None
+        log.info("member=%s: restarting in place: ExaBGP keeps our routes", self.cfg.me)
+        return float(until)
+
+    def _loop_incarnation(self) -> int:
+        return self._loop.incarnation if self._loop is not None else self._incarnation
 
     def _proposal_callback(self, tag: core.Tag) -> Callable[[Any, int], None]:
         """Raft tick thread: hand a tagged proposal's outcome back to the loop."""
@@ -246,6 +302,7 @@ class Agent:
             time=self._wall(),
             left=loop.left,
             leave_outcome=loop.leave_outcome,
+            restart_outcome=loop.restart[0] if loop.restart is not None else None,
         )
         with self._status_lock:
             self._snapshot = snapshot  # the status document is built on request
@@ -356,6 +413,7 @@ class Agent:
         )
         doc["left"] = snap.left
         doc["leave_outcome"] = snap.leave_outcome
+        doc["pid"] = os.getpid()
         for extension in self._extensions:
             try:
                 section = extension.status()
@@ -377,6 +435,8 @@ class Agent:
         state = self.cluster.state
         if op == "status":
             return self.status()
+        if op == "restart":
+            return self._restart()
         if op == "leave":
             self._events.put(core.LeaveRequested())
             return {"leaving": True}
@@ -407,6 +467,21 @@ class Agent:
         if op == "members_remove":
             return self._members_remove(_arg(request, "member"), bool(request.get("force")))
         raise RequestError(f"unknown op {op!r}")
+
+    def _restart(self) -> dict[str, Any]:
+        """Ask the loop to restart in place; answer once the group has the flag (the process
+        then exits, ExaBGP starts the next one) or the loop refused."""
+        self._events.put(core.RestartRequested())
+        deadline = time.monotonic() + core.RESTART_WAIT + 2.0
+        while time.monotonic() < deadline:
+            snap = self.snapshot
+            outcome = snap.restart_outcome if snap is not None else None
+            if outcome is not None and outcome.startswith("refused"):
+                raise RequestError(outcome)
+            if outcome == "exiting":
+                return {"restarting": True, "pid": os.getpid()}
+            time.sleep(0.01)
+        raise RequestError("the loop did not answer the restart request in time; nothing changed")
 
     def _members_add(self, name: str, address: str) -> dict[str, Any]:
         cmd = operator.members_add(

@@ -379,6 +379,53 @@ def leave(config_path: str, member: str | None, timeout: float | None) -> None:
 @main.command()
 @config_option
 @member_option
+@click.option(
+    "--timeout",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for the new process to answer.",
+)
+@domain_errors
+def restart(config_path: str, member: str | None, timeout: float) -> None:
+    """Restart this member's process in place (an upgrade), moving no VIP.
+
+    The member tells the group it is restarting and exits without withdrawing: ExaBGP keeps
+    its routes and starts the new process (possibly a new version), which takes over what
+    the old one announced. The group keeps the member's VIPs for 10 s; past that, it fails
+    over as for a crash. Not for a changed Raft address or a broken install (see README).
+    """
+    cfg = _client(config_path, member)
+    sock = cfg.cluster.control_socket
+    before = request(sock, {"op": "status"})
+    answer = request(sock, {"op": "restart"})
+    old_pid = answer.get("pid", before.get("pid"))
+    start = time.monotonic()
+    last_error = "no answer"
+    while time.monotonic() - start < timeout:
+        try:
+            doc = request(sock, {"op": "status"}, timeout=1.0)
+        except RaftvipError as exc:
+            last_error = str(exc)
+        else:
+            me = doc["members"].get(cfg.me, {})
+            if doc.get("pid") != old_pid and doc.get("ready") and me.get("alive"):
+                click.echo(
+                    f"{cfg.me} restarted in place in {time.monotonic() - start:.2f}s: "
+                    f"pid {old_pid} -> {doc.get('pid')}, it owns {me.get('vips', 0)} VIPs"
+                )
+                return
+            last_error = "the new process has not caught up with the group yet"
+        time.sleep(0.1)
+    raise click.ClickException(
+        f"{cfg.me}: no new process answered within {timeout:g}s ({last_error}); "
+        "the group fails over its VIPs 10 s after the restart began (see raftvip status)"
+    )
+
+
+@main.command()
+@config_option
+@member_option
 @click.argument("target", required=False)
 @domain_errors
 def undrain(config_path: str, member: str | None, target: str | None) -> None:

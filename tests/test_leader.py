@@ -10,6 +10,7 @@ import pytest
 from raftvip.config import Config
 from raftvip.core.leader import (
     FORM_GRACE,
+    RESTART_DEADLINE,
     LeaderBook,
     leader_tick,
     report_applied,
@@ -242,3 +243,15 @@ def test_after_a_full_restart_a_member_that_is_not_back_is_expired_within_a_seco
     assert found[0][1:] == ("lb3", "not back")
     earliest = 100.0 + cfg.raft.connection_timeout + cfg.raft.disconnect_grace
     assert earliest - 0.011 <= found[0][0] <= 100.05 + cfg.raft.connection_timeout + 0.04
+
+
+def test_a_restarting_member_keeps_its_vips_until_the_deadline_then_fails_over() -> None:
+    cfg = make_config(policy="withdraw")
+    state = group(cfg)
+    flagged = replace(state.members["lb2"], restarting=True)
+    state = replace(state, members={**state.members, "lb2": flagged})
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 100.0, True)  # links seen up
+    found = expiries_until(book, cfg, state, 100.01, 100.0 + RESTART_DEADLINE + 0.5, lb2=False)
+    lb2 = [(t, r) for t, m, r in found if m == "lb2"]  # (the others' leases lapse: no reports)
+    assert lb2[0][1] == "restart not done in time"
+    assert lb2[0][0] >= RESTART_DEADLINE - 0.02  # not for the dropped link, nor the lease

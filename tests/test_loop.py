@@ -23,9 +23,11 @@ from raftvip.core.state import (
     Expire,
     MemberState,
     Report,
+    SetRestarting,
     apply,
     encode_command,
 )
+from raftvip.testing.clock import FakeClock
 from raftvip.testing.config import make_config, service
 from raftvip.testing.driver import READY, LoopDriver
 
@@ -653,3 +655,88 @@ def test_a_stop_during_a_leave_exits_once_handed_over() -> None:
     driver.send(core.StopRequested("SIGTERM"))
     driver.run(driver.cfg.cluster.shutdown_timeout + 0.5)
     assert driver.loop.exit_code == 0 and not driver.loop.left
+
+
+# --- raftvip restart -------------------------------------------------------------------------
+
+
+def test_restart_flags_the_member_then_exits_without_withdrawing() -> None:
+    driver = started()
+    lines = len(driver.exabgp.lines)
+    driver.send(core.RestartRequested())
+    driver.tick()
+    (flag,) = [p.cmd for p in driver.proposals if isinstance(p.cmd, SetRestarting)]
+    assert flag.member == "lb1" and flag.incarnation == driver.loop.incarnation
+    # (auto_commit applied it) the state shows the flag: exit, routes left to ExaBGP
+    driver.tick()
+    assert driver.loop.exit_code == 0
+    assert len(driver.exabgp.lines) == lines and driver.announced() == {"10.0.0.1"}
+    assert driver.restart_until is not None
+    assert driver.restart_until > driver.clock.wall() + 5.0
+
+
+def test_restart_is_refused_without_the_group() -> None:
+    driver = started()
+    driver.auto_commit = False
+    driver.run(1.5)  # cut off: nobody would keep this member's VIPs
+    driver.send(core.RestartRequested())
+    driver.tick()
+    assert driver.loop.restart is not None and driver.loop.restart[0].startswith("refused")
+    assert driver.loop.exit_code is None
+
+
+def test_a_restart_flag_that_does_not_commit_leaves_the_member_running() -> None:
+    driver = started()
+    driver.auto_commit = False
+    driver.send(core.RestartRequested())
+    driver.run(1.0)
+    assert driver.loop.exit_code is None
+    assert driver.loop.restart is not None and "did not commit" in driver.loop.restart[0]
+
+
+def restarted_state(owner_of_1: str = "lb1") -> ClusterState:
+    state = group_state(owners={"10.0.0.1": Assignment(owner_of_1, "preferred")})
+    lb1 = replace(state.members["lb1"], incarnation=1, seq=30, restarting=True)
+    return replace(state, members={**state.members, "lb1": lb1})
+
+
+@pytest.mark.parametrize("policy", ["hold", "withdraw"])
+def test_the_next_process_takes_over_the_routes_without_a_withdraw(policy: str) -> None:
+    cfg = make_config(policy=policy)  # type: ignore[arg-type]
+    clock = FakeClock()
+    driver = LoopDriver(
+        cfg,
+        restarted_state(),
+        info=replace(READY, ready=False),
+        clock=clock,
+        incarnation=2,
+        restart_until=clock.wall() + 9.0,
+    )
+    assert driver.exabgp.lines == []  # no withdraw-all at start: ExaBGP keeps the routes
+    driver.set_health("apex", "up")
+    driver.run(0.3)
+    assert driver.exabgp.lines == []  # nothing before it has caught up
+    driver.info = READY
+    driver.tick()  # caught up: it reports; once that commits it is in touch and resyncs
+    driver.tick()
+    assert driver.exabgp.lines[-1].startswith("announce route 10.0.0.1/32")
+    assert {line.split()[0] for line in driver.exabgp.lines} == {"withdraw", "announce"}
+    assert not any(line.startswith("withdraw route 10.0.0.1/") for line in driver.exabgp.lines)
+    assert driver.reason("10.0.0.1") == "owner"  # withdraw: not fenced, the group keeps it
+    driver.run(1.0)
+    me = driver.state.members["lb1"]
+    assert me.incarnation == 2 and not me.restarting  # its first report cleared the flag
+
+
+def test_a_restart_note_that_is_too_old_withdraws_everything() -> None:
+    clock = FakeClock()
+    driver = LoopDriver(
+        make_config(),
+        restarted_state(),
+        info=replace(READY, ready=False),
+        clock=clock,
+        incarnation=2,
+        restart_until=clock.wall() + 0.5,
+    )
+    driver.run(0.6)
+    assert driver.exabgp.lines == [f"withdraw route {v}/32 next-hop self" for v in VIPS]

@@ -156,3 +156,69 @@ def test_leave_then_sigterm_to_exabgp_leaves_no_vip_without_a_path_on_bird(
     # ExaBGP comes back: the member rejoins and takes its preferred VIP back by itself.
     topology.start_speaker(victim)
     wait_until(lambda: topology.single_path_owner(vip) == victim, 30, 0.02)
+
+
+# --- raftvip restart -------------------------------------------------------------------------
+
+
+def test_restart_in_place_moves_nothing_and_leaves_no_vip_without_a_path(
+    topology: Topology,  # noqa: F811 - the fixture
+) -> None:
+    """Under a real ExaBGP: the helper exits without withdrawing, ExaBGP keeps its routes and
+    starts the new one, which takes over. The router never lacks a path, nothing moves."""
+    group = topology.group
+    topology.bird.wait_established(timeout=20)
+    wait_until(
+        lambda: all(topology.single_path_owner(v) == m for v, m in group.preferred.items()),
+        30,
+        0.02,
+    )
+    victim = "lb2"
+    speaker = topology.speakers[victim]
+    (old_pid,) = speaker.helper_pids()
+    wrong: list[tuple[str, str | None]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for vip, owner in group.preferred.items():
+                now = topology.single_path_owner(vip)
+                if now != owner:
+                    wrong.append((vip, now))
+            time.sleep(0.001)
+
+    before = group.status("lb1")["commit_index"]
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = cli(group, victim, "restart")
+        assert result.returncode == 0, result.stderr
+        assert f"pid {old_pid} -> " in result.stdout
+        time.sleep(2.0)  # past preempt_delay: nothing moves later either
+    finally:
+        done.set()
+        sampler.join(5)
+    assert not wrong, f"paths changed during the restart: {wrong[:5]}"
+    (new_pid,) = speaker.helper_pids()
+    assert new_pid != old_pid
+    events = [e for e in group.status("lb1")["events"] if e["index"] > before]
+    assert not [e for e in events if e["kind"] == "owner"], events
+    assert any(e["detail"] == "restarting in place" for e in events)
+
+
+def test_a_restart_whose_next_process_never_comes_fails_over_after_the_deadline(
+    tmp_path: Path,
+) -> None:
+    with running_group(tmp_path, size=3) as group:
+        wait_until(lambda: settled(group), START)
+        vip = next(v for v, m in group.preferred.items() if m == "lb2")
+        # Nobody starts a new process (no ExaBGP here): the CLI says so after its timeout.
+        result = cli(group, "lb2", "restart", "--timeout", "2")
+        assert result.returncode == 1 and "no new process answered" in result.stderr
+        doc = group.status("lb1")
+        assert doc["members"]["lb2"]["alive"] is True  # the group keeps lb2 and its VIP
+        assert doc["vips"][vip]["owner"] == "lb2"
+        # After the deadline (10 s from the restart) it fails over as for a crash.
+        wait_until(lambda: group.status("lb1")["vips"][vip]["owner"] in ("lb1", "lb3"), 20, 0.1)
+        events = group.status("lb1")["events"]
+        assert any("restart not done in time" in e["detail"] for e in events)

@@ -25,6 +25,7 @@ from raftvip.core.state import (
     SetDrain,
     SetMaintenance,
     SetPin,
+    SetRestarting,
     apply,
     decode_command,
     encode_command,
@@ -145,6 +146,7 @@ COMMANDS: list[Command] = [
     Configure(1.0, (SPEC,), ADDRS),
     Configure(1.0, (SPEC,), ADDRS, forming=True),
     Form(1.5),
+    SetRestarting(2.0, "lb1", 7),
     report("lb1", 3, 2.5),
     Expire(3.0, "lb2", 7, 9, "lease"),
     SetMaintenance(4.0, "apex", True),
@@ -203,6 +205,7 @@ commands = st.one_of(
     st.builds(SetDrain, times, members, st.booleans()),
     st.builds(SetPin, times, vips, st.one_of(st.none(), members)),
     st.builds(Form, times),
+    st.builds(SetRestarting, times, members, ints),
 )
 
 
@@ -317,3 +320,14 @@ def test_only_the_bootstrap_configure_starts_a_formation() -> None:
     state = group("lb1", "lb2", "lb3")
     again = apply(state, Configure(9.0, (SPEC,), ADDRS, forming=True))
     assert again.formed and owners(again) == owners(state)
+
+
+def test_restarting_is_set_for_the_current_incarnation_and_cleared_by_the_next_report() -> None:
+    state = group("lb1", "lb2", "lb3")
+    lb2 = state.members["lb2"]
+    assert apply(state, SetRestarting(1.0, "lb2", lb2.incarnation + 1)) is state  # not it
+    flagged = apply(state, SetRestarting(1.0, "lb2", lb2.incarnation))
+    assert flagged.members["lb2"].restarting and owners(flagged) == owners(state)
+    assert state_from_wire(state_to_wire(flagged)).members["lb2"].restarting
+    back = apply(flagged, report("lb2", 1, 200.0, inc=lb2.incarnation + 1))
+    assert not back.members["lb2"].restarting and owners(back) == owners(state)

@@ -34,6 +34,9 @@ CONFIGURE_RETRY = 1.0
 # first saw one alive, whichever comes first (members that start within about a second of
 # each other all get their share of the first placement).
 FORM_GRACE = 1.0
+# `raftvip restart`: how long the leader keeps a restarting member that it cannot hear from
+# (its new process starts, catches up and reports within a second or two).
+RESTART_DEADLINE = 10.0
 
 
 def service_specs(cfg: Config) -> tuple[ServiceSpec, ...]:
@@ -67,6 +70,8 @@ class LeaderBook:
     expire_sent: Mapping[tuple[str, int, int], float] = field(default_factory=dict)
     configure_sent: float = 0.0
     forming_since: float | None = None  # a forming group: when a member was first alive
+    # member -> when this member first saw it restarting (its deadline counts from there)
+    restart_seen: Mapping[str, float] = field(default_factory=dict)
     form_sent: float = -float("inf")
 
 
@@ -159,12 +164,22 @@ def leader_tick(
     lease = cfg.cluster.lease
     grace = cfg.raft.disconnect_grace
     expire_sent = dict(book.expire_sent)
+    restarting = {
+        n: book.restart_seen.get(n, now) for n, m in state.members.items() if m.restarting
+    }
+    if restarting != book.restart_seen:
+        book = evolve(book, restart_seen=restarting)
     for name, member in state.members.items():
         if not member.alive:
             continue
         reason = None
         down_since = book.down_since.get(name)
-        if now - book.lease_seen.get(name, now) > lease:
+        if member.restarting:
+            # Its process is being replaced in place and ExaBGP keeps its routes: no expiry
+            # for a dropped link or a lapsed lease until the deadline; then as for a crash.
+            if now - restarting[name] > RESTART_DEADLINE:
+                reason = "restart not done in time"
+        elif now - book.lease_seen.get(name, now) > lease:
             reason = "lease"
         elif (
             name != cfg.me

@@ -31,12 +31,16 @@ from raftvip.core.decide import (
     reach_time,
     resync_lines,
 )
-from raftvip.core.exabgp import Route, StdinEvent
+from raftvip.core.exabgp import Route, StdinEvent, announce_line, route_for, withdraw_line
 from raftvip.core.group import EMPTY_GROUP, GroupObservation
+from raftvip.core.leader import RESTART_DEADLINE
 from raftvip.core.records import LogRecord
-from raftvip.core.state import ClusterState, Command, Confirm, Expire, Report
+from raftvip.core.state import ClusterState, Command, Confirm, Expire, Report, SetRestarting
 from raftvip.core.values import evolve
 
+RESTART_WAIT = 0.5  # `raftvip restart`: how long the flag may take to commit
+RESTART_MARGIN = 1.0  # the new process trusts the flag until this long before the deadline
+RESTART_LINGER = 0.2
 TICK = 0.1  # a failed report is retried after this
 IDLE = 0.4  # with nothing to do, the loop still steps this often (pause detection)
 CONFIRM_RETRY = 0.5  # a Confirm for the same VIP at most this often
@@ -94,6 +98,12 @@ class LeaveRequested:
 
 
 @dataclass(frozen=True)
+class RestartRequested:
+    """`raftvip restart`: tell the group this process is being replaced, then exit without
+    withdrawing (ExaBGP keeps the routes and starts the new process)."""
+
+
+@dataclass(frozen=True)
 class ReportTag:
     """A report of ours, sent at `sent` (monotonic)."""
 
@@ -126,6 +136,7 @@ Event = (
     | StdoutClosed
     | StopRequested
     | LeaveRequested
+    | RestartRequested
     | ProposalDone
 )
 
@@ -145,6 +156,8 @@ class Effects:
     logs: tuple[LogRecord, ...] = ()
     wake_at: float | None = None  # step again (Tick) no later than this
     linger: float = 0.0  # finished: wait this long before exiting
+    # finished for `raftvip restart`: leave the next process a note (until this wall time)
+    restart_until: float | None = None
 
 
 NO_EFFECTS = Effects()
@@ -256,15 +269,28 @@ class LoopState:
     bumped: bool = False  # the incarnation was raised past the group's (see _newer_incarnation)
     left: bool = False  # `raftvip leave` is done: out of placement until the process restarts
     leave_outcome: str | None = None  # how the handover before leaving ended
+    # `raftvip restart`: None, ("asked", since) while the flag commits, or the refusal
+    restart: tuple[str, float] | None = None
+    # A process that replaces one that restarted in place: ExaBGP still carries the old
+    # routes, so no withdraw-all at start; once caught up, one full resync. Trusted until
+    # this wall time (then as after a crash).
+    restart_until: float | None = None
+    resync_pending: bool = False
     applied_seen: int = 0  # the highest Raft index this member had applied, as last seen
     heard_at: float = -float("inf")  # when that index last advanced (we hear the leader)
 
 
-def start(cfg: Config, incarnation: int) -> tuple[LoopState, Effects]:
+def start(
+    cfg: Config, incarnation: int, restart_until: float | None = None
+) -> tuple[LoopState, Effects]:
     """The loop before the group starts: withdraw every managed VIP (stale routes of an
-    earlier run must not linger)."""
+    earlier run must not linger) — unless this process replaces one that restarted in place
+    (`restart_until`: the wall time until which its note holds), whose routes ExaBGP keeps:
+    then nothing until this member has caught up with the group."""
     health = {s.name: ("up" if s.check.kind == "none" else "down") for s in cfg.services}
     loop = LoopState(cfg=cfg, incarnation=incarnation, health=health)
+    if restart_until is not None:
+        return evolve(loop, restart_until=restart_until, resync_pending=True), Effects()
     lines = tuple(resync_lines(cfg))
     return evolve(loop, pipe=loop.pipe.written(lines)), Effects(lines=lines)
 
@@ -311,6 +337,8 @@ def step(loop: LoopState, event: Event, now: float) -> tuple[LoopState, Effects]
             return (
                 (loop, NO_EFFECTS) if stop == loop.stop else (evolve(loop, stop=stop), NO_EFFECTS)
             )
+        case RestartRequested():
+            return _restart_requested(loop, now)
         case LeaveRequested():
             if loop.stop.reason is not None or loop.left:
                 return loop, NO_EFFECTS
@@ -332,8 +360,17 @@ class _Out:
     def log(self, level: int, message: str) -> None:
         self.logs.append(LogRecord(level, message))
 
-    def effects(self, wake_at: float | None = None, linger: float = 0.0) -> Effects:
-        return Effects(tuple(self.lines), tuple(self.proposals), tuple(self.logs), wake_at, linger)
+    def effects(
+        self, wake_at: float | None = None, linger: float = 0.0, restart_until: float | None = None
+    ) -> Effects:
+        return Effects(
+            tuple(self.lines),
+            tuple(self.proposals),
+            tuple(self.logs),
+            wake_at,
+            linger,
+            restart_until,
+        )
 
 
 def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
@@ -353,6 +390,10 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
         )
     loop = _maybe_report(loop, tick.wall, now, out)
     loop = _reconcile(loop, tick.wall, now, out)
+    loop, restart = _restarting(loop, tick.wall, now, out)
+    if restart is not None:
+        # The linger lets the control socket answer `raftvip restart` before the exit.
+        return loop, out.effects(restart_until=restart, linger=RESTART_LINGER)
     done, loop = _done_leaving(loop, tick.wall, now, out)
     if done and loop.stop.stay and not loop.stop.exabgp_gone:
         loop = _left(loop, out)
@@ -443,6 +484,8 @@ def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:
 def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
     if loop.stop.deadline is not None or loop.left:
         return loop  # leaving or left: a report would make this member alive again
+    if loop.restart is not None and loop.restart[0] == "asked":
+        return loop  # restarting: a report would clear the flag
     if not loop.group.info.ready:
         return loop  # not caught up with the group yet: claiming health would attract VIPs
     cfg = loop.cfg
@@ -587,12 +630,30 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
         resuming=resuming,
         left=loop.left,
     )
+    if loop.restart_until is not None:
+        loop, inputs = _after_restart(loop, state, inputs, wall, out)
     # Pure lease renewals replace the state object but keep its owners: with thousands of
     # VIPs the loop does no work while nothing that decide reads has changed.
-    if inputs != loop.decided:
+    # (only once in touch with the group too: an unreachable view would withdraw it all)
+    resync = loop.resync_pending and inputs.ready and inputs.reachable
+    if inputs != loop.decided or resync:
         decisions = decide(cfg, inputs)
         desired = desired_routes(cfg, decisions)
-        lines = tuple(plan(desired, loop.announced))
+        if resync:
+            # Caught up after a restart in place: ExaBGP still carries whatever the previous
+            # process announced. Announce what we should (an update in place, no gap) and
+            # withdraw every other managed VIP.
+            out.log(logging.INFO, f"member={cfg.me} restarted in place: resyncing ExaBGP")
+            loop = evolve(loop, resync_pending=False)
+            others = [
+                withdraw_line(route_for(vip, svc.announce))
+                for svc in cfg.services
+                for vip in svc.vips
+                if vip not in desired
+            ]
+            lines = tuple(others + [announce_line(route) for route in desired.values()])
+        else:
+            lines = tuple(plan(desired, loop.announced))
         if lines:
             pipe = loop.pipe
             acked = set(pipe.acked)
@@ -612,6 +673,75 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
             inputs = evolve(inputs, announced=announced_set)
         loop = evolve(loop, decisions=decisions, decided=inputs)
     return _confirm(loop, state, wall, now, out)
+
+
+def _after_restart(
+    loop: LoopState, state: ClusterState, inputs: DecideInputs, wall: float, out: _Out
+) -> tuple[LoopState, DecideInputs]:
+    """This process replaces one that restarted in place (ExaBGP kept its routes)."""
+    cfg = loop.cfg
+    assert loop.restart_until is not None
+    if loop.reporting.renewed_at > -float("inf"):
+        return evolve(loop, restart_until=None), inputs  # our own report counts now
+    if wall >= loop.restart_until:
+        # The note is too old: the group may have expired us and given our VIPs away.
+        if loop.resync_pending:
+            out.log(logging.WARNING, f"member={cfg.me}: restart note expired; withdrawing")
+            lines = tuple(resync_lines(cfg))
+            out.lines.extend(lines)
+            loop = evolve(loop, pipe=loop.pipe.written(lines))
+        return evolve(loop, restart_until=None, resync_pending=False), inputs
+    me = state.members.get(cfg.me)
+    if me is not None and me.restarting:
+        # The group keeps us (and our lease) while the flag holds: no fence on our side.
+        inputs = evolve(inputs, fenced=False)
+    return loop, inputs
+
+
+def _restart_requested(loop: LoopState, now: float) -> tuple[LoopState, Effects]:
+    me = loop.group.state.members.get(loop.cfg.me)
+    why = None
+    if loop.stop.reason is not None or loop.left:
+        why = "refused: this member is stopping or has left"
+    elif me is None or not me.alive or me.incarnation != loop.incarnation:
+        why = "refused: this member is not in the group"
+    elif not reachable(loop, now):
+        why = "refused: no quorum (the group would not keep this member's VIPs)"
+    elif loop.restart is not None and loop.restart[0] == "asked":
+        return loop, NO_EFFECTS
+    if why is not None:
+        return evolve(loop, restart=(why, now)), NO_EFFECTS
+    return evolve(loop, restart=("ask", now)), NO_EFFECTS
+
+
+def _restarting(
+    loop: LoopState, wall: float, now: float, out: _Out
+) -> tuple[LoopState, float | None]:
+    """`raftvip restart`: propose the flag, and once the state shows it, finish without
+    withdrawing (the effects carry the note for the next process)."""
+    if loop.restart is None:
+        return loop, None
+    stage, since = loop.restart
+    cfg = loop.cfg
+    if stage == "ask":
+        out.proposals.append(Proposal(SetRestarting(wall, cfg.me, loop.incarnation)))
+        out.log(logging.INFO, f"member={cfg.me} restarting in place: telling the group")
+        return evolve(loop, restart=("asked", now)), None
+    if stage != "asked":
+        return loop, None
+    me = loop.group.state.members.get(cfg.me)
+    if me is not None and me.restarting and me.incarnation == loop.incarnation:
+        out.log(
+            logging.INFO,
+            f"member={cfg.me} exits for a restart in place: its routes stay announced; the "
+            f"group waits up to {RESTART_DEADLINE:g}s for the next process",
+        )
+        until = wall + RESTART_DEADLINE - RESTART_MARGIN
+        return evolve(loop, exit_code=0, restart=("exiting", now)), until
+    if now - since > RESTART_WAIT:
+        out.log(logging.WARNING, f"member={cfg.me}: the restart flag did not commit; staying")
+        return evolve(loop, restart=("refused: the group did not commit the flag", now)), None
+    return loop, None
 
 
 def _resuming(loop: LoopState, state: ClusterState, out: _Out) -> tuple[LoopState, bool]:

@@ -38,6 +38,10 @@ class MemberState:
     # Left on purpose (SIGTERM, ExaBGP stop): not alive, but still announcing until the new
     # owners of its VIPs confirm (make before break). Cleared by its next report.
     leaving: bool = False
+    # `raftvip restart`: its process is being replaced in place (ExaBGP keeps its routes);
+    # the leader does not expire it for its dropped link until a deadline. Cleared by the
+    # next process's first report, or by an expiry.
+    restarting: bool = False
 
     def is_healthy(self, service: str) -> bool:
         return self.healthy.get(service, False)
@@ -135,6 +139,15 @@ class Expire:
 
 
 @dataclass(frozen=True)
+class SetRestarting:
+    """`member` (as `incarnation`) is about to be replaced by a new process of its own."""
+
+    ts: float
+    member: str
+    incarnation: int
+
+
+@dataclass(frozen=True)
 class SetMaintenance:
     ts: float
     service: str
@@ -182,6 +195,7 @@ Command = (
     | Form
     | Report
     | Expire
+    | SetRestarting
     | SetMaintenance
     | SetDrain
     | SetPin
@@ -224,6 +238,8 @@ def encode_command(cmd: Command) -> bytes:
                 "seq": cmd.seq,
                 "reason": cmd.reason,
             }
+        case SetRestarting():
+            body = {"op": "restarting", "member": cmd.member, "inc": cmd.incarnation}
         case SetMaintenance():
             body = {"op": "maintenance", "service": cmd.service, "on": cmd.on}
         case SetDrain():
@@ -283,6 +299,8 @@ def decode_command(payload: bytes) -> Command:
             _int(body, "seq"),
             _str(body, "reason"),
         )
+    if op == "restarting":
+        return SetRestarting(ts, _str(body, "member"), _int(body, "inc"))
     if op == "maintenance":
         return SetMaintenance(ts, _str(body, "service"), _bool(body, "on"))
     if op == "drain":
@@ -402,6 +420,19 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
             return _report(state, cmd)
         case Expire():
             return _expire(state, cmd)
+        case SetRestarting():
+            member = state.members.get(cmd.member)
+            if (
+                member is None
+                or not member.alive
+                or member.restarting
+                or member.incarnation != cmd.incarnation
+            ):
+                return state
+            new = evolve(
+                state, members={**state.members, cmd.member: evolve(member, restarting=True)}
+            )
+            return _bump(new, [_event(state, cmd.ts, "alive", cmd.member, "restarting in place")])
         case SetMaintenance():
             if state.service(cmd.service) is None or (cmd.service in state.maintenance) == cmd.on:
                 return state
@@ -550,7 +581,7 @@ def _expire(state: ClusterState, cmd: Expire) -> ClusterState:
     if old is None or not old.alive or (old.incarnation, old.seq) != (cmd.incarnation, cmd.seq):
         return state  # renewed since the leader decided, or already expired
     leaving = cmd.reason == "leaving"
-    member = evolve(old, alive=False, leaving=leaving)
+    member = evolve(old, alive=False, leaving=leaving, restarting=False)
     new = evolve(state, members={**state.members, cmd.member: member})
     return _replace_and_place(
         state, new, cmd.ts, [_event(state, cmd.ts, "alive", cmd.member, f"expired ({cmd.reason})")]
@@ -666,6 +697,7 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
                 "since": dict(m.healthy_since),
                 "drained": m.drained,
                 "leaving": m.leaving,
+                "restarting": m.restarting,
             }
             for name, m in state.members.items()
         },
@@ -698,6 +730,7 @@ def state_from_wire(body: Any) -> ClusterState:
                     healthy_since=dict(m["since"]),
                     drained=bool(m["drained"]),
                     leaving=bool(m["leaving"]),
+                    restarting=bool(m.get("restarting", False)),
                 )
                 for name, m in body["members"].items()
             },

@@ -42,6 +42,7 @@ class LoopDriver:
         info: RaftInfo = READY,
         clock: FakeClock | None = None,
         incarnation: int = 1,
+        restart_until: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.state = state
@@ -55,7 +56,8 @@ class LoopDriver:
         self.logs: list[LogRecord] = []
         self.wake_at: float | None = None
         self.linger = 0.0
-        self.loop, effects = core.start(cfg, incarnation)
+        self.loop, effects = core.start(cfg, incarnation, restart_until=restart_until)
+        self.restart_until: float | None = None  # the note the loop asked to leave, if any
         self._carry_out(effects)
 
     # --- driving ---
@@ -142,6 +144,8 @@ class LoopDriver:
             self.wake_at = effects.wake_at
         if effects.linger:
             self.linger = effects.linger
+        if effects.restart_until is not None:
+            self.restart_until = effects.restart_until
         if self.auto_ack and self.exabgp.unacked:
             for ack in self.exabgp.acks():
                 self.loop, more = core.step(self.loop, core.StdinLine(ack), self.clock.now)
