@@ -233,6 +233,8 @@ class Agent:
             self.cluster.propose(proposal.cmd, callback=callback)
         if effects.wake_at is not None:
             self._wake_at = effects.wake_at
+        if effects.transfer_leadership:
+            self.cluster.transfer_leadership()
         if effects.restart_until is not None:
             self._leave_restart_note(effects.restart_until)
         if effects.linger:

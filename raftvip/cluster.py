@@ -62,6 +62,7 @@ class _Replica(SyncObj):  # type: ignore[misc]
         self._specs = service_specs(cfg)
         # Leader bookkeeping (tick thread only; every member tracks its links).
         self._book = LeaderBook(started_at=time.monotonic())
+        self.transfer_requested = False  # set by any thread, acted on by the tick thread
         conf.serializer = self._dump
         conf.deserializer = self._load
         others = [addr for name, addr in cfg.members.items() if name != cfg.me]
@@ -140,6 +141,9 @@ class _Replica(SyncObj):  # type: ignore[misc]
     # --- leader duties (tick thread) ---
 
     def _leader_tick(self) -> None:
+        if self.transfer_requested:
+            self.transfer_requested = False
+            self.transferLeadership(callback=self._on_transfer)
         try:
             links = {name: bool(self.isNodeConnected(node)) for name, node in self._nodes.items()}
             self._book, effects = leader_tick(
@@ -159,6 +163,11 @@ class _Replica(SyncObj):  # type: ignore[misc]
                 self.propose(cmd)
         except Exception:
             log.exception("leader duties failed; retrying next tick")
+
+    @staticmethod
+    def _on_transfer(_result: Any, err: int) -> None:
+        if err != 0:
+            log.info("raft leadership not handed over (%s)", outcome_of(err)[1])
 
     def propose(self, cmd: Command, callback: Callable[[Any, int], None] | None = None) -> None:
         self.submit(encode_command(cmd), callback=callback)
@@ -280,6 +289,12 @@ class RaftCluster:
         if not done.wait(timeout):
             return None
         return outcome[0]
+
+    def transfer_leadership(self) -> None:
+        """Hand Raft leadership to a caught-up follower now (TimeoutNow), before this member
+        goes: the group elects at once instead of after a timeout. Done on the tick thread
+        (pysyncobj's transferLeadership is not thread-safe)."""
+        self.replica.transfer_requested = True
 
     def change_membership(self, add: bool, address: str, timeout: float) -> str | None:
         """Add or remove a Raft peer (pysyncobj dynamic membership; one change at a time).

@@ -505,6 +505,24 @@ class RaftNode:
         for rid in sorted(waiting):
             waiting[rid](LEADER_CHANGED)
 
+    def transfer_leadership(self) -> None:
+        """pysyncobj's transferLeadership: TimeoutNow to the most caught-up connected
+        follower, if one has everything."""
+        if self.role != "leader":
+            return
+        candidates = [
+            (self.match_index.get(p, 0), p)
+            for p in self.peers
+            if self.sim.net.connected(self.name, p)
+        ]
+        if not candidates:
+            return
+        match, target = max(candidates)
+        if match != self.last_index():
+            return
+        self.sim.trace(f"{self.name} hands leadership to {target}")
+        self.sim.net.send(self.name, target, ("timeout_now", self.term))
+
     # -- proposals
 
     def propose(self, payload: bytes, callback: Callback | None) -> None:
@@ -537,6 +555,11 @@ class RaftNode:
 
     def receive(self, src: str, message: tuple[Any, ...]) -> None:
         kind = message[0]
+        if kind == "timeout_now":
+            if message[1] >= self.term and src == self.leader and self.role != "leader":
+                self.election_at = self.sim.now  # elect now
+                self._election_timer(self.generation)
+            return
         if kind == "append" or kind == "snapshot":
             self._on_append(src, message)
         elif kind == "append_ok":
@@ -770,6 +793,8 @@ class SimMember:
         self.on_resume: list[Callable[[], None]] = []
         self.wall_offset = 1_767_225_600.0 + sim.rng.uniform(-0.2, 0.2)
         self.pipe = FakeExabgp()
+        self.exabgp_up = False  # ExaBGP runs (and carries `pipe.rib`) even if the helper died
+        self.note: float | None = None  # the restart note in state_dir (Agent)
         self.loop: core.LoopState | None = None
         self.events: list[core.Event] = []
         self.loop_gen = 0
@@ -791,11 +816,18 @@ class SimMember:
     # -- process life
 
     def start(self) -> None:
+        """A new process. With ExaBGP still up (it respawned its helper) the routes stay;
+        otherwise a new ExaBGP: routers start from nothing."""
         self.running = True
         self.paused = False
-        self.pipe = FakeExabgp()  # a new ExaBGP session: routers start from nothing
+        if not self.exabgp_up:
+            self.pipe = FakeExabgp()
+            self.exabgp_up = True
         incarnation = int(self.wall() * 1_000_000)
-        self.loop, effects = core.start(self.cfg, incarnation)
+        until, self.note = self.note, None
+        if until is not None and until <= self.wall():
+            until = None  # Agent._take_restart_note: too old
+        self.loop, effects = core.start(self.cfg, incarnation, restart_until=until)
         self.events = []
         self.local = {
             s.name: ("up" if s.check.kind == "none" else "down") for s in self.cfg.services
@@ -809,12 +841,16 @@ class SimMember:
             self._health_report(service_name, ok)
         self.schedule_loop(self.sim.now + PROCESS)
 
-    def crash(self) -> None:
+    def crash(self, keep_routes: bool = False) -> None:
+        """The LB goes (its BGP sessions and routes with it), or with `keep_routes` only the
+        helper process: ExaBGP keeps announcing what it last had."""
         self.running = False
         self.paused = False
         self.inbox = []
         self.on_resume = []
-        self.pipe = FakeExabgp()  # the LB is gone: its BGP sessions and routes with it
+        if not keep_routes:
+            self.pipe = FakeExabgp()
+            self.exabgp_up = False
         self.loop = None
         self.fence = None
         self.raft.generation += 1
@@ -900,7 +936,7 @@ class SimMember:
         self._carry_out(effects)
         if loop.exit_code is not None:
             self.sim.trace(f"{self.name} exited {loop.exit_code}")
-            self.sim.exited(self, loop.exit_code)
+            self.sim.exited(self, loop.exit_code, effects.restart_until)
             return
         state = loop.group.state
         if (
@@ -931,6 +967,8 @@ class SimMember:
             if proposal.tag is not None:
                 callback = self._callback(proposal.tag)
             self.raft.propose(encode_command(proposal.cmd), callback)
+        if effects.transfer_leadership:
+            self.raft.transfer_leadership()
 
     def _deliver_acks(self, count: int) -> Callable[[], None]:
         pipe = self.pipe
@@ -1018,6 +1056,10 @@ class Sim:
         for name in self.names:
             self.members[name] = SimMember(self, name, self.cfgs[name])
         self.expected = Expected()
+        self.respawn: dict[str, float] = {}  # member -> when ExaBGP has its next process up
+        self.planned: tuple[str, str, set[str], float, int] | None = None  # 12, 13
+        self.planned_until: float | None = None
+        self.last_command = -1.0
         self.in_flight = 0  # operator commands awaiting their answer
         self.queued: list[tuple[str, str, str, bool]] = []
         self.unknown_outcome = False
@@ -1102,7 +1144,7 @@ class Sim:
     def refresh(self, member: SimMember) -> None:
         """Recompute what `member` contributes to `holders` / `routed`."""
         name = member.name
-        live = member.running and not member.paused
+        live = member.exabgp_up and not member.paused
         rib = member.pipe.rib
         for vip in self.vips:
             line = rib.get(vip) if live else None
@@ -1128,9 +1170,22 @@ class Sim:
             raise Violation(f"(9) {name} applied a different command at index {index}")
         self.applied_log[index] = entry.payload
 
-    def exited(self, member: SimMember, code: int) -> None:
+    def exited(self, member: SimMember, code: int, restart_until: float | None) -> None:
+        if restart_until is not None and code == 0:
+            # `raftvip restart`: the note, the exit without a withdraw; ExaBGP starts the next
+            # process (python and the Raft wrapper take a moment).
+            member.note = restart_until
+            member.crash(keep_routes=True)
+            delay = self.respawn.pop(member.name, 0.5)
+            self.sched.at(self.sched.now + delay, functools.partial(self.respawned, member))
+            return
         self.exits.append(f"{member.name} exited {code}")
         self.violation(f"(4) {member.name} exited with {code} unasked")
+
+    def respawned(self, member: SimMember) -> None:
+        if not member.running and member.exabgp_up:
+            member.start()
+            self.disturb()
 
     def routes_changed(self, member: SimMember) -> None:
         self.refresh(member)
@@ -1196,6 +1251,8 @@ class Sim:
             self.check_cold_start()
         if self.restarted_at is not None:
             self.check_full_restart()
+        if self.planned is not None:
+            self.check_planned()
         quiet = now - self.disturbed >= self.bound
         for vip in self.vips:
             holders = self.announcers(vip)
@@ -1203,6 +1260,8 @@ class Sim:
                 # 6: a member that reaches the group announces only what its own view of
                 # the log gives it (its VIP, or one it keeps until the new owner confirms)
                 seen = self.members[n].loop
+                if seen is not None and seen.resync_pending:
+                    continue  # restarted in place: ExaBGP keeps the old routes until a resync
                 if seen is not None and n not in (
                     seen.group.state.owner_of(vip),
                     seen.group.state.handovers.get(vip),
@@ -1438,6 +1497,76 @@ class Sim:
             self.sched.at(when, functools.partial(self.a_start, name))
         self.disturb(COLD_BOUND)
 
+    def a_restart_in_place(self, name: str, delay: float) -> None:
+        """`raftvip restart` on `name`; ExaBGP has the next process up `delay` later."""
+        m = self.members[name]
+        self.disturb()
+        if not m.running or m.paused or m.loop is None:
+            return
+        self.respawn[name] = delay
+        owned = {v for v, a in self.committed_state().owners.items() if a.owner == name}
+        self.planned = ("restart", name, owned, self.sched.now, m.loop.incarnation)
+        m.events.append(core.RestartRequested())
+        m.wake()
+
+    def a_leave(self, name: str) -> None:
+        """`raftvip leave` on `name` (ExecStop), then ExaBGP stops: see `a_stop`."""
+        m = self.members[name]
+        self.disturb()
+        if not m.running or m.paused or m.loop is None:
+            return
+        owned = {v for v, a in self.committed_state().owners.items() if a.owner == name}
+        self.planned = ("leave", name, owned, self.sched.now, m.loop.incarnation)
+        m.events.append(core.LeaveRequested())
+        m.wake()
+
+    def a_stop(self, name: str) -> None:
+        """systemd stops ExaBGP (SIGTERM): the LB's sessions and routes are gone."""
+        m = self.members[name]
+        if m.running:
+            m.crash()
+        self.disturb()
+        if self.planned is not None and self.planned[0] == "leave":
+            self.planned_until = self.sched.now + 1.0
+
+    def check_planned(self) -> None:
+        """12 (restart) / 13 (leave, then ExaBGP stopped): while a planned stop or restart
+        runs and nothing else happens, the VIPs it concerns keep an announcer at every instant,
+        and a restart moves none of them."""
+        assert self.planned is not None
+        kind, name, vips, began, incarnation = self.planned
+        now = self.sched.now
+        committed = self.committed_state()
+        member = committed.members.get(name)
+        if kind == "restart":
+            back = (
+                member is not None
+                and member.alive
+                and member.incarnation != incarnation
+                and not member.restarting
+            )
+            m = self.members[name]
+            if (
+                m.loop is not None
+                and m.loop.restart is not None
+                and m.loop.restart[0].startswith("refused")
+            ):
+                self.planned = None  # refused (no quorum, stopping): nothing to check
+                return
+            if back and now - began > 1.0:
+                self.planned = None
+                return
+            moved = [v for v in vips if committed.owner_of(v) != name]
+            commanded = self.last_command > began  # an operator's move is not the restart's
+            if moved and not commanded and member is not None and member.incarnation == incarnation:
+                self.violation(f"(12) restart of {name}: {moved} moved away")
+        elif self.planned_until is not None and now > self.planned_until:
+            self.planned = self.planned_until = None
+            return
+        dark = [v for v in vips if not self.routed[v]]
+        if dark and "apex" not in committed.maintenance and self.last_command <= began:
+            self.violation(f"(12/13) {kind} of {name}: {dark} without an announcer")
+
     def a_pause(self, name: str) -> None:
         m = self.members[name]
         if m.running and not m.paused:
@@ -1482,6 +1611,7 @@ class Sim:
         self.disturb()
 
     def a_command(self, via: str, kind: str, arg: str, on: bool) -> None:
+        self.last_command = self.sched.now
         if self.in_flight:
             # One operator: a command waits for the answer to the previous one (two that
             # race may be answered in another order than the log's).
@@ -1605,6 +1735,8 @@ FAULTS = (
     "keep_leader",
     "health",
     "full_restart",
+    "restart_in_place",
+    "leave_stop",
 )
 
 
@@ -1658,6 +1790,17 @@ def make_schedule(seed: int) -> Schedule:
         elif fault in ("leader_alone", "keep_leader"):
             mode = "alone" if fault == "leader_alone" else "keep_leader"
             actions += [(t, "cut_leader", (mode,)), (t + length + 0.5, "heal", ())]
+        elif fault == "restart_in_place":
+            actions += [(t, "restart_in_place", (victim, rng.uniform(0.2, 2.5)))]
+            length = 3.0
+        elif fault == "leave_stop":
+            stop = rng.uniform(0.3, 2.0)
+            actions += [
+                (t, "leave", (victim,)),
+                (t + stop, "stop", (victim,)),
+                (t + stop + length, "restart", (victim, 0.0)),
+            ]
+            length += stop
         elif fault == "health":
             actions += [(t, "health", (victim, False)), (t + length, "health", (victim, True))]
         elif fault == "full_restart":

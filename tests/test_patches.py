@@ -64,7 +64,10 @@ def test_the_private_attributes_the_patches_use_exist(module: object, cls: str) 
             ],
         ),
         (tcp_connection.TcpConnection, ["connect", "setSockoptKeepalive", "disconnect"]),
-        (syncobj.SyncObj, ["addOnTickCallback", "isNodeConnected", "_isLeader", "_getTerm"]),
+        (
+            syncobj.SyncObj,
+            ["addOnTickCallback", "isNodeConnected", "_isLeader", "_getTerm", "transferLeadership"],
+        ),
     ],
 )
 def test_the_methods_the_patches_override_or_call_exist(owner: type, names: list[str]) -> None:

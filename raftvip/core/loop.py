@@ -158,6 +158,9 @@ class Effects:
     linger: float = 0.0  # finished: wait this long before exiting
     # finished for `raftvip restart`: leave the next process a note (until this wall time)
     restart_until: float | None = None
+    # this member leads and is about to go (leave, restart): hand Raft leadership to a
+    # caught-up follower first, so the group elects at once instead of after a timeout
+    transfer_leadership: bool = False
 
 
 NO_EFFECTS = Effects()
@@ -356,6 +359,7 @@ class _Out:
         self.lines: list[str] = []
         self.proposals: list[Proposal] = []
         self.logs: list[LogRecord] = []
+        self.transfer = False
 
     def log(self, level: int, message: str) -> None:
         self.logs.append(LogRecord(level, message))
@@ -370,6 +374,7 @@ class _Out:
             wake_at,
             linger,
             restart_until,
+            self.transfer,
         )
 
 
@@ -484,7 +489,7 @@ def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:
 def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
     if loop.stop.deadline is not None or loop.left:
         return loop  # leaving or left: a report would make this member alive again
-    if loop.restart is not None and loop.restart[0] == "asked":
+    if loop.restart is not None and loop.restart[0] in ("asked", "leading"):
         return loop  # restarting: a report would clear the flag
     if not loop.group.info.ready:
         return loop  # not caught up with the group yet: claiming health would attract VIPs
@@ -707,7 +712,7 @@ def _restart_requested(loop: LoopState, now: float) -> tuple[LoopState, Effects]
         why = "refused: this member is not in the group"
     elif not reachable(loop, now):
         why = "refused: no quorum (the group would not keep this member's VIPs)"
-    elif loop.restart is not None and loop.restart[0] == "asked":
+    elif loop.restart is not None and loop.restart[0] in ("asked", "leading"):
         return loop, NO_EFFECTS
     if why is not None:
         return evolve(loop, restart=(why, now)), NO_EFFECTS
@@ -727,10 +732,17 @@ def _restarting(
         out.proposals.append(Proposal(SetRestarting(wall, cfg.me, loop.incarnation)))
         out.log(logging.INFO, f"member={cfg.me} restarting in place: telling the group")
         return evolve(loop, restart=("asked", now)), None
-    if stage != "asked":
+    if stage not in ("asked", "leading"):
         return loop, None
     me = loop.group.state.members.get(cfg.me)
-    if me is not None and me.restarting and me.incarnation == loop.incarnation:
+    flagged = me is not None and me.restarting and me.incarnation == loop.incarnation
+    if flagged and loop.group.info.is_leader and now - since <= RESTART_WAIT:
+        if stage != "leading":
+            out.transfer = True  # hand Raft leadership over before going
+            out.log(logging.INFO, f"member={cfg.me} hands Raft leadership over before restarting")
+            return evolve(loop, restart=("leading", now)), None
+        return loop, None
+    if flagged:
         out.log(
             logging.INFO,
             f"member={cfg.me} exits for a restart in place: its routes stay announced; the "
@@ -869,6 +881,10 @@ def _left(loop: LoopState, out: _Out) -> LoopState:
         logging.INFO,
         f"member={loop.cfg.me} left the group ({outcome}); it stays out until its process restarts",
     )
+    if loop.group.info.is_leader:
+        # Its process stops next: let the group elect now, not after an election timeout
+        # (the handover's commands are all in by now, so a follower is caught up).
+        out.transfer = True
     return evolve(
         loop,
         left=True,
@@ -900,6 +916,9 @@ def _shutdown(loop: LoopState, wall: float, now: float, out: _Out) -> tuple[Loop
     if not loop.stop.exabgp_gone:
         out.lines.extend(plan({}, loop.announced))
     out.log(logging.INFO, f"member={loop.cfg.me} stopped: {loop.stop.reason}")
+    if loop.group.info.is_leader and not loop.stop.exabgp_gone:
+        out.transfer = True  # the group elects now, not an election timeout after we go
+        linger = max(linger, LEAVE_LINGER)
     code = 1 if loop.stop.fatal else 0
     return evolve(loop, announced={}, announced_set=frozenset(), exit_code=code), out.effects(
         linger=linger
