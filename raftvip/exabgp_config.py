@@ -12,14 +12,47 @@ import ipaddress
 import os
 import re
 import shlex
+import subprocess
 import sys
 
 from raftvip.config import Config, NeighborConfig
 
 DEFAULT_BGP_PORT = 179
+EXABGP_VERSIONS = (4, 5)
+VERSION_TIMEOUT = 10.0  # `exabgp --version` imports all of ExaBGP: ~0.3 s, more on a busy host
+
+_VERSION_LINE = re.compile(r"^ExaBGP\s*:\s*(\d+)\.(\S+)", re.MULTILINE)
 
 _PROCESS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _BARE_WORD = re.compile(r"[A-Za-z0-9_./:=@%+-]+")
+
+
+def installed_exabgp_version(
+    binary: str = "exabgp", timeout: float = VERSION_TIMEOUT
+) -> tuple[int, str] | None:
+    """(major, full version) of the ExaBGP at `binary` (a path or a name on PATH), None when
+    there is none or it does not say.
+
+    4.2 answers `exabgp --version` (`ExaBGP : 4.2.21`); 5.0 answers `exabgp version` and
+    rejects `--version` with a usage error, so `--version` is asked first (4.2 would read
+    `version` as the name of a configuration file).
+    """
+    for argv in ([binary, "--version"], [binary, "version"]):
+        try:
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "exabgp_api_cli": "false"},
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        match = _VERSION_LINE.search(result.stdout)
+        if result.returncode == 0 and match is not None:
+            return int(match[1]), f"{match[1]}.{match[2]}"
+    return None
 
 
 def process_name(cfg: Config) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import json
 import os
@@ -36,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from raftvip.exabgp_config import installed_exabgp_version
 from raftvip.testing.wait import ProcessExited, WaitTimeout, wait_until
 
 DEFAULT_STOP_TIMEOUT = 5.0
@@ -484,15 +486,37 @@ class Bird:
 # ------------------------------------------------------------------------------------- ExaBGP
 
 
-def exabgp_binary() -> str:
-    """The `exabgp` beside this interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).parent / "exabgp"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("exabgp")
-    if found is None:
-        raise LabError("exabgp not found beside the interpreter or on PATH")
-    return found
+EXABGP4_BINARY = "/usr/sbin/exabgp"  # Debian 12's ExaBGP 4.2 (`apt-get install exabgp`)
+EXABGP_VERSIONS = (4, 5)
+
+
+def exabgp_binary(version: int = 5) -> str:
+    """The `exabgp` of major `version`: 5 is the one beside this interpreter (the venv's, pip's
+    5.0), else the one on PATH; 4 is Debian's at /usr/sbin/exabgp. LabError when it is missing
+    or is another version (`exabgp_version`)."""
+    if version not in EXABGP_VERSIONS:
+        raise ValueError(f"ExaBGP version: 4 or 5, got {version!r}")
+    if version == 4:
+        candidates = [EXABGP4_BINARY]
+        hint = "apt-get install exabgp"
+    else:
+        beside = Path(sys.executable).parent / "exabgp"
+        candidates = [str(beside)] if beside.exists() else []
+        found = shutil.which("exabgp")
+        if found is not None and found not in candidates:
+            candidates.append(found)
+        hint = "pip install exabgp==5.0.15"
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK) and exabgp_version(candidate) == version:
+            return candidate
+    raise LabError(f"ExaBGP {version} not found (looked at {candidates or 'PATH'}): {hint}")
+
+
+@functools.lru_cache(maxsize=8)
+def exabgp_version(binary: str) -> int | None:
+    """The major version of the ExaBGP at `binary` (4 or 5), None if it does not answer."""
+    found = installed_exabgp_version(binary)
+    return None if found is None else found[0]
 
 
 def exabgp_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -512,7 +536,11 @@ def exabgp_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class ExaBGP:
-    """`exabgp server CONF` in its own session; stdout and stderr go to `<name>.log`."""
+    """`exabgp CONF` in its own session; stdout and stderr go to `<name>.log`.
+
+    `exabgp CONF` is ExaBGP 4.2's command line, and 5.0 reads it as `exabgp server CONF`:
+    the same argv (and the same `exabgp_<section>_<key>` environment) runs either `version`.
+    """
 
     def __init__(
         self,
@@ -522,12 +550,14 @@ class ExaBGP:
         name: str = "exabgp",
         env: Mapping[str, str] | None = None,
         binary: str | None = None,
+        version: int = 5,
     ) -> None:
         self.workdir = Path(workdir)
         self.config_text = config_text
         self.name = name
         self.env = exabgp_env(env)
-        self.binary = binary or exabgp_binary()
+        self.version = version
+        self.binary = binary or exabgp_binary(version)
         self.config_path = self.workdir / f"{name}.conf"
         self.log_path = self.workdir / f"{name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -547,7 +577,7 @@ class ExaBGP:
         self.config_path.write_text(self.config_text)
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [self.binary, "server", str(self.config_path)],
+                [self.binary, str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
