@@ -595,3 +595,24 @@ def test_every_decision_reason_is_reached_in_process(reason: str) -> None:
     assert driver.reason(f"10.0.0.{vip}") == reason
     announced = f"10.0.0.{vip}" in driver.announced()
     assert announced == (reason in ("owner", "handover", "backup", "no_quorum_hold"))
+
+
+# --- the JSON encoder -----------------------------------------------------------------------
+
+
+def test_json_events_act_as_the_text_ones() -> None:
+    shutdown = (
+        '{ "exabgp": "5.0.0", "time": 1.5, "host" : "vm", "pid" : 3085, "ppid" : 3058, '
+        '"type": "notification", "notification": "shutdown" }'
+    )
+    driver = started()
+    update = '{ "exabgp": "5.0.0", "time": 1.5, "type": "update", "neighbor": { } }'
+    driver.send(core.StdinLine(parse_stdin_line(update)))
+    assert (logging.DEBUG, f"exabgp ignored stdin line={update!r}") in {
+        (r.level, r.message) for r in driver.logs
+    }
+    assert not [r for r in driver.logs if r.level >= logging.WARNING]
+    driver.send(core.StdinLine(parse_stdin_line(shutdown)))
+    driver.tick()
+    assert driver.loop.exit_code == 0
+    assert "member=lb1 stopped: ExaBGP shutdown" in driver.messages()

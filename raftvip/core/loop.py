@@ -392,6 +392,8 @@ def _on_stdin(loop: LoopState, event: StdinEvent) -> tuple[LoopState, Effects]:
         loop = evolve(loop, stop=evolve(loop.stop, exabgp_gone=True, reason="ExaBGP shutdown"))
     elif event.kind == "neighbor":
         out.log(logging.INFO, f"exabgp neighbor={event.neighbor} state={event.state}")
+    elif event.kind == "ignored":
+        out.log(logging.DEBUG, f"exabgp ignored stdin line={event.text!r}")
     elif event.kind == "unknown":
         out.log(logging.WARNING, f"exabgp unexpected stdin line={event.text!r}")
     return loop, out.effects()
