@@ -36,9 +36,10 @@ class Change:
 
 
 class SpeakerStub:
-    """Reads a member's stdout like ExaBGP: parses commands, acks each with `done`."""
+    """Reads a member's stdout like ExaBGP: parses commands, acks each with `answer` (`done`,
+    ExaBGP's default ack; `error` plays an ExaBGP that refuses every command)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], name: str, answer: str = "done") -> None:
         self.proc = proc
         self.name = name
         self.started = time.monotonic()
@@ -48,6 +49,7 @@ class SpeakerStub:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.ack = True
+        self.answer = answer.encode() + b"\n"
         self.thread = threading.Thread(target=self._read, daemon=True, name=f"stub-{name}")
         self.thread.start()
 
@@ -70,7 +72,7 @@ class SpeakerStub:
             if self.ack:
                 with contextlib.suppress(OSError, ValueError):
                     assert self.proc.stdin is not None
-                    self.proc.stdin.write(b"done\n")
+                    self.proc.stdin.write(self.answer)
                     self.proc.stdin.flush()
 
     def snapshot(self) -> set[str]:
@@ -213,7 +215,8 @@ backup_prepend = {backup_prepend}
 
     # --- process control ---
 
-    def start(self, name: str) -> Member:
+    def start(self, name: str, answer: str = "done") -> Member:
+        """Start member `name`; its stub acks every command with `answer`."""
         m = self.members[name]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("RAFTVIP_SECRET", None)
@@ -235,7 +238,7 @@ backup_prepend = {backup_prepend}
                 env=env,
             )
         m.stopped = False
-        m.stub = SpeakerStub(m.proc, name)
+        m.stub = SpeakerStub(m.proc, name, answer)
         m.history.append(m.stub)
         return m
 
