@@ -149,6 +149,7 @@ def test_handover_keeps_announcing_until_confirmed_then_withdraws() -> None:
         owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
         handovers={"10.0.0.1": "lb1"},
     )
+    written = len(driver.exabgp.lines)
     driver.run(0.3)
     assert driver.reason("10.0.0.1") == "handover"
     assert "10.0.0.1" in driver.announced()
@@ -156,6 +157,12 @@ def test_handover_keeps_announcing_until_confirmed_then_withdraws() -> None:
     driver.run(0.2)
     assert driver.reason("10.0.0.1") == "not_owner"
     assert driver.announced() == set()
+    # While handing over, the path carries GRACEFUL_SHUTDOWN (RFC 8326): a re-announce of
+    # the owner's path (implicit withdraw), then the withdraw once lb2 has confirmed.
+    assert driver.exabgp.lines[written:] == [
+        "announce route 10.0.0.1/32 next-hop self med 100 community [ 65001:100 65535:0 ]",
+        "withdraw route 10.0.0.1/32 next-hop self",
+    ]
 
 
 def test_an_unconfirmed_handover_ends_after_handover_timeout() -> None:

@@ -128,9 +128,18 @@ class Route:
         return f"{self.vip}/{32 if ':' not in self.vip else 128}"
 
 
+GRACEFUL_SHUTDOWN = "65535:0"  # RFC 8326's well-known community
+
+
 @functools.lru_cache(maxsize=1 << 16)  # routes are rebuilt for every VIP on every decision
-def route_for(vip: str, announce: AnnounceConfig, prepend: int = 0) -> Route:
+def route_for(
+    vip: str, announce: AnnounceConfig, prepend: int = 0, handover: bool = False
+) -> Route:
     """The route for `vip` with a service's attributes; `prepend` > 0 builds a backup path.
+
+    `handover`: the member keeps the VIP only until its new owner confirms; with
+    `announce.graceful_shutdown_community` the path also carries GRACEFUL_SHUTDOWN, which
+    routers honouring RFC 8326 rank last (local-pref 0), so traffic moves before the withdraw.
 
     A backup path puts `announce.local_as` `prepend` more times in front of the path the owner
     sends: AS-path length is transitive and compared before MED, so it survives a ToR.
@@ -150,11 +159,14 @@ def route_for(vip: str, announce: AnnounceConfig, prepend: int = 0) -> Route:
     next_hop = announce.next_hop
     if announce.next_hop6 is not None and ipaddress.ip_address(vip).version == 6:
         next_hop = announce.next_hop6
+    communities = tuple(announce.communities)
+    if handover and announce.graceful_shutdown_community and GRACEFUL_SHUTDOWN not in communities:
+        communities += (GRACEFUL_SHUTDOWN,)
     return Route(
         vip=vip,
         next_hop=next_hop,
         med=announce.med,
-        communities=tuple(announce.communities),
+        communities=communities,
         large_communities=tuple(announce.large_communities),
         extended_communities=tuple(announce.extended_communities),
         as_path=as_path,
