@@ -26,7 +26,7 @@ from raftvip.testing.bgplab import (
 )
 from raftvip.testing.group import Group, cli
 from raftvip.testing.wait import free_port, wait_until
-from tests.exabgp_versions import requires_exabgp4
+from tests.exabgp_versions import EXABGP_VERSIONS, requires_exabgp4
 
 pytestmark = pytest.mark.slow
 
@@ -355,3 +355,46 @@ def test_a_drain_moves_the_best_path_before_the_old_one_is_withdrawn(topology: T
     ]
     (new,) = topology.paths()[vip]
     assert new.communities == ("(65001,100)",) and new.local_pref == 100
+
+
+# An ExaBGP 6 stand-in: between a real ExaBGP and raftvip, it answers `error` where ExaBGP said
+# `done` (ExaBGP 6 without exabgp_api_version=4 refuses every classic command).
+_REFUSING_SHIM = """\
+import subprocess, sys, threading
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=sys.stdout)
+def pump():
+    for line in sys.stdin:
+        child.stdin.write(b"error\\n" if line.strip() == "done" else line.encode())
+        child.stdin.flush()
+threading.Thread(target=pump, daemon=True).start()
+sys.exit(child.wait())
+"""
+
+
+@pytest.mark.parametrize("version", EXABGP_VERSIONS)
+def test_under_an_exabgp_that_refuses_the_api_the_fix_is_logged_and_exabgp_stops(
+    tmp_path: Path, version: int
+) -> None:
+    """raftvip exits 1 at each start with the fix in the log; ExaBGP's respawn limit then
+    stops ExaBGP itself (exit 0: systemd's Restart=on-failure does not loop on it)."""
+    group = Group(tmp_path, size=3, router=("127.0.0.1", free_port("127.0.0.1"), ROUTER_AS))
+    member = group.members["lb1"]
+    shim = tmp_path / "refusing.py"
+    shim.write_text(_REFUSING_SHIM)
+    run = f"{sys.executable} {shim} {sys.executable} -m raftvip run -c {member.config}"
+    text = render_exabgp_config(load_config(str(member.config)), run, version)
+    speaker = ExaBGP(tmp_path / "lb1", text, name="lb1", version=version)
+    try:
+        speaker.start()
+        assert speaker.wait(60) == 0
+        log = speaker.log_text()
+    finally:
+        speaker.stop()
+    fatal = [line for line in log.splitlines() if " CRITICAL " in line]
+    starts = log.count("member=lb1 started: cluster=")
+    # Said once per start: the first and ExaBGP's respawns (5 in a 64 s window aligned to the
+    # wall clock, so 4.2 and 5.0 end after 5 or 6 starts, more across a window boundary).
+    assert len(fatal) == starts >= 5
+    assert all("Set exabgp_api_version=4 in ExaBGP's environment" in line for line in fatal)
+    assert "Too many death" in log
+    assert "Traceback" not in log

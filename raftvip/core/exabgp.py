@@ -1,6 +1,6 @@
 """ExaBGP text API: a pure formatter for route commands and a parser for what ExaBGP writes back.
 
-Formats verified against ExaBGP 5.0.15 talking to BIRD 2.0.12 (tests/test_bgplab.py):
+Formats verified against ExaBGP 5.0.15 and 4.2.21 talking to BIRD 2.0.12 (tests/test_bgplab.py):
 
 * commands (helper stdout), one per line:
   ``announce route 10.20.255.1/32 next-hop self med 100 community [ 65001:100 ]``,

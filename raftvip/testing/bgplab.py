@@ -4,7 +4,7 @@ Not a test module. Everything binds to 127.0.0.0/8 only; several BIRDs run side 
 different 127.x addresses (`strict bind`), and a BIRD may peer with another BIRD (LB -> ToR ->
 aggregation). Processes are started in their own session and always reaped by `stop()`.
 
-Facts this relies on (FIELD-NOTES.md, re-checked with BIRD 2.0.12 and ExaBGP 5.0.15):
+Facts this relies on (FIELD-NOTES.md, re-checked with BIRD 2.0.12, ExaBGP 5.0.15 and 4.2.21):
 * BIRD on loopback needs `multihop;` and an import filter setting `ifname = "lo"`, else every
   route is unreachable; `error wait time 1, 5;` keeps a dropped speaker from a 60 s lock-out.
 * An IPv6 channel over an IPv4 session needs `next hop address <ipv6>` for what BIRD exports
@@ -631,6 +631,12 @@ class ExaBGP:
                 cwd=self.workdir,
                 start_new_session=True,
             )
+
+    def wait(self, timeout: float) -> int:
+        """Wait for ExaBGP to exit by itself; its exit code (TimeoutExpired after `timeout`)."""
+        if self._proc is None:
+            raise LabError(f"{self.name} was not started")
+        return self._proc.wait(timeout=timeout)
 
     def helper_pids(self) -> list[int]:
         """ExaBGP's `process` helpers: its live children. ExaBGP starts each helper in a
