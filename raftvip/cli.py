@@ -132,8 +132,16 @@ def check_config(config_path: str, member: str | None) -> None:
 @config_option
 @member_option
 @click.option("--run", "run_command", default=None, help="Command ExaBGP should run.")
+@click.option(
+    "--exabgp-version",
+    type=click.Choice(["4", "5"]),
+    default=None,
+    help="ExaBGP 4 (4.2, Debian's) or 5 (5.0, pip's); default: the `exabgp` on PATH, else 5.",
+)
 @domain_errors
-def exabgp_config(config_path: str, member: str | None, run_command: str | None) -> None:
+def exabgp_config(
+    config_path: str, member: str | None, run_command: str | None, exabgp_version: str | None
+) -> None:
     """Print an ExaBGP config (process + neighbors with api) for this member."""
     from raftvip.exabgp_config import default_run_command, render_exabgp_config
 
@@ -141,7 +149,37 @@ def exabgp_config(config_path: str, member: str | None, run_command: str | None)
     command = run_command or cfg.exabgp.run or default_run_command(os.path.abspath(config_path))
     if member and "--member" not in command:
         command += f" --member {member}"
-    click.echo(render_exabgp_config(cfg, command), nl=False)
+    version = int(exabgp_version) if exabgp_version else _installed_exabgp_major()
+    click.echo(render_exabgp_config(cfg, command, version), nl=False)
+
+
+def _installed_exabgp_major() -> int:
+    """The major version of the `exabgp` on PATH, for `exabgp-config`; 5 with a note on stderr
+    when there is none (or it is one raftvip has no config for)."""
+    from raftvip.exabgp_config import installed_exabgp_version
+
+    found = installed_exabgp_version("exabgp")
+    if found is None:
+        click.echo(
+            "note: no `exabgp` on PATH answered `exabgp --version` / `exabgp version`: "
+            "writing the config for ExaBGP 5 (--exabgp-version 4 for Debian's ExaBGP 4.2)",
+            err=True,
+        )
+        return 5
+    major, full = found
+    if major < 4:
+        raise click.ClickException(
+            f"ExaBGP {full} (the `exabgp` on PATH) is too old: raftvip needs ExaBGP 4.2 or 5.x"
+        )
+    if major > 5:
+        click.echo(
+            f"note: ExaBGP {full} (the `exabgp` on PATH) is newer than raftvip knows: writing "
+            "the config for ExaBGP 5; run it with exabgp_api_version=4 in its environment "
+            "(ExaBGP 6 refuses the classic API otherwise)",
+            err=True,
+        )
+        return 5
+    return major
 
 
 def example_config_text() -> str:

@@ -91,6 +91,10 @@ class AnnounceConfig:
     # The AS number a backup announcement prepends (defaults to the first
     # [exabgp] neighbor's local_as); required when backup_prepend > 0.
     local_as: int | None = None
+    # RFC 8326: while a member keeps a VIP only for a handover, its path also carries the
+    # well-known GRACEFUL_SHUTDOWN community 65535:0, so routers that honour it (local-pref 0)
+    # move traffic to the new owner before the old path is withdrawn.
+    graceful_shutdown_community: bool = True
 
 
 @dataclass(frozen=True)
@@ -1007,6 +1011,9 @@ def _read_announce(r: _Reader, default_local_as: int | None) -> AnnounceConfig:
         as_path=tuple(asn for asn in as_path if asn is not None),
         backup_prepend=backup_prepend,
         local_as=local_as,
+        graceful_shutdown_community=_or(
+            r.boolean("graceful_shutdown_community"), defaults.graceful_shutdown_community
+        ),
     )
 
 

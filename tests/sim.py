@@ -1048,7 +1048,11 @@ class Sim:
             name: make_config(name, self.names, [svc], policy=schedule.policy, lease=LEASE)
             for name in self.names
         }
-        self.primary = {v: announce_line(route_for(v, svc.announce)) for v in vips}
+        # An owner's path, or the same path while handing over (with GRACEFUL_SHUTDOWN)
+        self.primary = {
+            v: {announce_line(route_for(v, svc.announce, handover=h)) for h in (False, True)}
+            for v in vips
+        }
         self.holders: dict[str, set[str]] = {v: set() for v in vips}
         self.routed: dict[str, set[str]] = {v: set() for v in vips}
         self.net = Net(self)
@@ -1153,7 +1157,7 @@ class Sim:
                 self.holders[vip].discard(name)
                 continue
             self.routed[vip].add(name)
-            if line == self.primary[vip]:
+            if line in self.primary[vip]:
                 self.holders[vip].add(name)
             else:
                 self.holders[vip].discard(name)
@@ -1241,7 +1245,7 @@ class Sim:
                 m.minority_rib |= set(m.pipe.rib)
             else:
                 new = set(m.pipe.rib) - m.minority_rib
-                primary_new = {v for v in new if m.pipe.rib[v] == self.primary[v]}
+                primary_new = {v for v in new if m.pipe.rib[v] in self.primary[v]}
                 if primary_new:
                     self.violation(
                         f"(6) {name} cut off in a minority since {m.minority_since:.3f} "

@@ -1,13 +1,15 @@
-"""Real ExaBGP 5 speakers, configured by `render_exabgp_config`, announcing to real BIRD 2 routers.
+"""Real ExaBGP speakers (pip's 5.0 and Debian's 4.2), configured by `render_exabgp_config`,
+announcing to real BIRD 2 routers.
 
 Proves that the formatter's lines and the rendered ExaBGP config work against a real router, and
-pins down the ExaBGP behaviour raftvip relies on (acks, neighbor events, shutdown, kill -9).
-Timings are printed (`pytest -s`), never asserted.
+pins down the ExaBGP behaviour raftvip relies on (acks, neighbor events in both encoders,
+shutdown, kill -9) under both versions. Timings are printed (`pytest -s`), never asserted.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from raftvip.testing.bgplab import (
     read_reply,
 )
 from raftvip.testing.wait import free_port
+from tests.exabgp_versions import EXABGP_VERSIONS
 
 ROUTER = "127.0.0.1"
 ROUTER_AS = 65000
@@ -119,8 +122,15 @@ def bird(tmp_path: Path, router_port: int) -> Iterator[Bird]:
 SpeakerFactory = Callable[..., Speaker]
 
 
+@pytest.fixture(params=EXABGP_VERSIONS)
+def exabgp_version(request: pytest.FixtureRequest) -> int:
+    """Every test with a speaker runs under ExaBGP 4.2 and 5.0."""
+    version: int = request.param
+    return version
+
+
 @pytest.fixture
-def start_speaker(tmp_path: Path) -> Iterator[SpeakerFactory]:
+def start_speaker(tmp_path: Path, exabgp_version: int) -> Iterator[SpeakerFactory]:
     """Start LB `number` with `initial` helper lines against a router; stopped at teardown."""
     started: list[Speaker] = []
 
@@ -130,12 +140,17 @@ def start_speaker(tmp_path: Path) -> Iterator[SpeakerFactory]:
         port: int,
         router: str = ROUTER,
         router_as: int = ROUTER_AS,
+        encoder: str = "text",
     ) -> Speaker:
         # A space in the helper's path checks that the rendered `run` quoting reaches argv intact.
         helper = ScriptedHelper(tmp_path / f"helper {number}", initial)
         cfg = speaker_config(tmp_path, number, router, router_as, port)
         text = render_exabgp_config(cfg, helper.run_command)
-        exabgp = ExaBGP(tmp_path / f"exabgp{number}", text, name=f"exabgp{number}")
+        if encoder != "text":
+            text = text.replace("encoder text;", f"encoder {encoder};")
+        exabgp = ExaBGP(
+            tmp_path / f"exabgp{number}", text, name=f"exabgp{number}", version=exabgp_version
+        )
         speaker = Speaker(number, exabgp, helper)
         started.append(speaker)
         exabgp.start()
@@ -345,12 +360,16 @@ def test_announce_withdraw_latency(bird: Bird, start_speaker: SpeakerFactory) ->
 
 
 @pytest.mark.slow
-def test_ipv6_next_hop_rules_over_ipv4_session(bird: Bird, start_speaker: SpeakerFactory) -> None:
+def test_ipv6_next_hop_rules_over_ipv4_session(
+    bird: Bird, start_speaker: SpeakerFactory, exabgp_version: int
+) -> None:
     lb11 = start_speaker(11, [], bird_port(bird))
     bird.wait_established(["lb11"], timeout=WAIT)
-    # `next-hop self` cannot resolve to an IPv6 address on an IPv4 session: ExaBGP acks `error`.
+    # `next-hop self` cannot resolve to an IPv6 address on an IPv4 session: ExaBGP 5 acks
+    # `error`; 4.2 acks `done` and the route never reaches the router.
     lb11.helper.send(f"announce route {VIP6}/128 next-hop self")
-    assert lb11.helper.wait_stdin(lambda lines: "error" in lines)
+    ack = "error" if exabgp_version == 5 else "done"
+    assert lb11.helper.wait_stdin(lambda lines: ack in lines)
     # An IPv4-mapped next hop is accepted by ExaBGP but rejected by BIRD ("mismatched address
     # family"); the marker route sent after it on the same session shows it has been processed.
     lb11.helper.send(
@@ -359,8 +378,9 @@ def test_ipv6_next_hop_rules_over_ipv4_session(bird: Bird, start_speaker: Speake
     )
     routes = bird.wait_routes(lambda r: "2001:db8::3/128" in r, timeout=WAIT)
     assert "2001:db8::2/128" not in routes
+    assert f"{VIP6}/128" not in routes
     assert "mismatched address family" in bird.log_text()
-    assert lb11.helper.wait_stdin(lambda lines: lines.count("done") == 2)
+    assert lb11.helper.wait_stdin(lambda lines: lines.count("done") == (2 if ack == "error" else 3))
 
 
 @pytest.mark.slow
@@ -385,21 +405,38 @@ def test_kill_9_of_one_speaker_drops_its_routes(bird: Bird, start_speaker: Speak
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["text", "json"])
 def test_sigterm_tells_the_helper_down_then_shutdown(
-    bird: Bird, start_speaker: SpeakerFactory
+    bird: Bird, start_speaker: SpeakerFactory, exabgp_version: int, encoder: str
 ) -> None:
-    lb11 = start_speaker(11, [announce_line(Route(VIP4))], bird_port(bird))
+    lb11 = start_speaker(11, [announce_line(Route(VIP4))], bird_port(bird), encoder=encoder)
     bird.wait_routes(lambda r: f"{VIP4}/32" in r, timeout=WAIT)
     pid = lb11.exabgp.pid
     stopped = time.monotonic()
     assert lb11.exabgp.stop() == 0
     print(f"\nSIGTERM -> ExaBGP exited in {(time.monotonic() - stopped) * 1000:.0f} ms")
-    events = [parse_stdin_line(line) for line in lb11.helper.stdin_lines()]
-    meaningful = [event for event in events if event.kind != "blank"]
-    down, shutdown = meaningful[-2:]
-    assert (down.kind, down.neighbor, down.state) == ("neighbor", "127.0.0.1", "down")
-    assert down.reason == "stop, message [shutting down]"
-    assert shutdown.kind == "shutdown" and shutdown.text.split()[1] == str(pid)
+    lines = lb11.helper.stdin_lines()
+    events = [parse_stdin_line(line) for line in lines]
+    # Every line is an ack, a blank (text only) or an event raftvip knows, in either encoder.
+    assert {event.kind for event in events} <= {"ack_done", "blank", "neighbor", "shutdown"}
+    assert ("blank" in {event.kind for event in events}) == (encoder == "text")
+    meaningful = [event for event in events if event.kind not in ("blank", "ack_done")]
+    connected, up, down, shutdown = meaningful
+    assert [(e.kind, e.neighbor, e.state) for e in (connected, up, down)] == [
+        ("neighbor", "127.0.0.1", "connected"),
+        ("neighbor", "127.0.0.1", "up"),
+        ("neighbor", "127.0.0.1", "down"),
+    ]
+    # ExaBGP 4.2 turns the brackets of a reason into parentheses in JSON.
+    if (exabgp_version, encoder) == (4, "json"):
+        assert down.reason == "stop, message (shutting down)"
+    else:
+        assert down.reason == "stop, message [shutting down]"
+    assert shutdown.kind == "shutdown"
+    if encoder == "text":
+        assert shutdown.text.split()[1] == str(pid)
+    else:
+        assert json.loads(lines[events.index(shutdown)])["pid"] == pid
     bird.wait_routes(lambda r: f"{VIP4}/32" not in r, timeout=WAIT)
 
 

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from raftvip.testing.bgplab import EXABGP4_BINARY, exabgp_binary
 from raftvip.testing.group import SECRET, Group
+from tests.exabgp_versions import requires_exabgp4
 
 
 def raftvip(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -81,6 +85,74 @@ def test_exabgp_config_prints_process_and_neighbor(tmp_path: Path) -> None:
     assert "peer-as 65000;" in out and "local-as 65013;" in out and "connect 1179;" in out
     assert "processes [ raftvip-test ];" in out
     assert SECRET not in out
+
+
+def _exabgp_config_with_path(
+    config: Path, path: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`raftvip exabgp-config` with PATH = `path`: what it finds there as `exabgp`."""
+    return raftvip("exabgp-config", "-c", str(config), *args, env={**os.environ, "PATH": path})
+
+
+@pytest.mark.parametrize(
+    ("found", "version"),
+    [
+        pytest.param(EXABGP4_BINARY, "ExaBGP 4.2", marks=requires_exabgp4, id="debian-4.2"),
+        pytest.param(None, "ExaBGP 5.0", id="pip-5.0"),
+    ],
+)
+def test_exabgp_config_writes_for_the_exabgp_on_path(
+    tmp_path: Path, found: str | None, version: str
+) -> None:
+    config = Group(tmp_path, size=3, router=("127.0.0.1", 1179, 65000)).members["lb1"].config
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "exabgp").symlink_to(found or exabgp_binary(5))
+    result = _exabgp_config_with_path(config, str(bin_dir))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[1].startswith(f"# For {version}")
+    # --exabgp-version wins over what is installed
+    other = "5" if version == "ExaBGP 4.2" else "4"
+    forced = _exabgp_config_with_path(config, str(bin_dir), "--exabgp-version", other)
+    assert forced.stdout.splitlines()[1].startswith(
+        "# For ExaBGP 5.0" if other == "5" else "# For ExaBGP 4.2"
+    )
+
+
+def test_exabgp_config_without_exabgp_writes_for_5_with_a_note(tmp_path: Path) -> None:
+    config = Group(tmp_path, size=3, router=("127.0.0.1", 1179, 65000)).members["lb1"].config
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _exabgp_config_with_path(config, str(empty))
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[1].startswith("# For ExaBGP 5.0")
+    assert "note: no `exabgp` on PATH" in result.stderr and "--exabgp-version 4" in result.stderr
+    bad = raftvip("exabgp-config", "-c", str(config), "--exabgp-version", "6")
+    assert bad.returncode == 2 and "'6' is not one of '4', '5'" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("says", "code", "message"),
+    [
+        # no ExaBGP 6 or 3 can run here: scripts that answer as they do
+        ("ExaBGP : 6.0.0", 0, "run it with exabgp_api_version=4"),
+        ("ExaBGP : 3.4.10", 1, "ExaBGP 3.4.10 (the `exabgp` on PATH) is too old"),
+    ],
+)
+def test_exabgp_config_for_an_exabgp_it_does_not_know(
+    tmp_path: Path, says: str, code: int, message: str
+) -> None:
+    config = Group(tmp_path, size=3, router=("127.0.0.1", 1179, 65000)).members["lb1"].config
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "exabgp"
+    script.write_text(f"#!/bin/sh\necho '{says}'\n")
+    script.chmod(0o755)
+    result = _exabgp_config_with_path(config, f"{bin_dir}:/usr/bin:/bin")
+    assert result.returncode == code
+    assert message in result.stderr
+    if code == 0:
+        assert result.stdout.splitlines()[1].startswith("# For ExaBGP 5.0")
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ large_communities = []
 extended_communities = []
 as_path = []
 backup_prepend = 0
-# optional: local_as
+# optional: local_as, graceful_shutdown_community (default true)
 
 [exabgp]
 neighbors = [{ address = "127.0.0.1", port = 1179, peer_as = 65000, local_address = "127.0.0.11", local_as = 65011 }]
@@ -374,6 +374,17 @@ def test_timing_boundaries_are_accepted(tmp_path: Path, base: dict[str, Any]) ->
     config = load_config(write_config(tmp_path, base), environ={})
     assert config.raft.connection_timeout == config.raft.max_timeout == 0.32
     assert config.services[0].check.timeout == config.services[0].check.interval
+
+
+def test_graceful_shutdown_community_is_on_unless_turned_off(
+    tmp_path: Path, base: dict[str, Any]
+) -> None:
+    assert load_config(write_config(tmp_path, base), environ={}).services[0].announce == (
+        AnnounceConfig(next_hop="self", med=100, communities=("65001:100",))
+    )
+    base["service"][0]["announce"]["graceful_shutdown_community"] = False
+    announce = load_config(write_config(tmp_path, base), environ={}).services[0].announce
+    assert announce.graceful_shutdown_community is False
 
 
 def test_backup_prepend_takes_local_as_from_the_first_neighbor(
@@ -845,6 +856,12 @@ BROKEN: list[tuple[str, Changes, str | list[str]]] = [
         "as-path-str",
         {"service/0/announce/as_path": ["65000"]},
         "service[0].announce.as_path[0]: expected an integer, got '65000'",
+    ),
+    (
+        "graceful-shutdown-str",
+        {"service/0/announce/graceful_shutdown_community": "no"},
+        "service[0].announce.graceful_shutdown_community: expected a boolean (true or false),"
+        " got 'no'",
     ),
     (
         "prepend-big",

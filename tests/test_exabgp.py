@@ -5,6 +5,7 @@ Expected lines are the ones verified against ExaBGP 5.0.15 + BIRD 2 (tests/test_
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import stat
@@ -29,6 +30,7 @@ from raftvip.core.exabgp import (
     MAX_EVENT_TEXT,
     Route,
     StdinEvent,
+    StdinKind,
     announce_line,
     parse_stdin_line,
     route_for,
@@ -42,6 +44,7 @@ from raftvip.exabgp_config import (
     render_exabgp_config,
 )
 from raftvip.testing.bgplab import exabgp_binary
+from tests.exabgp_versions import EXABGP_VERSIONS
 
 # ------------------------------------------------------------------------------------ routes
 
@@ -295,6 +298,126 @@ def test_parse_observed_lines(line: str, event: StdinEvent) -> None:
     assert parse_stdin_line(line) == event
 
 
+def _json_state(version: str, state: str, extra: str = "") -> str:
+    """An `encoder json` state event exactly as ExaBGP writes it (4.2 has no router-id)."""
+    router_id = ' "router-id": "127.0.0.11"' if version == "5.0.0" else ""
+    comma = "," if router_id else ""
+    return (
+        f'{{ "exabgp": "{version}", "time": 1796164408.7909255, "host" : "vm", "pid" : 3085, '
+        f'"ppid" : 3058, "counter": 1, "type": "state", "neighbor": {{ "address": {{ "local": '
+        f'"127.0.0.11", "peer": "127.0.0.1" }}, "asn": {{ "local": 65011, "peer": 65000 }}'
+        f'{comma}{router_id} , "state": "{state}"{extra} }} }}'
+    )
+
+
+def _json_shutdown(version: str) -> str:
+    return (
+        f'{{ "exabgp": "{version}", "time": 1796164409.8037474, "host" : "vm", "pid" : 3085, '
+        '"ppid" : 3058, "type": "notification", "notification": "shutdown" }'
+    )
+
+
+# Lines ExaBGP 5.0.15 ("5.0.0") and 4.2.21 ("4.0.1") wrote with `encoder json`
+# (tests/test_bgplab.py records them).
+OBSERVED_JSON = [
+    (_json_state("5.0.0", "connected"), "neighbor", "127.0.0.1", "connected", None),
+    (_json_state("5.0.0", "up"), "neighbor", "127.0.0.1", "up", None),
+    (
+        _json_state("5.0.0", "down", ', "reason": "stop, message [shutting down]"'),
+        "neighbor",
+        "127.0.0.1",
+        "down",
+        "stop, message [shutting down]",
+    ),
+    (_json_shutdown("5.0.0"), "shutdown", None, None, None),
+    (_json_state("4.0.1", "connected"), "neighbor", "127.0.0.1", "connected", None),
+    (_json_state("4.0.1", "up"), "neighbor", "127.0.0.1", "up", None),
+    (
+        # 4.2 turns brackets into parentheses in a JSON reason
+        _json_state("4.0.1", "down", ', "reason": "stop, message (shutting down)"'),
+        "neighbor",
+        "127.0.0.1",
+        "down",
+        "stop, message (shutting down)",
+    ),
+    (_json_shutdown("4.0.1"), "shutdown", None, None, None),
+]
+
+
+@pytest.mark.parametrize(("line", "kind", "neighbor", "state", "reason"), OBSERVED_JSON)
+def test_parse_json_events_as_the_text_ones(
+    line: str, kind: StdinKind, neighbor: str | None, state: str | None, reason: str | None
+) -> None:
+    assert parse_stdin_line(line + "\n") == StdinEvent(kind, line, neighbor, state, reason)
+
+
+def test_the_same_event_in_either_encoder_is_the_same_event() -> None:
+    for text, json_line in [
+        ("neighbor 127.0.0.1 up", _json_state("5.0.0", "up")),
+        (
+            "neighbor 127.0.0.1 down - stop, message [shutting down]",
+            _json_state("5.0.0", "down", ', "reason": "stop, message [shutting down]"'),
+        ),
+        ("shutdown 3085 3058", _json_shutdown("5.0.0")),
+    ]:
+        assert replace(parse_stdin_line(json_line), text="") == replace(
+            parse_stdin_line(text), text=""
+        )
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        # Messages an api block asks for beyond `neighbor-changes`: nothing to do, no warning.
+        ('{ "exabgp": "5.0.0", "type": "update", "neighbor": { "message": { } } }', "ignored"),
+        ('{ "exabgp": "5.0.0", "type": "keepalive", "neighbor": { } }', "ignored"),
+        ('{ "exabgp": "5.0.0", "type": "fsm", "neighbor": { "state": "ESTABLISHED" } }', "ignored"),
+        ('{ "exabgp": "5.0.0", "type": "negotiated", "neighbor": { } }', "ignored"),
+        # a BGP NOTIFICATION from the peer: the `down` event that follows is what counts
+        (
+            '{ "exabgp": "5.0.0", "type": "notification", "neighbor": { "notification": '
+            '{ "code": 6, "subcode": 2 } } }',
+            "ignored",
+        ),
+        ("neighbor 127.0.0.1 receive update start", "ignored"),
+        ("neighbor 127.0.0.1 send keepalive", "ignored"),
+        ("neighbor bogus receive update start", "unknown"),
+        # What raftvip cannot place: one warning each.
+        ('{ "exabgp": "6.0.0", "type": "something-new" }', "unknown"),
+        ('{ "type": "notification", "notification": "restart" }', "unknown"),
+        (
+            '{ "type": "state", "neighbor": { "address": { "peer": "x" }, "state": "up" } }',
+            "unknown",
+        ),
+        ('{ "type": "state", "neighbor": { "address": { "peer": "127.0.0.1" } } }', "unknown"),
+        ('{ "type": "state", "neighbor": "127.0.0.1", "state": "up" }', "unknown"),
+        (
+            '{ "type": "state", "neighbor": { "address": { "peer": "127.0.0.1" }, '
+            '"state": "UP" } }',
+            "unknown",
+        ),
+        ("{ not json", "unknown"),
+        ('["type", "state"]', "unknown"),
+        ("{}", "unknown"),
+        ("[" * 100_000, "unknown"),
+        ("{" * 100_000, "unknown"),
+    ],
+)
+def test_parse_json_and_message_edge_cases(line: str, kind: str) -> None:
+    event = parse_stdin_line(line)
+    assert event.kind == kind
+    assert event.neighbor is None and event.state is None
+
+
+def test_parse_json_keeps_the_reason_of_down_only() -> None:
+    up = _json_state("5.0.0", "up", ', "reason": "ignored on up"')
+    assert parse_stdin_line(up).reason is None
+    down = _json_state("5.0.0", "down", ', "reason": "' + "r" * 2000 + '"')
+    event = parse_stdin_line(down)
+    assert event.state == "down" and event.reason == "r" * MAX_EVENT_TEXT
+    assert parse_stdin_line(_json_state("5.0.0", "down", ', "reason": 7')).reason is None
+
+
 @pytest.mark.parametrize(
     ("line", "event"),
     [
@@ -313,7 +436,7 @@ def test_parse_observed_lines(line: str, event: StdinEvent) -> None:
         ("neighbor 127.0.0.1 up extra", StdinEvent("unknown", "neighbor 127.0.0.1 up extra")),
         (
             "neighbor 127.0.0.1 receive notification code 6",
-            StdinEvent("unknown", "neighbor 127.0.0.1 receive notification code 6"),
+            StdinEvent("ignored", "neighbor 127.0.0.1 receive notification code 6"),
         ),
         ("neighbor", StdinEvent("unknown", "neighbor")),
         ("shutdown now", StdinEvent("unknown", "shutdown now")),
@@ -335,10 +458,29 @@ def test_parse_truncates_long_lines() -> None:
     assert parse_stdin_line("y" * 10_000).text == "y" * MAX_EVENT_TEXT
 
 
-@given(st.one_of(st.text(), st.binary(), st.text(alphabet="neighbor 127.0.1:updownshut-\n\r\t")))
+@given(
+    st.one_of(
+        st.text(),
+        st.binary(),
+        st.text(alphabet="neighbor 127.0.1:updownshut-\n\r\t"),
+        st.text(alphabet='{}[]":, typestneighboraddrpu127.0.1shutdownotification'),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(["type", "neighbor", "address", "peer", "state", "reason"]),
+                    inner,
+                    max_size=4,
+                )
+            ),
+        ).map(json.dumps),
+    )
+)
 def test_parse_never_raises(line: str | bytes) -> None:
     event = parse_stdin_line(line)  # type: ignore[arg-type]
-    assert event.kind in ("ack_done", "ack_error", "neighbor", "shutdown", "blank", "unknown")
+    kinds = ("ack_done", "ack_error", "neighbor", "shutdown", "blank", "ignored", "unknown")
+    assert event.kind in kinds
     assert len(event.text) <= MAX_EVENT_TEXT
     assert event.text == event.text.strip()
     if event.kind == "neighbor":
@@ -390,6 +532,10 @@ def test_render_exact(tmp_path: Path) -> None:
     text = render_exabgp_config(cfg, "/usr/bin/raftvip run -c /etc/raftvip/raftvip.toml")
     assert text == (
         "# Generated by raftvip for cluster 'apex' member 'lb1'.\n"
+        "# For ExaBGP 5.0: run `exabgp FILE` (the same as `exabgp server FILE`), check it with\n"
+        "# `exabgp validate FILE`.\n"
+        "# Environment: exabgp_api_cli=false, exabgp_daemon_user=<the user owning state_dir>;\n"
+        "# keep acks on (exabgp_api_ack, the default): they are raftvip's only error signal.\n"
         "process raftvip-apex {\n"
         "    run /usr/bin/raftvip run -c /etc/raftvip/raftvip.toml;\n"
         "    encoder text;\n"
@@ -512,9 +658,16 @@ def test_next_hop_problems(tmp_path: Path) -> None:
     assert next_hop_problems(explicit) == []
 
 
-def _exabgp_validate(path: Path) -> subprocess.CompletedProcess[str]:
+def _exabgp_validate(path: Path, version: int) -> subprocess.CompletedProcess[str]:
+    """ExaBGP's own config check: 5.0's `exabgp validate`, 4.2's `exabgp --validate`."""
+    binary = exabgp_binary(version)
+    argv = (
+        [binary, "validate", "--neighbor", str(path)]
+        if version == 5
+        else [binary, "--validate", str(path)]
+    )
     return subprocess.run(
-        [exabgp_binary(), "validate", "--neighbor", str(path)],
+        argv,
         capture_output=True,
         text=True,
         timeout=30,
@@ -522,7 +675,8 @@ def _exabgp_validate(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_exabgp_validate_accepts_rendered_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", EXABGP_VERSIONS)
+def test_exabgp_validate_accepts_rendered_config(tmp_path: Path, version: int) -> None:
     second = NeighborConfig(
         address="127.0.0.2",
         peer_as=65100,
@@ -536,12 +690,29 @@ def test_exabgp_validate_accepts_rendered_config(tmp_path: Path) -> None:
     # a config path with a space exercises the quoting of the run words
     run = default_run_command(str(tmp_path / "my config.toml"))
     path = tmp_path / "exabgp.conf"
-    path.write_text(render_exabgp_config(cfg, run))
-    result = _exabgp_validate(path)
+    path.write_text(render_exabgp_config(cfg, run, version))
+    result = _exabgp_validate(path, version)
     assert result.returncode == 0, result.stdout + result.stderr
     # and validate does reject a broken file, so the check above can fail
-    path.write_text(render_exabgp_config(cfg, run).replace("peer-as 65000", "peer-as x"))
-    assert _exabgp_validate(path).returncode != 0
+    path.write_text(render_exabgp_config(cfg, run, version).replace("peer-as 65000", "peer-as x"))
+    assert _exabgp_validate(path, version).returncode != 0
     broken = replace(cfg, exabgp=replace(cfg.exabgp, process_name="other"))
-    path.write_text(render_exabgp_config(broken, "/nonexistent/raftvip run"))
-    assert _exabgp_validate(path).returncode != 0
+    path.write_text(render_exabgp_config(broken, "/nonexistent/raftvip run", version))
+    assert _exabgp_validate(path, version).returncode != 0
+
+
+def test_the_config_for_4_and_5_differs_only_in_how_to_run_it(tmp_path: Path) -> None:
+    """The blocks raftvip writes have one syntax in ExaBGP 4.2 and 5.0 (both validators accept
+    either); the header says how that version runs and checks the file."""
+    cfg = _config(tmp_path, neighbors=(TOR,), vips=("10.20.255.1", "2001:db8::1"))
+    four, five = (render_exabgp_config(cfg, "/bin/true", v) for v in (4, 5))
+
+    def body(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    assert body(four) == body(five)
+    assert "`exabgp --validate FILE`" in four and "ExaBGP 4.2" in four
+    assert "`exabgp validate FILE`" in five and "ExaBGP 5.0" in five
+    assert render_exabgp_config(cfg, "/bin/true") == five  # 5 unless told
+    with pytest.raises(ValueError, match=r"4 \(4\.2\) or 5 \(5\.0\), got 6"):
+        render_exabgp_config(cfg, "/bin/true", 6)

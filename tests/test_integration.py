@@ -230,3 +230,30 @@ def test_garbage_on_stdin_is_logged_and_survived(group3: Group) -> None:
     assert member.running
     assert group3.status("lb1")["member"] == "lb1"
     assert "Traceback" not in err
+
+
+def test_an_exabgp_that_refuses_the_classic_api_gets_the_fix_and_exit_one(tmp_path: Path) -> None:
+    """lb1's ExaBGP answers `error` to everything (ExaBGP 6 without exabgp_api_version=4):
+    lb1 says how to fix it and exits 1, at every start (ExaBGP restarts a helper that exits),
+    and its VIP is served by the others."""
+    group = Group(tmp_path, size=3)
+    try:
+        group.start("lb2")
+        group.start("lb3")
+        for start in (1, 2):
+            member = group.start("lb1", answer="error")
+            assert member.proc is not None and member.stub is not None
+            assert member.proc.wait(30) == 1
+            err = group.stderr("lb1")
+            fatal = [line for line in err.splitlines() if " CRITICAL " in line]
+            assert len(fatal) == start  # once per start
+            assert "Set exabgp_api_version=4 in ExaBGP's environment" in fatal[-1]
+            assert "or install ExaBGP 4.2 or 5.x" in fatal[-1]
+            # It wrote its start-up withdraws and nothing after ExaBGP refused them.
+            assert member.stub.lines == [f"withdraw route {v}/32 next-hop self" for v in group.vips]
+            assert "Traceback" not in err
+        vip = preferred_vip(group, "lb1")
+        wait_until(lambda: len(group.announcers(vip)) == 1, CONVERGE)
+        assert group.announcers(vip) <= {"lb2", "lb3"}
+    finally:
+        group.close()

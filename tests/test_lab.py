@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from deploy.labctl import Lab, LabState, Proc, Topology, alive, check_ports, children, main
-from raftvip.testing.bgplab import LabError
+from raftvip.testing.bgplab import LabError, exabgp_binary
+from tests.exabgp_versions import EXABGP_VERSIONS
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -306,28 +307,39 @@ def test_example_config_is_valid() -> None:
 
 
 def test_exabgp_conf_example_is_what_raftvip_prints() -> None:
-    result = _raftvip("exabgp-config", "-c", "deploy/raftvip.toml.example")
+    result = _raftvip("exabgp-config", "--exabgp-version", "5", "-c", "deploy/raftvip.toml.example")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (DEPLOY / "exabgp.conf.example").read_text()
 
 
-def test_exabgp_accepts_the_example(tmp_path: Path) -> None:
-    # `exabgp validate` checks that the `run` program exists: point it at one that does.
+@pytest.mark.parametrize("version", EXABGP_VERSIONS)
+def test_exabgp_accepts_the_example(tmp_path: Path, version: int) -> None:
+    # ExaBGP's check tests that the `run` program exists: point it at one that does.
     text = (DEPLOY / "exabgp.conf.example").read_text()
     assert "run /usr/local/bin/raftvip run -c /etc/raftvip/raftvip.toml;" in text
     conf = tmp_path / "exabgp.conf"
     conf.write_text(text.replace("/usr/local/bin/raftvip", shutil.which("true") or "/bin/true"))
-    exabgp = Path(sys.executable).parent / "exabgp"
+    check = ["validate", str(conf)] if version == 5 else ["--validate", str(conf)]
     result = subprocess.run(
-        [str(exabgp), "validate", str(conf)], capture_output=True, text=True, timeout=60
+        [exabgp_binary(version), *check],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "exabgp_api_cli": "false"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+UNIT = DEPLOY / "exabgp-raftvip.service"
+
+
 def test_systemd_unit_runs_exabgp_with_raftvip() -> None:
-    unit = (DEPLOY / "exabgp-raftvip.service").read_text().splitlines()
+    unit = UNIT.read_text().splitlines()
     settings = [line for line in unit if line and not line.startswith("#")]
-    assert "ExecStart=/usr/local/bin/exabgp server /etc/exabgp/exabgp.conf" in settings
+    # No path: systemd finds pip's /usr/local/bin/exabgp (5.0) or Debian's /usr/sbin (4.2);
+    # both read `exabgp FILE` as `run FILE`.
+    assert "ExecStart=exabgp /etc/raftvip/exabgp.conf" in settings
+    assert "Conflicts=exabgp.service" in settings  # Debian's own unit, from the same package
     assert "ExecStartPre=/usr/local/bin/raftvip check-config -c /etc/raftvip/raftvip.toml" in (
         settings
     )
@@ -340,3 +352,36 @@ def test_systemd_unit_runs_exabgp_with_raftvip() -> None:
     example = (DEPLOY / "raftvip.toml.example").read_text()
     assert 'state_dir = "/var/lib/raftvip"' in example
     assert 'control_socket = "/run/raftvip/' in example
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None and not os.environ.get("CI"),
+    reason="systemd-analyze is not installed",
+)
+@pytest.mark.parametrize("version", EXABGP_VERSIONS)
+def test_systemd_analyze_verifies_the_unit_with_either_exabgp(tmp_path: Path, version: int) -> None:
+    """`systemd-analyze verify` checks the unit's syntax and that its programs exist. The
+    paths it names are made to point at this host's raftvip and at the ExaBGP of `version`:
+    4.2 is Debian's /usr/sbin/exabgp, which the bare `exabgp` finds as systemd would (when no
+    /usr/local/bin/exabgp is in front of it); 5.0 is the venv's."""
+    text = UNIT.read_text()
+    raftvip = Path(sys.executable).parent / "raftvip"
+    text = text.replace("/usr/local/bin/raftvip", str(raftvip))
+    if version == 5 or os.path.exists("/usr/local/bin/exabgp"):
+        text = text.replace("ExecStart=exabgp ", f"ExecStart={exabgp_binary(version)} ")
+    else:
+        assert shutil.which("exabgp", path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin") == (
+            exabgp_binary(4)
+        )
+    unit = tmp_path / "exabgp-raftvip.service"
+    unit.write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    # and it does fail a unit whose ExaBGP is not there, so the check above can fail
+    unit.write_text(text.replace("ExecStart=", "ExecStart=/nonexistent/", 1))
+    broken = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert broken.returncode != 0 and "/nonexistent/" in broken.stderr

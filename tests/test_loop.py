@@ -30,6 +30,7 @@ from raftvip.core.state import (
 from raftvip.testing.clock import FakeClock
 from raftvip.testing.config import make_config, service
 from raftvip.testing.driver import READY, LoopDriver
+from raftvip.testing.exabgp import FakeExabgp
 
 VIPS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 ADDRESSES = {"lb1": "127.0.0.11:7801", "lb2": "127.0.0.12:7801", "lb3": "127.0.0.13:7801"}
@@ -150,6 +151,7 @@ def test_handover_keeps_announcing_until_confirmed_then_withdraws() -> None:
         owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
         handovers={"10.0.0.1": "lb1"},
     )
+    written = len(driver.exabgp.lines)
     driver.run(0.3)
     assert driver.reason("10.0.0.1") == "handover"
     assert "10.0.0.1" in driver.announced()
@@ -157,6 +159,12 @@ def test_handover_keeps_announcing_until_confirmed_then_withdraws() -> None:
     driver.run(0.2)
     assert driver.reason("10.0.0.1") == "not_owner"
     assert driver.announced() == set()
+    # While handing over, the path carries GRACEFUL_SHUTDOWN (RFC 8326): a re-announce of
+    # the owner's path (implicit withdraw), then the withdraw once lb2 has confirmed.
+    assert driver.exabgp.lines[written:] == [
+        "announce route 10.0.0.1/32 next-hop self med 100 community [ 65001:100 65535:0 ]",
+        "withdraw route 10.0.0.1/32 next-hop self",
+    ]
 
 
 def test_an_unconfirmed_handover_ends_after_handover_timeout() -> None:
@@ -740,3 +748,81 @@ def test_a_restart_note_that_is_too_old_withdraws_everything() -> None:
     )
     driver.run(0.6)
     assert driver.exabgp.lines == [f"withdraw route {v}/32 next-hop self" for v in VIPS]
+
+
+# --- an ExaBGP that does not take the classic API (ExaBGP 6 without exabgp_api_version=4) ----
+
+
+def test_an_error_for_the_first_route_command_stops_with_the_fix_and_exit_one() -> None:
+    rejecting = FakeExabgp()
+    rejecting.reject = True  # ExaBGP 6: `error` for every command, the start-up withdraws too
+    driver = LoopDriver(make_config(), group_state(), exabgp=rejecting)
+    written = list(driver.exabgp.lines)
+    assert written == [f"withdraw route {v}/32 next-hop self" for v in VIPS]
+    driver.set_health("apex", "up")
+    driver.run(2.0)
+    assert driver.loop.exit_code == 1
+    fatal = [r.message for r in driver.logs if r.level == logging.CRITICAL]
+    assert len(fatal) == 1  # said once, clearly; not once per rejected command
+    assert "exabgp_api_version=4" in fatal[0] and "exabgp>=5,<6" in fatal[0]
+    assert "'withdraw route 10.0.0.1/32 next-hop self'" in fatal[0]
+    # Nothing more was written to an ExaBGP that refuses it, and the group was not joined.
+    assert driver.exabgp.lines == written
+    assert not [p for p in driver.proposals if isinstance(p.cmd, Report)]
+    assert any("stopped: ExaBGP rejected the classic API" in m for m in driver.messages())
+
+
+def test_an_error_after_exabgp_accepted_a_command_is_only_logged() -> None:
+    driver = started()  # the start-up withdraws were acked `done`
+    driver.exabgp.reject = True
+    driver.update(version=2, owners={**driver.state.owners, "10.0.0.3": Assignment("lb1", "x")})
+    driver.run(0.5)
+    assert driver.loop.exit_code is None
+    assert any(
+        "exabgp rejected command='announce route 10.0.0.3/32" in m for m in driver.messages()
+    )
+    assert not [r for r in driver.logs if r.level == logging.CRITICAL]
+
+
+def test_a_rejected_ipv6_next_hop_self_does_not_count_as_the_wrong_api() -> None:
+    """ExaBGP 5 answers `error` to an IPv6 route with `next-hop self` over an IPv4 session
+    (a config problem that check-config reports): the next route command decides."""
+    cfg = make_config(services=[service(vips=("2001:db8::1", "10.0.0.1"))])
+    loop, effects = core.start(cfg, 1)
+    assert effects.lines == (
+        "withdraw route 2001:db8::1/128 next-hop self",
+        "withdraw route 10.0.0.1/32 next-hop self",
+    )
+    error, done = (
+        core.StdinLine(parse_stdin_line("error")),
+        core.StdinLine(parse_stdin_line("done")),
+    )
+    after_v6, _ = core.step(loop, error, 0.0)
+    assert after_v6.stop == core.Stopping()
+    # ExaBGP 5: the IPv4 withdraw is acked `done`; later errors are only logged.
+    accepted, _ = core.step(after_v6, done, 0.0)
+    later, effects = core.step(accepted, error, 0.0)
+    assert later.stop == core.Stopping() and effects.logs[0].level == logging.ERROR
+    # The wrong API: the IPv4 withdraw is refused too, and that one tells.
+    refused, effects = core.step(after_v6, error, 0.0)
+    assert refused.stop.fatal and refused.stop.exabgp_gone
+    (fatal,) = [r.message for r in effects.logs if r.level == logging.CRITICAL]
+    assert "'withdraw route 10.0.0.1/32 next-hop self'" in fatal
+
+
+def test_json_events_act_as_the_text_ones() -> None:
+    shutdown = (
+        '{ "exabgp": "5.0.0", "time": 1.5, "host" : "vm", "pid" : 3085, "ppid" : 3058, '
+        '"type": "notification", "notification": "shutdown" }'
+    )
+    driver = started()
+    update = '{ "exabgp": "5.0.0", "time": 1.5, "type": "update", "neighbor": { } }'
+    driver.send(core.StdinLine(parse_stdin_line(update)))
+    assert (logging.DEBUG, f"exabgp ignored stdin line={update!r}") in {
+        (r.level, r.message) for r in driver.logs
+    }
+    assert not [r for r in driver.logs if r.level >= logging.WARNING]
+    driver.send(core.StdinLine(parse_stdin_line(shutdown)))
+    driver.tick()
+    assert driver.loop.exit_code == 0
+    assert "member=lb1 stopped: ExaBGP shutdown" in driver.messages()

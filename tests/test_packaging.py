@@ -116,7 +116,7 @@ def test_the_installed_wheel_works_outside_the_checkout(dist: Path, tmp_path: Pa
     checked = run("raftvip", "check-config", "-c", str(config))
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, "OK\n", "")
 
-    exabgp = run("raftvip", "exabgp-config", "-c", str(config))
+    exabgp = run("raftvip", "exabgp-config", "--exabgp-version", "5", "-c", str(config))
     assert exabgp.returncode == 0, exabgp.stderr
     assert exabgp.stdout == (REPO / "deploy" / "exabgp.conf.example").read_text()
 

@@ -18,7 +18,7 @@ from raftvip.core.decide import (
     plan,
     resync_lines,
 )
-from raftvip.core.exabgp import Route, route_for
+from raftvip.core.exabgp import GRACEFUL_SHUTDOWN, Route, route_for
 from raftvip.core.placement import Assignment, ServiceSpec
 from raftvip.core.state import ClusterState, MemberState
 
@@ -156,6 +156,46 @@ def test_desired_routes_and_plan_lines() -> None:
         "announce route 10.0.0.1/32 next-hop self med 100 community [ 65001:100 ]",
     ]
     assert plan(desired, desired) == []
+
+
+def test_a_handover_path_carries_graceful_shutdown_and_replaces_the_owner_path() -> None:
+    """RFC 8326: while lb1 keeps 10.0.0.1 only until lb2 confirms, its path also carries
+    65535:0; moving from the owner's path to it is a re-announce (implicit withdraw)."""
+    cfg = config()
+    owned = desired_routes(cfg, decide(cfg, inputs_for(cfg, state(), UP, OK, set())))
+    moved = state(
+        owners={"10.0.0.1": Assignment("lb2", "drain"), "10.0.0.2": Assignment("lb2", "x")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+    decisions = decide(cfg, inputs_for(cfg, moved, UP, OK, {"10.0.0.1"}))
+    assert decisions["10.0.0.1"].reason == "handover"
+    handing = desired_routes(cfg, decisions)
+    assert plan(handing, owned) == [
+        "announce route 10.0.0.1/32 next-hop self med 100 community [ 65001:100 65535:0 ]"
+    ]
+    # Confirmed: the handover ends with the withdraw.
+    done = state(owners=moved.owners)
+    assert plan(
+        desired_routes(cfg, decide(cfg, inputs_for(cfg, done, UP, OK, {"10.0.0.1"}))), handing
+    ) == ["withdraw route 10.0.0.1/32 next-hop self"]
+    # The owner's path does not carry it.
+    assert GRACEFUL_SHUTDOWN not in owned["10.0.0.1"].communities
+
+
+@pytest.mark.parametrize(
+    ("announce", "communities"),
+    [
+        (ANNOUNCE, ("65001:100", "65535:0")),
+        (AnnounceConfig(), ("65535:0",)),
+        (AnnounceConfig(communities=("65535:0", "65001:1")), ("65535:0", "65001:1")),  # no twice
+        (replace(ANNOUNCE, graceful_shutdown_community=False), ("65001:100",)),
+    ],
+)
+def test_graceful_shutdown_community_of_a_handover_route(
+    announce: AnnounceConfig, communities: tuple[str, ...]
+) -> None:
+    assert route_for("10.0.0.1", announce, handover=True).communities == communities
+    assert route_for("10.0.0.1", announce).communities == announce.communities
 
 
 def test_resync_withdraws_every_managed_vip() -> None:

@@ -217,7 +217,12 @@ def desired_routes(cfg: Config, decisions: Mapping[str, Decision]) -> dict[str, 
         for vip in service.vips:
             decision = decisions.get(vip)
             if decision is not None and decision.announce:
-                routes[vip] = route_for(vip, service.announce, prepend=decision.prepend)
+                # A handover path carries GRACEFUL_SHUTDOWN (RFC 8326); moving into it from the
+                # owner's path is a re-announce (implicit withdraw), as any attribute change.
+                handover = decision.reason == "handover"
+                routes[vip] = route_for(
+                    vip, service.announce, prepend=decision.prepend, handover=handover
+                )
     return routes
 
 

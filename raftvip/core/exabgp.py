@@ -1,6 +1,6 @@
 """ExaBGP text API: a pure formatter for route commands and a parser for what ExaBGP writes back.
 
-Formats verified against ExaBGP 5.0.15 talking to BIRD 2.0.12 (tests/test_bgplab.py):
+Formats verified against ExaBGP 5.0.15 and 4.2.21 talking to BIRD 2.0.12 (tests/test_bgplab.py):
 
 * commands (helper stdout), one per line:
   ``announce route 10.20.255.1/32 next-hop self med 100 community [ 65001:100 ]``,
@@ -13,12 +13,18 @@ Formats verified against ExaBGP 5.0.15 talking to BIRD 2.0.12 (tests/test_bgplab
   event followed by an empty line; answers to ``version``/``show ...`` are free text then ``done``.
   Acks of ``announce``/``withdraw route`` commands come in command order, but a line ExaBGP
   cannot parse at all (and ``version``) is answered at once, ahead of queued route commands.
+* helper stdin (``encoder json``, ExaBGP 4.2 and 5.0 alike): every event is one JSON object on
+  one line, ``{"exabgp": "5.0.0", ..., "type": "state", "neighbor": {"address": {"local": ...,
+  "peer": "127.0.0.1"}, ..., "state": "down", "reason": "..."}}`` and ``{..., "type":
+  "notification", "notification": "shutdown"}``, with no empty line after it; acks stay plain
+  ``done`` / ``error``.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -122,9 +128,18 @@ class Route:
         return f"{self.vip}/{32 if ':' not in self.vip else 128}"
 
 
+GRACEFUL_SHUTDOWN = "65535:0"  # RFC 8326's well-known community
+
+
 @functools.lru_cache(maxsize=1 << 16)  # routes are rebuilt for every VIP on every decision
-def route_for(vip: str, announce: AnnounceConfig, prepend: int = 0) -> Route:
+def route_for(
+    vip: str, announce: AnnounceConfig, prepend: int = 0, handover: bool = False
+) -> Route:
     """The route for `vip` with a service's attributes; `prepend` > 0 builds a backup path.
+
+    `handover`: the member keeps the VIP only until its new owner confirms; with
+    `announce.graceful_shutdown_community` the path also carries GRACEFUL_SHUTDOWN, which
+    routers honouring RFC 8326 rank last (local-pref 0), so traffic moves before the withdraw.
 
     A backup path puts `announce.local_as` `prepend` more times in front of the path the owner
     sends: AS-path length is transitive and compared before MED, so it survives a ToR.
@@ -144,11 +159,14 @@ def route_for(vip: str, announce: AnnounceConfig, prepend: int = 0) -> Route:
     next_hop = announce.next_hop
     if announce.next_hop6 is not None and ipaddress.ip_address(vip).version == 6:
         next_hop = announce.next_hop6
+    communities = tuple(announce.communities)
+    if handover and announce.graceful_shutdown_community and GRACEFUL_SHUTDOWN not in communities:
+        communities += (GRACEFUL_SHUTDOWN,)
     return Route(
         vip=vip,
         next_hop=next_hop,
         med=announce.med,
-        communities=tuple(announce.communities),
+        communities=communities,
         large_communities=tuple(announce.large_communities),
         extended_communities=tuple(announce.extended_communities),
         as_path=as_path,
@@ -180,7 +198,9 @@ def withdraw_line(route: Route) -> str:
     return f"withdraw route {route.prefix} next-hop {route.next_hop}"
 
 
-StdinKind = Literal["ack_done", "ack_error", "neighbor", "shutdown", "blank", "unknown"]
+# "ignored": a message ExaBGP sends only when its api block asks for more than raftvip needs
+# (`receive { update; }`, `negotiated;`, `fsm;`, ...): nothing to act on, nothing to warn about.
+StdinKind = Literal["ack_done", "ack_error", "neighbor", "shutdown", "blank", "ignored", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -195,29 +215,41 @@ class StdinEvent:
 
 
 _NEIGHBOR_STATES = ("connected", "up", "down")
+# Text messages of a neighbor's api `send`/`receive` options: `neighbor <ip> receive update ...`.
+_MESSAGE_DIRECTIONS = ("receive", "send")
+# Every other `"type"` ExaBGP 4.2 and 5.0 write with `encoder json` (reactor/api/response/json.py).
+# A "notification" with a "neighbor" is a BGP NOTIFICATION; the `down` event that follows says it.
+_IGNORED_JSON_TYPES = frozenset(
+    {"update", "keepalive", "open", "refresh", "operational", "negotiated", "fsm", "signal"}
+)
 
 
 def parse_stdin_line(line: str) -> StdinEvent:
-    """Classify one line from ExaBGP (text encoder). Never raises; unknown lines are "unknown"."""
+    """Classify one line from ExaBGP (text or JSON encoder). Never raises; unknown lines are
+    "unknown"."""
     if isinstance(line, bytes | bytearray):  # tolerate a reader that forgot to decode
         line = bytes(line).decode("utf-8", errors="replace")
     if not isinstance(line, str):
         return StdinEvent(kind="unknown", text="")
     stripped = line.strip()
-    text = stripped[:MAX_EVENT_TEXT]
+    text = stripped[:MAX_EVENT_TEXT].rstrip()
     if not stripped:
         return StdinEvent(kind="blank", text="")
     if stripped == "done":
         return StdinEvent(kind="ack_done", text=text)
     if stripped == "error":
         return StdinEvent(kind="ack_error", text=text)
+    if stripped.startswith("{"):
+        return _parse_json_event(stripped, text)
     words = stripped.split(maxsplit=3)
     if words[0] == "shutdown" and all(word.isdigit() for word in words[1:]) and len(words) <= 3:
         return StdinEvent(kind="shutdown", text=text)
+    if words[0] == "neighbor" and len(words) >= 3 and words[2] in _MESSAGE_DIRECTIONS:
+        kind: StdinKind = "unknown" if _address(words[1]) is None else "ignored"
+        return StdinEvent(kind=kind, text=text)
     if words[0] == "neighbor" and len(words) >= 3 and words[2] in _NEIGHBOR_STATES:
-        try:
-            address = ipaddress.ip_address(words[1]).compressed
-        except ValueError:
+        address = _address(words[1])
+        if address is None:
             return StdinEvent(kind="unknown", text=text)
         state = words[2]
         rest = words[3] if len(words) > 3 else ""
@@ -234,3 +266,48 @@ def parse_stdin_line(line: str) -> StdinEvent:
             reason=reason[:MAX_EVENT_TEXT] or None,
         )
     return StdinEvent(kind="unknown", text=text)
+
+
+def _address(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return ipaddress.ip_address(value).compressed
+    except ValueError:
+        return None
+
+
+def _parse_json_event(stripped: str, text: str) -> StdinEvent:
+    """One `encoder json` event: the same kinds as the text encoder's lines."""
+    unknown = StdinEvent(kind="unknown", text=text)
+    try:
+        message = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return unknown
+    if not isinstance(message, dict):
+        return unknown
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        return unknown
+    if kind == "notification" and message.get("notification") == "shutdown":
+        return StdinEvent(kind="shutdown", text=text)
+    neighbor = message.get("neighbor")
+    if kind == "state" and isinstance(neighbor, dict):
+        addresses = neighbor.get("address")
+        peer = _address(addresses.get("peer")) if isinstance(addresses, dict) else None
+        state = neighbor.get("state")
+        if peer is None or not isinstance(state, str) or state not in _NEIGHBOR_STATES:
+            return unknown
+        reason = neighbor.get("reason")
+        if state != "down" or not isinstance(reason, str) or not reason:
+            reason = None
+        return StdinEvent(
+            kind="neighbor",
+            text=text,
+            neighbor=peer,
+            state=state,
+            reason=None if reason is None else reason[:MAX_EVENT_TEXT],
+        )
+    if kind in _IGNORED_JSON_TYPES or (kind == "notification" and isinstance(neighbor, dict)):
+        return StdinEvent(kind="ignored", text=text)
+    return unknown

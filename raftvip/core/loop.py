@@ -281,6 +281,7 @@ class LoopState:
     resync_pending: bool = False
     applied_seen: int = 0  # the highest Raft index this member had applied, as last seen
     heard_at: float = -float("inf")  # when that index last advanced (we hear the leader)
+    exabgp_accepted: bool = False  # ExaBGP acked a command of ours with `done`
 
 
 def start(
@@ -393,12 +394,13 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
             f"member={cfg.me} was paused for {now - last:.1f}s (the group may have expired "
             "it): withdrawing until the group has heard from it again",
         )
-    loop = _maybe_report(loop, tick.wall, now, out)
-    loop = _reconcile(loop, tick.wall, now, out)
-    loop, restart = _restarting(loop, tick.wall, now, out)
-    if restart is not None:
-        # The linger lets the control socket answer `raftvip restart` before the exit.
-        return loop, out.effects(restart_until=restart, linger=RESTART_LINGER)
+    if not loop.stop.exabgp_gone:  # else nobody takes our lines: only leave (`_shutdown`)
+        loop = _maybe_report(loop, tick.wall, now, out)
+        loop = _reconcile(loop, tick.wall, now, out)
+        loop, restart = _restarting(loop, tick.wall, now, out)
+        if restart is not None:
+            # The linger lets the control socket answer `raftvip restart` before the exit.
+            return loop, out.effects(restart_until=restart, linger=RESTART_LINGER)
     done, loop = _done_leaving(loop, tick.wall, now, out)
     if done and loop.stop.stay and not loop.stop.exabgp_gone:
         loop = _left(loop, out)
@@ -453,21 +455,54 @@ def _on_stdin(loop: LoopState, event: StdinEvent) -> tuple[LoopState, Effects]:
     out = _Out()
     if event.kind == "ack_done":
         pipe, _line = loop.pipe.pop()
-        loop = evolve(loop, pipe=pipe)
+        loop = evolve(loop, pipe=pipe, exabgp_accepted=True)
     elif event.kind == "ack_error":
         pipe, line = loop.pipe.pop()
         vip = _route_vip(line) if line is not None else None
         if vip is not None:
             pipe = evolve(pipe, acked=pipe.acked - {vip})  # ExaBGP does not carry it
-        out.log(logging.ERROR, f"exabgp rejected command={line or '<unknown>'!r}")
         loop = evolve(loop, pipe=pipe)
+        rejected = f"exabgp rejected command={line or '<unknown>'!r}"
+        if loop.stop.exabgp_gone:  # stopping, or refusing our API (said once): no flood
+            out.log(logging.DEBUG, rejected)
+        elif not loop.exabgp_accepted and line is not None and _any_exabgp_takes(line):
+            loop = _wrong_api(loop, line, out)
+        else:
+            out.log(logging.ERROR, rejected)
     elif event.kind == "shutdown":
         loop = evolve(loop, stop=evolve(loop.stop, exabgp_gone=True, reason="ExaBGP shutdown"))
     elif event.kind == "neighbor":
         out.log(logging.INFO, f"exabgp neighbor={event.neighbor} state={event.state}")
+    elif event.kind == "ignored":
+        out.log(logging.DEBUG, f"exabgp ignored stdin line={event.text!r}")
     elif event.kind == "unknown":
         out.log(logging.WARNING, f"exabgp unexpected stdin line={event.text!r}")
     return loop, out.effects()
+
+
+def _any_exabgp_takes(line: str) -> bool:
+    """A route command that ExaBGP 4.2 and 5.x accept whatever the sessions are: anything but
+    an IPv6 route with `next-hop self` (5.x answers `error` over an IPv4 session)."""
+    vip = _route_vip(line)
+    return vip is not None and (":" not in vip or " next-hop self" not in line)
+
+
+def _wrong_api(loop: LoopState, line: str, out: _Out) -> LoopState:
+    """ExaBGP refused our first route command: it does not speak the API raftvip writes
+    (ExaBGP 6 answers a bare `announce route` with `error` unless told `exabgp_api_version=4`).
+    Every later command would fail too: stop at once, exit 1, and say how to fix it. Nothing is
+    handed over (ExaBGP carries nothing of ours) and nothing more is written to it."""
+    out.log(
+        logging.CRITICAL,
+        f"member={loop.cfg.me}: ExaBGP answered `error` to raftvip's first command {line!r}: "
+        "this ExaBGP does not take the classic text API (ExaBGP 6 uses a new one by default). "
+        "Set exabgp_api_version=4 in ExaBGP's environment (e.g. Environment=exabgp_api_version=4 "
+        "in its systemd unit), or install ExaBGP 4.2 or 5.x (pip install 'exabgp>=5,<6'); "
+        "exiting with status 1",
+    )
+    reason = "ExaBGP rejected the classic API (set exabgp_api_version=4 or pin ExaBGP 5.x)"
+    stop = evolve(loop.stop, exabgp_gone=True, fatal=True, reason=loop.stop.reason or reason)
+    return evolve(loop, stop=stop)
 
 
 def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:

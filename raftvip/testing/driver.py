@@ -43,12 +43,15 @@ class LoopDriver:
         clock: FakeClock | None = None,
         incarnation: int = 1,
         restart_until: float | None = None,
+        exabgp: FakeExabgp | None = None,
     ) -> None:
+        """`exabgp`: the fake ExaBGP to start against (e.g. one with `reject` set, so that
+        even the start-up withdraws are answered `error`)."""
         self.cfg = cfg
         self.state = state
         self.info = info
         self.clock = clock or FakeClock()
-        self.exabgp = FakeExabgp()
+        self.exabgp = exabgp or FakeExabgp()
         self.auto_ack = True
         self.auto_commit = True
         self.proposals: list[core.Proposal] = []

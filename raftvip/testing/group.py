@@ -22,6 +22,7 @@ from typing import Any
 
 from raftvip.control import request
 from raftvip.errors import ControlError
+from raftvip.testing.bgplab import lab_ipv6_next_hop
 from raftvip.testing.wait import free_port
 
 SECRET = "test-secret-0123456789abcdef"
@@ -36,9 +37,10 @@ class Change:
 
 
 class SpeakerStub:
-    """Reads a member's stdout like ExaBGP: parses commands, acks each with `done`."""
+    """Reads a member's stdout like ExaBGP: parses commands, acks each with `answer` (`done`,
+    ExaBGP's default ack; `error` plays an ExaBGP that refuses every command)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], name: str, answer: str = "done") -> None:
         self.proc = proc
         self.name = name
         self.started = time.monotonic()
@@ -48,6 +50,7 @@ class SpeakerStub:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.ack = True
+        self.answer = answer.encode() + b"\n"
         self.thread = threading.Thread(target=self._read, daemon=True, name=f"stub-{name}")
         self.thread.start()
 
@@ -70,7 +73,7 @@ class SpeakerStub:
             if self.ack:
                 with contextlib.suppress(OSError, ValueError):
                     assert self.proc.stdin is not None
-                    self.proc.stdin.write(b"done\n")
+                    self.proc.stdin.write(self.answer)
                     self.proc.stdin.flush()
 
     def snapshot(self) -> set[str]:
@@ -120,10 +123,13 @@ class Group:
         zookeeper: str = "",
         metrics: bool = False,
         backup_prepend: int = 0,
+        ipv6_vips: int = 0,
     ) -> None:
         """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
         member lbN then speaks from its own 127.0.0.x address as AS 65010 + N.
-        `zookeeper`: the body of a [zookeeper] section added to every member's config."""
+        `zookeeper`: the body of a [zookeeper] section added to every member's config.
+        `ipv6_vips`: IPv6 VIPs 2001:db8::N without a preferred owner, announced over the IPv4
+        sessions with the next hop `lab_ipv6_next_hop(<member address>)`."""
         self.root = root
         self.members: dict[str, Member] = {}
         self.vips: list[str] = []
@@ -141,6 +147,7 @@ class Group:
                 self.vips.append(vip)
                 self.preferred[vip] = name
         self.vips += [f"10.30.0.{k + 1}" for k in range(extra_vips)]
+        self.vips += [f"2001:db8::{k + 1}" for k in range(ipv6_vips)]
         for index, name in enumerate(names, start=1):
             health_file = root / f"{name}.healthy"
             health_file.touch()
@@ -152,6 +159,8 @@ class Group:
                 else ""
             )
             preferred = ", ".join(f'"{v}" = "{m}"' for v, m in self.preferred.items())
+            host = addresses[name].rsplit(":", 1)[0]
+            next_hop6 = f'next_hop6 = "{lab_ipv6_next_hop(host)}"' if ipv6_vips else ""
             cfg = root / f"{name}.toml"
             cfg.write_text(
                 f"""
@@ -181,6 +190,7 @@ next_hop = "self"
 med = 100
 communities = ["65001:100"]
 backup_prepend = {backup_prepend}
+{next_hop6}
 {self._exabgp_section(router, addresses[name], index)}
 {f"[zookeeper]{chr(10)}{zookeeper}" if zookeeper else ""}
 {self._metrics_section(addresses[name])}
@@ -213,7 +223,8 @@ backup_prepend = {backup_prepend}
 
     # --- process control ---
 
-    def start(self, name: str) -> Member:
+    def start(self, name: str, answer: str = "done") -> Member:
+        """Start member `name`; its stub acks every command with `answer`."""
         m = self.members[name]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("RAFTVIP_SECRET", None)
@@ -235,7 +246,7 @@ backup_prepend = {backup_prepend}
                 env=env,
             )
         m.stopped = False
-        m.stub = SpeakerStub(m.proc, name)
+        m.stub = SpeakerStub(m.proc, name, answer)
         m.history.append(m.stub)
         return m
 
