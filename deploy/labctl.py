@@ -6,6 +6,9 @@
     deploy/lab heal lb2                           repair it, and the time the VIP took to return
     deploy/lab seed                               ExaBGP healthcheck vs raftvip, side by side
     deploy/lab bench --trials 10                  failover median / max per fault kind
+    deploy/lab stop lb2 [--no-leave]              a planned stop (raftvip leave + SIGTERM)
+    deploy/lab restart lb2 [--kill]               raftvip replaced in place (an upgrade)
+    deploy/lab lifecycle --trials 5               both, measured, side by side with before
     deploy/lab down                               stop everything the lab started
 
 Rack k: LB `lbk` on 127.0.1.k (AS 6501k: a real ExaBGP whose `process` is `raftvip run`, Raft
@@ -49,6 +52,7 @@ from raftvip.core.status import render_status
 from raftvip.errors import RaftvipError
 from raftvip.exabgp_config import default_run_command, render_exabgp_config
 from raftvip.testing.bgplab import Bird, BirdPath, BirdPeer, ExaBGP, LabError, exabgp_binary
+from raftvip.testing.routewatch import RouteWatch
 from raftvip.testing.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +71,20 @@ def out(text: str = "") -> None:
 
 
 # ------------------------------------------------------------------------------- topology
+
+
+@dataclass
+class Planned:
+    """A planned stop or restart as the aggregation router saw it."""
+
+    lb: str
+    what: str  # "leave + SIGTERM", "SIGTERM", "raftvip restart", "helper SIGTERM"
+    vip: str
+    dark: float  # longest interval without a best path for `vip`, seconds
+    moves: int  # best-path changes from one LB to another, every VIP
+    owners: list[str]  # the LBs that carried `vip`'s best path, in order
+    samples: int  # aggregation-router polls taken
+    helper: tuple[int, int] | None = None  # a restart: the helper's pid before and after
 
 
 @dataclass(frozen=True)
@@ -1050,6 +1068,143 @@ hold_time = {t.hold_time} }}]
             out(self.agg_table(state))
         return seconds
 
+    # ------------------------------------------------------------ planned operations
+
+    def _watch(self, t: Topology) -> contextlib.AbstractContextManager[RouteWatch]:
+        agg = self.agg(t)
+        return RouteWatch.running(lambda: self.best_lbs(agg.routes()), interval=POLL)
+
+    def _planned_precheck(self, lb: str) -> tuple[LabState, int, str]:
+        state = self.running()
+        if state.mode != "raftvip":
+            raise LabError("stop/restart are raftvip's: start the lab in raftvip mode")
+        rack = self._rack(state, lb)
+        if lb in state.faults:
+            raise LabError(f"{lb} is failed ({state.faults[lb]}): `deploy/lab heal {lb}` first")
+        vip = state.topology.vip(rack)
+        if not self._lb_procs(state, rack):
+            raise LabError(f"{lb}'s ExaBGP is not running")
+        if self.best_lbs().get(vip) != lb:
+            raise LabError(f"{vip} is not on {lb} at the aggregation router: wait until settled")
+        return state, rack, vip
+
+    def _raftvip(self, rack: int, *args: str) -> str:
+        """`raftvip ARGS -c lbN/raftvip.toml`, as an operator (or systemd) runs it."""
+        done = subprocess.run(
+            [sys.executable, "-m", "raftvip", *args, "-c", str(self.config_path(rack))],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        if done.returncode != 0:
+            raise LabError(f"raftvip {' '.join(args)} on lb{rack}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def stop(self, lb: str, *, leave: bool = True, quiet: bool = False) -> Planned:
+        """A planned stop of `lb` as deploy/'s unit does it (`raftvip leave`, then SIGTERM to
+        ExaBGP), or SIGTERM alone (`leave=False`, the unit without ExecStop); `heal` starts
+        it again."""
+        state, rack, vip = self._planned_precheck(lb)
+        t = state.topology
+        exabgp = state.procs[f"{lb}.exabgp"]
+        said = ""
+        with self._watch(t) as watch:
+            if leave:
+                said = self._raftvip(rack, "leave")
+            stop_procs([exabgp], grace=15.0)  # systemd's TimeoutStopSec
+            _reap(exabgp.pid)
+            state.faults[lb] = "stopped"
+            self.save(state)
+            wait_until(
+                lambda: self.best_lbs().get(vip) not in (None, lb),
+                timeout=WAIT,
+                what=f"{vip} to leave {lb}",
+                interval=0.01,
+            )
+            time.sleep(0.5)  # what follows the move (the ToR's session going down) too
+        result = Planned(
+            lb,
+            "leave + SIGTERM" if leave else "SIGTERM",
+            vip,
+            watch.longest_dark(vip),
+            watch.moves(),
+            watch.owners_seen(vip),
+            len(watch.samples),
+        )
+        if not quiet:
+            out(
+                f"stop {lb}: {said + '; then ' if said else ''}SIGTERM to ExaBGP (pid {exabgp.pid})"
+            )
+            out(_planned_line(result))
+            out("")
+            out(self.agg_table(state))
+        return result
+
+    def restart(self, lb: str, *, in_place: bool = True, quiet: bool = False) -> Planned:
+        """Replace `lb`'s raftvip process under a running ExaBGP: `raftvip restart` (in
+        place), or SIGTERM to the helper (`in_place=False`: an upgrade without it), which
+        ExaBGP respawns. Waits until the group is settled again."""
+        state, rack, vip = self._planned_precheck(lb)
+        t = state.topology
+        exabgp = state.procs[f"{lb}.exabgp"]
+        old = children(exabgp.pid)
+        if len(old) != 1:
+            raise LabError(f"{lb}'s ExaBGP runs {len(old)} helpers, not 1")
+        said = ""
+
+        def new_helper() -> Proc | None:
+            found = children(exabgp.pid)
+            return found[0] if found and found[0] != old[0] else None
+
+        with self._watch(t) as watch:
+            if in_place:
+                said = self._raftvip(rack, "restart")
+            else:
+                signal_proc(old[0], signal.SIGTERM)
+            helper = wait_until(new_helper, timeout=WAIT, what="the new helper", interval=0.01)
+            state.procs[f"{lb}.helper"] = helper
+            self.save(state)
+            wait_until(self.settled, timeout=WAIT, what="the lab to settle", interval=0.05)
+            time.sleep(0.5)
+        result = Planned(
+            lb,
+            "raftvip restart" if in_place else "helper SIGTERM",
+            vip,
+            watch.longest_dark(vip),
+            watch.moves(),
+            watch.owners_seen(vip),
+            len(watch.samples),
+            (old[0].pid, helper.pid),
+        )
+        if not quiet:
+            how = said if said else f"SIGTERM to the helper (pid {old[0].pid}), ExaBGP respawns it"
+            out(f"restart {lb}: {how}")
+            out(_planned_line(result))
+            out("")
+            out(self.agg_table(state))
+        return result
+
+    def lifecycle(self, trials: int) -> dict[str, list[Planned]]:
+        """`trials` of each planned operation, each measured on the aggregation router."""
+        results: dict[str, list[Planned]] = {kind: [] for kind in LIFECYCLE_KINDS}
+        t = self.running().topology
+        for trial in range(trials):
+            victim = t.lb_names[trial % len(t.lb_names)]
+            for kind in LIFECYCLE_KINDS:
+                for _ in range(2):  # settled twice, 0.5 s apart: no transient left
+                    wait_until(self.settled, timeout=WAIT, what="the lab to settle", interval=0.05)
+                    time.sleep(0.5)
+                if kind.startswith("stop"):
+                    result = self.stop(victim, leave=kind == "stop: leave + SIGTERM", quiet=True)
+                    self.heal(victim, quiet=True)
+                else:
+                    result = self.restart(
+                        victim, in_place=kind == "restart: raftvip restart", quiet=True
+                    )
+                results[kind].append(result)
+                out(f"  {kind:<30} #{trial + 1:<3} {_planned_line(result)}")
+        return results
+
     # ------------------------------------------------------------------------ seed
 
     def seed(self, *, keep: bool = False) -> SeedResult:
@@ -1174,6 +1329,45 @@ def _owners_line(best: dict[str, str | None]) -> str:
     return ", ".join(f"{vip} -> {lb or 'nobody'}" for vip, lb in best.items())
 
 
+LIFECYCLE_KINDS = (
+    "stop: leave + SIGTERM",
+    "stop: SIGTERM only",
+    "restart: raftvip restart",
+    "restart: helper SIGTERM",
+)
+
+
+def _planned_line(r: Planned) -> str:
+    pid = f", helper pid {r.helper[0]} -> {r.helper[1]}" if r.helper else ""
+    return (
+        f"aggregation router: {r.vip} {' -> '.join(r.owners) or 'nobody'}, longest without a "
+        f"path {r.dark * 1000:.1f} ms, {r.moves} owner moves{pid} ({r.samples} polls)"
+    )
+
+
+def lifecycle_table(results: dict[str, list[Planned]], trials: int) -> str:
+    lines = [
+        "planned stops and restarts as seen on the aggregation router:",
+        f"  {'OPERATION':<27} {'TRIALS':>6} {'DARK MEDIAN':>12} {'DARK MAX':>9} "
+        f"{'MOVES MAX':>9} {'PID CHANGED':>11}",
+    ]
+    for kind, found in results.items():
+        if not found:
+            continue
+        dark = [r.dark for r in found]
+        changed = sum(1 for r in found if r.helper and r.helper[0] != r.helper[1])
+        pid = f"{changed}/{len(found)}" if kind.startswith("restart") else "-"
+        lines.append(
+            f"  {kind:<27} {len(found):>6} {statistics.median(dark) * 1000:>9.1f} ms "
+            f"{max(dark) * 1000:>6.1f} ms {max(r.moves for r in found):>9} {pid:>11}"
+        )
+    lines.append(
+        "  (a stop moves the stopped LB's VIP once; it moves back after `heal`, not counted)"
+    )
+    lines.append(f"  reproduce: sudo deploy/lab lifecycle --trials {trials}")
+    return "\n".join(lines)
+
+
 BENCH_KINDS = ("owner crash", "leader crash", "owner hang", "owner check failure")
 
 
@@ -1245,6 +1439,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bench = sub.add_parser("bench", help="failover median/max per fault kind")
     p_bench.add_argument("--trials", type=int, default=10)
     p_bench.add_argument("--kind", action="append", choices=BENCH_KINDS)
+    p_stop = sub.add_parser("stop", help="a planned stop of an LB (raftvip leave + SIGTERM)")
+    p_stop.add_argument("lb")
+    p_stop.add_argument(
+        "--no-leave", action="store_true", help="SIGTERM to ExaBGP alone (the unit before)"
+    )
+    p_restart = sub.add_parser("restart", help="replace an LB's raftvip process in place")
+    p_restart.add_argument("lb")
+    p_restart.add_argument(
+        "--kill", action="store_true", help="SIGTERM to the helper instead of raftvip restart"
+    )
+    p_life = sub.add_parser("lifecycle", help="planned stops and restarts, measured")
+    p_life.add_argument("--trials", type=int, default=5)
     sub.add_parser("down", help="stop everything the lab started")
     p_health = sub.add_parser("health-server", help=argparse.SUPPRESS)
     p_health.add_argument("address")
@@ -1291,6 +1497,12 @@ def _run(args: argparse.Namespace) -> int:
         lab.fail(args.lb, args.kind)
     elif command == "heal":
         lab.heal(args.lb)
+    elif command == "stop":
+        lab.stop(args.lb, leave=not args.no_leave)
+    elif command == "restart":
+        lab.restart(args.lb, in_place=not args.kill)
+    elif command == "lifecycle":
+        _lifecycle(lab, args.trials)
     elif command == "down":
         lab.down()
     elif command == "bench":
@@ -1313,6 +1525,21 @@ def _bench(lab: Lab, trials: int, kinds: Sequence[str]) -> None:
             lab.down(quiet=True)
     out("")
     out(bench_table(results, trials))
+
+
+def _lifecycle(lab: Lab, trials: int) -> None:
+    if trials < 1:
+        raise LabError("--trials: at least 1")
+    started_here = lab.load() is None
+    if started_here:
+        lab.up("raftvip", quiet=True)
+    try:
+        results = lab.lifecycle(trials)
+    finally:
+        if started_here:
+            lab.down(quiet=True)
+    out("")
+    out(lifecycle_table(results, trials))
 
 
 if __name__ == "__main__":

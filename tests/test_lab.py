@@ -162,6 +162,42 @@ def test_up_fail_heal_down(tmp_path: Path, lab_factory: list[Lab]) -> None:
 
 @needs_bird
 @pytest.mark.slow
+def test_planned_stop_and_restart_at_the_aggregation_router(
+    tmp_path: Path, lab_factory: list[Lab]
+) -> None:
+    """`deploy/lab stop` (raftvip leave, then SIGTERM to ExaBGP, as deploy/'s unit does) and
+    `deploy/lab restart` (raftvip restart): the network never loses a path to the VIP, and a
+    restart moves nothing while the helper's pid changes."""
+    _require_bird()
+    lab_dir = tmp_path / "lab"
+    lab = Lab(lab_dir, Topology(prefix="127.66", bgp_port=BGP_PORT))
+    lab_factory.append(lab)
+    lab.up(quiet=True)
+
+    stopped = lab.stop("lb2", quiet=True)
+    assert stopped.dark == 0.0 and stopped.samples > 10
+    assert stopped.owners[0] == "lb2" and stopped.owners[-1] in ("lb1", "lb3")
+    assert not alive(lab.running().procs["lb2.exabgp"])
+    assert lab.running().faults["lb2"] == "stopped"
+    with pytest.raises(LabError, match="heal lb2"):
+        lab.restart("lb2", quiet=True)
+    lab.heal("lb2", quiet=True)  # ExaBGP again: lb2 rejoins and takes 10.20.255.2 back
+    assert lab.spread()
+
+    restarted = lab.restart("lb3", quiet=True)
+    assert restarted.dark == 0.0 and restarted.moves == 0 and restarted.owners == ["lb3"]
+    assert restarted.helper is not None and restarted.helper[0] != restarted.helper[1]
+    assert lab.running().procs["lb3.helper"].pid == restarted.helper[1]
+
+    # The commands as an operator types them; the "before" variants work too.
+    assert main(["--lab-dir", str(lab_dir), "stop", "lb1", "--no-leave"]) == 0
+    assert main(["--lab-dir", str(lab_dir), "heal", "lb1"]) == 0
+    assert main(["--lab-dir", str(lab_dir), "restart", "lb1", "--kill"]) == 0
+    assert lab.spread()
+
+
+@needs_bird
+@pytest.mark.slow
 def test_backup_paths_at_the_aggregation_router(tmp_path: Path, lab_factory: list[Lab]) -> None:
     """`up --backup-prepend 2`: one best path per VIP (the owner's) plus prepended backups via
     the other ToRs; after a crash the router falls back to a backup before the group has
