@@ -52,6 +52,7 @@ from typing import Any
 
 from raftvip.config import load_config
 from raftvip.control import request
+from raftvip.errors import ControlError
 from raftvip.exabgp_config import render_exabgp_config
 from raftvip.testing.bgplab import Bird, BirdPath, ExaBGP, member_peers, parse_routes
 from raftvip.testing.group import Group
@@ -148,6 +149,7 @@ class Testbed:
     zk_timeout: float = 0.0
     speakers: dict[str, ExaBGP] = field(default_factory=dict)
     generation: int = 0
+    code: Path | None = None  # raftvip run from this source tree (a baseline), else this one
 
     @classmethod
     @contextlib.contextmanager
@@ -186,7 +188,10 @@ class Testbed:
         member = self.group.members[name]
         cfg = load_config(str(member.config))
         if self.mode == "raftvip":
-            return render_exabgp_config(cfg, f"{sys.executable} -m raftvip run -c {member.config}")
+            run = [sys.executable, "-m", "raftvip", "run", "-c", str(member.config)]
+            if self.code is not None:
+                run = ["/usr/bin/env", f"PYTHONPATH={self.code}", *run]
+            return render_exabgp_config(cfg, shlex.join(run))
         if self.mode == "healthcheck":
             command = self._healthcheck_command(name)
             process = "healthcheck-apex"
@@ -260,7 +265,7 @@ class Testbed:
         self.stop_speakers()
         for member in self.group.members.values():
             member.health_file.touch()
-        self.mode, self.zk_timeout = mode, zk_timeout
+        self.mode, self.zk_timeout, self.code = mode, zk_timeout, None
         self.generation += 1
         if mode == "raftvip":
             shutil.rmtree(self.root / "state", ignore_errors=True)  # a fresh group each time
@@ -293,35 +298,58 @@ class Testbed:
         return str(self.root / f"{name}.sock")
 
     def group_status(self, skip: Sequence[str] = ()) -> dict[str, Any] | None:
-        return self.group.any_status(skip)
+        """The status of the first member that answers. ExaBGP runs the members here, not
+        the Group harness, so Group.any_status (which skips members it did not start)
+        would never find one."""
+        for name in self.group.members:
+            if name in skip:
+                continue
+            with contextlib.suppress(ControlError):
+                return self.group.status(name, timeout=1.0)
+        return None
 
     def leader(self) -> str:
-        doc = wait_until(self.group.any_status, 30, 0.02, what="a member to answer")
+        doc = wait_until(self.group_status, 30, 0.02, what="a member to answer")
         return str(doc["leader"])
 
     def settled(self) -> bool:
+        return self.unsettled() is None
+
+    def unsettled(self) -> str | None:
+        """Why the testbed is not settled (every VIP on its preferred owner, one path each
+        or one per LB for healthcheck, the group agreeing), or None."""
         routes = self.routes()
         for vip, owner in self.group.preferred.items():
             paths = routes.get(vip, [])
-            if self.best_member(paths) != owner:
-                return False
-            if self.mode == "healthcheck":
-                if len(paths) != len(self.group.members):
-                    return False
-            elif len(paths) != 1:
-                return False
+            best = self.best_member(paths)
+            if best != owner:
+                return f"router: {vip}'s best path leads to {best}, not {owner}"
+            want = len(self.group.members) if self.mode == "healthcheck" else 1
+            if len(paths) != want:
+                return f"router: {vip} has {len(paths)} paths, not {want}"
         if self.mode != "raftvip":
-            return True
+            return None
         doc = self.group_status()
-        if doc is None or not doc.get("has_quorum") or not doc.get("leader"):
-            return False
-        if any(doc["vips"][v]["owner"] != m for v, m in self.group.preferred.items()):
-            return False
-        return all(m["alive"] and all(m["healthy"].values()) for m in doc["members"].values())
+        if doc is None:
+            return "no member answers status"
+        if not doc.get("has_quorum") or not doc.get("leader"):
+            return f"group: quorum={doc.get('has_quorum')} leader={doc.get('leader')}"
+        for vip, member in self.group.preferred.items():
+            if doc["vips"][vip]["owner"] != member:
+                return f"group: {vip} owned by {doc['vips'][vip]['owner']}, not {member}"
+        for name, m in doc["members"].items():
+            if not m["alive"] or not all(m["healthy"].values()):
+                return f"group: {name} alive={m['alive']} healthy={m['healthy']}"
+        return None
 
     def wait_settled(self) -> None:
         for _ in range(2):  # settled twice, 0.3 s apart: no transient left
-            wait_until(self.settled, SETTLE_TIMEOUT, 0.02)
+            try:
+                wait_until(self.settled, SETTLE_TIMEOUT, 0.02)
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"not settled after {SETTLE_TIMEOUT:g}s: {self.unsettled()}"
+                ) from exc
             time.sleep(0.3)
 
     # --- faults ---
@@ -886,6 +914,7 @@ def render(
     scale: list[ScaleResult] | None,
     started: datetime.datetime,
     seconds: float,
+    lifecycle: Any = None,
 ) -> str:
     lines = [
         "# raftvip benchmarks",
@@ -915,6 +944,11 @@ def render(
         lines.append("")
     if scale is not None:
         lines += scale_table(scale)
+        lines.append("")
+    if lifecycle is not None:
+        from tests.bench_lifecycle import lifecycle_table
+
+        lines += lifecycle_table(lifecycle)
         lines.append("")
     lines += NOTES
     return "\n".join(lines) + "\n"
@@ -971,7 +1005,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale-trials", type=int, help="failover trials per scale config")
     parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 60)")
     parser.add_argument(
-        "--parts", default="failover,scale", help="comma-separated: failover, scale"
+        "--parts",
+        default="failover,scale,lifecycle",
+        help="comma-separated: failover, scale, lifecycle",
     )
     parser.add_argument(
         "--zk-timeouts",
@@ -991,7 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trials = args.trials or (3 if args.quick else 20)
     scale_trials = args.scale_trials or (1 if args.quick else 5)
     idle = args.idle_seconds or (5.0 if args.quick else 60.0)
-    complete = not args.quick and {"failover", "scale"} <= set(args.parts.split(","))
+    complete = not args.quick and {"failover", "scale", "lifecycle"} <= set(args.parts.split(","))
     out = args.out or (BENCHMARKS_MD if complete else None)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     zk_timeouts = [float(t) for t in args.zk_timeouts.split(",") if t.strip()]
@@ -1000,7 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="raftvip-bench-"))
     log(f"# raftvip benchmarks: {args.command_line}; files in {root}")
-    failover = scale = None
+    failover = scale = lifecycle = None
     try:
         if "failover" in parts:
             failover = run_failover(root / "failover", trials, zk_timeouts)
@@ -1012,10 +1048,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scale_trials,
                 idle,
             )
+        if "lifecycle" in parts:
+            from tests.bench_lifecycle import run_lifecycle
+
+            log("== starts, stops and restarts on BIRD")
+            lifecycle = run_lifecycle(root, 2 if args.quick else 5)
     except KeyboardInterrupt:
         log("interrupted: every process started here was stopped")
         return 130
-    text = render(args, failover, scale, started, time.monotonic() - began)
+    text = render(args, failover, scale, started, time.monotonic() - began, lifecycle)
     log("")
     log(text)
     if out is not None:
