@@ -80,6 +80,10 @@ LEASE = 1.5
 BOUND = 2.5  # failover bound: quiet this long and every invariant must hold
 COLD_BOUND = 6.0  # after a full-group restart (cold start with state on disk)
 FULL_RESTART_BOUND = 1.0  # ... every VIP is announced this long after the first quorum
+# ... under `withdraw`: the leader replays the members' old reports when it catches up (about
+# the first quorum) and, for the at-most-one-announcer rule (leader.fenced_by), waits
+# connection_timeout (1 s) from there before expiring a member that is not back
+FULL_RESTART_BOUND_WITHDRAW = 1.1
 HANDOVER_MAX = 1.0  # the longest two primary announcers may overlap in a handover
 MAX_MOVES = 6  # owner changes per VIP per episode
 COMPACT_AFTER = 40  # entries a node keeps before it compacts its log into a snapshot
@@ -1367,7 +1371,11 @@ class Sim:
             or all(self.routed[vip] for vip in self.vips)
         ):
             self.restarted_at = None  # done
-        elif now - self.first_quorum > FULL_RESTART_BOUND:
+        elif now - self.first_quorum > (
+            FULL_RESTART_BOUND_WITHDRAW
+            if self.schedule.policy == "withdraw"
+            else FULL_RESTART_BOUND
+        ):
             dark = [vip for vip in self.vips if not self.routed[vip]]
             self.violation(
                 f"(11) full restart: {dark} still unannounced {now - self.first_quorum:.2f}s "

@@ -567,6 +567,9 @@ def _report(state: ClusterState, cmd: Report) -> ClusterState:
         healthy_since=since,
         drained=old.drained,
         leaving=False,
+        # A late report of the process that is restarting in place (sent before its flag)
+        # keeps the flag; the next process (a new incarnation) clears it.
+        restarting=old.restarting and old.alive and cmd.incarnation == old.incarnation,
     )
     new = evolve(state, members={**state.members, cmd.member: member})
     if not events and all(_is_ready(old, s) == _is_ready(member, s) for s in state.services):
@@ -593,6 +596,10 @@ def eligible_sets(state: ClusterState) -> dict[str, frozenset[str]]:
         s.name: frozenset(m for m in state.members if state.eligible(m, s.name))
         for s in state.services
     }
+
+
+def _restarting(state: ClusterState) -> frozenset[str]:
+    return frozenset(name for name, m in state.members.items() if m.alive and m.restarting)
 
 
 def _is_ready(m: MemberState, service: ServiceSpec) -> bool:
@@ -622,9 +629,11 @@ def _replace_and_place(
     elif not old.formed:
         # The group forms: every member present counts as ready (it was up while the group
         # formed; preempt_delay protects against members that flap after that).
-        owners = place(new.services, eligible, eligible, new.pins, current)
+        owners = place(new.services, eligible, eligible, new.pins, current, _restarting(new))
     else:
-        owners = place(new.services, eligible, _ready_sets(new), new.pins, current)
+        owners = place(
+            new.services, eligible, _ready_sets(new), new.pins, current, _restarting(new)
+        )
     for vip in _all_vips(new):
         before, after = old.owners.get(vip), owners.get(vip)
         if (before.owner if before else None) != (after.owner if after else None):
