@@ -244,7 +244,10 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
                     med=100,
                     communities=("65001:100",),
                     backup_prepend=0,
-                    local_as=None,
+                    # from [exabgp]: the steady path prepends it once (takeover_margin)
+                    local_as=65011,
+                    takeover_margin=1,
+                    takeover_hold_time=180.0,  # ExaBGP's hold time when a neighbor sets none
                 ),
             ),
         ),
@@ -380,7 +383,13 @@ def test_graceful_shutdown_community_is_on_unless_turned_off(
     tmp_path: Path, base: dict[str, Any]
 ) -> None:
     assert load_config(write_config(tmp_path, base), environ={}).services[0].announce == (
-        AnnounceConfig(next_hop="self", med=100, communities=("65001:100",))
+        AnnounceConfig(
+            next_hop="self",
+            med=100,
+            communities=("65001:100",),
+            local_as=65011,
+            takeover_margin=1,
+        )
     )
     base["service"][0]["announce"]["graceful_shutdown_community"] = False
     announce = load_config(write_config(tmp_path, base), environ={}).services[0].announce
