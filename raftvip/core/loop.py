@@ -27,10 +27,10 @@ from raftvip.core.decide import (
     fence_time,
     inputs_for,
     pause_time,
-    takeover_forms,
     plan,
     reach_time,
     resync_lines,
+    takeover_forms,
 )
 from raftvip.core.exabgp import Route, StdinEvent, announce_line, route_for, withdraw_line
 from raftvip.core.group import EMPTY_GROUP, GroupObservation
@@ -731,9 +731,11 @@ def _log_forms(before: Mapping[str, Decision], after: Mapping[str, Decision], ou
     """Say when an owner path goes into or out of its takeover form, and why."""
     for vip, decision in after.items():
         was = before.get(vip)
-        if decision.takeover != (was is not None and was.takeover) and decision.form is not None:
-            if decision.takeover or (was is not None and was.announce):
-                out.log(logging.INFO, f"vip={vip} path={decision.form.describe()}")
+        was_takeover = was is not None and was.takeover
+        if decision.form is None or decision.takeover == was_takeover:
+            continue
+        if decision.takeover or (was is not None and was.announce):
+            out.log(logging.INFO, f"vip={vip} path={decision.form.describe()}")
 
 
 def _after_restart(
