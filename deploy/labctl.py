@@ -112,6 +112,8 @@ class Topology:
             raise ValueError(f"prefix {self.prefix!r}: must be 127.N (loopback only)")
         if not 0 <= self.backup_prepend <= 16:
             raise ValueError(f"backup_prepend {self.backup_prepend}: must be 0..16")
+        if not 3 <= self.hold_time <= 65535:
+            raise ValueError(f"hold_time {self.hold_time}: must be 3..65535")
         if not 0 <= self.takeover_margin <= 16:
             raise ValueError(f"takeover_margin {self.takeover_margin}: must be 0..16")
         if not 1 <= self.racks <= 9:
@@ -1434,6 +1436,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="non-owners announce each VIP with their AS prepended N more times (backup paths)",
     )
     p_up.add_argument(
+        "--hold-time",
+        type=int,
+        default=Topology.hold_time,
+        metavar="S",
+        help="BGP hold time between each LB and its ToR (a hung LB's path goes after it)",
+    )
+    p_up.add_argument(
         "--takeover-margin",
         type=int,
         default=0,
@@ -1499,6 +1508,7 @@ def _run(args: argparse.Namespace) -> int:
             bgp_port=args.bgp_port,
             backup_prepend=getattr(args, "backup_prepend", 0),
             takeover_margin=getattr(args, "takeover_margin", 0),
+            hold_time=getattr(args, "hold_time", Topology.hold_time),
         )
         lab = Lab(lab_dir, topology)
         if command == "up":
