@@ -344,7 +344,8 @@ def test_a_drain_moves_the_best_path_before_the_old_one_is_withdrawn(topology: T
         "the best path stayed on lb1 until lb1 withdrew it:\n" + topology.bird.log_text()
     )
     # What lb1 wrote: its owner's path, then (implicit withdraw) the handover path with the
-    # community, then the withdraw.
+    # community (the steady form: its AS + takeover_margin 1), then the withdraw.
+    asn = topology.as_of["lb1"]
     written = [
         line.split("raftvip.agent exabgp ", 1)[1]
         for line in topology.member_log("lb1").splitlines()
@@ -352,7 +353,8 @@ def test_a_drain_moves_the_best_path_before_the_old_one_is_withdrawn(topology: T
         or f"raftvip.agent exabgp withdraw route {prefix}" in line
     ]
     assert written[-2:] == [
-        f"announce route {prefix} next-hop self med 100 community [ 65001:100 65535:0 ]",
+        f"announce route {prefix} next-hop self med 100 as-path [ {asn} {asn} ] "
+        "community [ 65001:100 65535:0 ]",
         f"withdraw route {prefix} next-hop self",
     ]
     (new,) = topology.paths()[vip]
