@@ -30,6 +30,7 @@ from raftvip.core.decide import (
     plan,
     reach_time,
     resync_lines,
+    takeover_forms,
 )
 from raftvip.core.exabgp import Route, StdinEvent, announce_line, route_for, withdraw_line
 from raftvip.core.group import EMPTY_GROUP, GroupObservation
@@ -285,6 +286,7 @@ class LoopState:
     applied_seen: int = 0  # the highest Raft index this member had applied, as last seen
     heard_at: float = -float("inf")  # when that index last advanced (we hear the leader)
     exabgp_accepted: bool = False  # ExaBGP acked a command of ours with `done`
+    takeover_ends: float | None = None  # monotonic: the next takeover form of ours ends
 
 
 def start(
@@ -435,6 +437,8 @@ def _wake_at(loop: LoopState, now: float) -> float:
     later += [t + CONFIRM_RETRY + 0.001 for t in loop.confirm_sent.values()]
     if loop.stop.deadline is not None:
         later.append(loop.stop.deadline)
+    if loop.takeover_ends is not None:
+        later.append(loop.takeover_ends + 0.001)  # back to the steady form on time
     return min([wake, *(t for t in later if t > now)])
 
 
@@ -663,6 +667,12 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
     loop, view = _group_view(loop, now, out)
     loop, expired = _handover_expired(loop, state, now, out)
     loop, resuming = _resuming(loop, state, out)
+    forms = takeover_forms(cfg, state, wall) if state.takeovers else {}
+    ends = [f.until for f in forms.values() if f.takeover and f.until is not None]
+    ends = [now + (until - wall) for until in ends if until - wall < float("inf")]
+    takeover_ends = min(ends) if ends else None
+    if takeover_ends != loop.takeover_ends:
+        loop = evolve(loop, takeover_ends=takeover_ends)
     inputs = inputs_for(
         cfg,
         state,
@@ -672,6 +682,7 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
         expired,
         resuming=resuming,
         left=loop.left,
+        forms=forms,
     )
     if loop.restart_until is not None:
         loop, inputs = _after_restart(loop, state, inputs, wall, out)
@@ -687,6 +698,7 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
     resync = loop.resync_pending and inputs.ready and inputs.reachable
     if inputs != loop.decided or resync:
         decisions = decide(cfg, inputs)
+        _log_forms(loop.decisions, decisions, out)
         desired = desired_routes(cfg, decisions)
         if resync:
             # Caught up after a restart in place: ExaBGP still carries whatever the previous
@@ -722,6 +734,17 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
             inputs = evolve(inputs, announced=announced_set)
         loop = evolve(loop, decisions=decisions, decided=inputs)
     return _confirm(loop, state, wall, now, out)
+
+
+def _log_forms(before: Mapping[str, Decision], after: Mapping[str, Decision], out: _Out) -> None:
+    """Say when an owner path goes into or out of its takeover form, and why."""
+    for vip, decision in after.items():
+        was = before.get(vip)
+        was_takeover = was is not None and was.takeover
+        if decision.form is None or decision.takeover == was_takeover:
+            continue
+        if decision.takeover or (was is not None and was.announce):
+            out.log(logging.INFO, f"vip={vip} path={decision.form.describe()}")
 
 
 def _after_restart(
