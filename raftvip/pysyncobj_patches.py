@@ -10,6 +10,12 @@ any other version with a clear message, instead of failing later in some obscure
 - `install_journal_guards(on_full)`: a full `state_dir` becomes a clear error instead of a
   silent SIGBUS, and a journal append that fails leaves nothing in memory (see
   `StateDirFull`).
+- `PreVoteSyncObj`: Raft PreVote (thesis §9.6). A member whose election timer fires first
+  asks the others whether they would vote for it; it raises its term and starts a real
+  election only when a majority says yes. Members that heard from a live leader within the
+  minimum election timeout say no, so a member that was cut off and comes back rejoins as a
+  follower instead of forcing an election. The decisions are the pure functions
+  `election_step` and `prevote_answer`.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import pysyncobj
-from pysyncobj import journal
+from pysyncobj import SyncObj, journal
 from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
 from pysyncobj.transport import TCPTransport
 
@@ -318,3 +326,255 @@ def install_journal_guards(on_full: Callable[[str], None]) -> None:
         cls.__init__ = _guarded_init(cls.__init__)
         journal.FileJournal.add = _atomic_add(journal.FileJournal.add)
         logging.getLogger("pysyncobj.syncobj").addFilter(_FullDiskFilter())
+
+
+# --- PreVote --------------------------------------------------------------------------------
+#
+# Stock pysyncobj starts an election whenever its timer fires: a member cut off for a few
+# seconds raised its term on every timeout and, once back, forced the healthy leader out
+# (FIELD-NOTES.md "pysyncobj elections": 4-6 terms and an election on every return). With
+# PreVote a member first asks "would you vote for me in term T+1?" and only raises its term
+# once a majority says yes. A member says no while it leads, or while it heard from a leader
+# whose link is up within the minimum election timeout, or when the asker's log is behind.
+#
+# CheckQuorum is pysyncobj's own `leaderFallbackTimeout` (raft.leader_fallback, 1 s): a
+# leader that has heard from no majority for that long steps down, so a leader refusing
+# pre-votes can only hold the group up while it really leads.
+
+PREVOTE_REQUEST = "raftvip_prevote"  # unknown to SyncObj, which dispatches on known types only
+PREVOTE_REPLY = "raftvip_prevote_reply"
+PREVOTE_ENV = "RAFTVIP_NO_PREVOTE"  # "1": stock elections (benchmarks measure the difference)
+
+ElectionAction = Literal["wait", "prevote", "elect"]
+
+
+def prevote_wanted(environ: Mapping[str, str]) -> bool:
+    """PreVote is on unless `RAFTVIP_NO_PREVOTE=1` (for before/after measurements only)."""
+    return environ.get(PREVOTE_ENV, "") not in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class PreVoteRound:
+    """This member's current pre-vote: the term it asks for and who said yes (itself too)."""
+
+    term: int
+    granted: frozenset[str]
+
+
+def prevote_won(round_: PreVoteRound | None, term: int, voters: int) -> bool:
+    """A majority of the `voters` said yes to this member's round for term `term + 1`."""
+    return round_ is not None and round_.term == term + 1 and len(round_.granted) > voters / 2
+
+
+@dataclass(frozen=True)
+class ElectionView:
+    """What a follower or candidate knows when it ticks."""
+
+    deadline: float  # its election timer
+    term: int
+    connected: bool  # it has a link to at least one peer (stock pysyncobj waits otherwise)
+    transfer: bool  # the leader asked it to take over (TimeoutNow)
+    voters: int  # members of the group, itself included
+    round: PreVoteRound | None
+
+
+def election_step(view: ElectionView, now: float) -> tuple[ElectionAction, str]:
+    """Whether a follower/candidate waits, asks for pre-votes, or starts a real election
+    (raises its term) now; with the reason."""
+    if now <= view.deadline:
+        return "wait", "timer"
+    if not view.connected:
+        return "wait", "isolated"
+    if view.transfer:
+        return "elect", "transfer"  # the leader itself handed over: no pre-vote needed
+    if prevote_won(view.round, view.term, view.voters):
+        return "elect", "prevote_won"
+    return "prevote", "timeout"
+
+
+@dataclass(frozen=True)
+class PreVoteRequest:
+    term: int  # the term the asker would stand in: its current term + 1
+    last_log_index: int
+    last_log_term: int
+
+
+@dataclass(frozen=True)
+class VoterView:
+    """What a member knows when a pre-vote request reaches it."""
+
+    is_leader: bool
+    term: int
+    last_log_index: int
+    last_log_term: int
+    leader_heard: float | None  # when an append_entries of the current term last arrived
+    leader_connected: bool  # it follows a leader and its link to that leader is up
+    min_timeout: float  # raft.min_timeout
+
+
+def prevote_answer(view: VoterView, request: PreVoteRequest, now: float) -> tuple[bool, str]:
+    """Would this member vote for the asker in `request.term`? Never changes any state."""
+    if view.is_leader:
+        return False, "leader"
+    if (
+        view.leader_connected
+        and view.leader_heard is not None
+        and now - view.leader_heard < view.min_timeout
+    ):
+        return False, "leader_alive"
+    if request.term <= view.term:
+        return False, "stale_term"
+    if (request.last_log_term, request.last_log_index) < (view.last_log_term, view.last_log_index):
+        return False, "log_behind"
+    return True, "granted"
+
+
+class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
+    """SyncObj with PreVote. Overrides `_onTick` (before the stock tick, which starts an
+    election when the timer has fired: the timer is pushed back unless a pre-vote was won)
+    and SyncObj's private `__onMessageReceived` (pre-vote messages, leader contact).
+    `prevote=False` behaves exactly like stock pysyncobj."""
+
+    _SyncObj__raftElectionDeadline: float  # SyncObj's election timer (written here too)
+    _SyncObj__raftLeader: Any
+
+    def __init__(self, *args: Any, prevote: bool = True, **kwargs: Any) -> None:
+        self._prevote = prevote
+        self._prevote_round: PreVoteRound | None = None
+        self._leader_heard: float | None = None
+        super().__init__(*args, **kwargs)
+        if not prevote:
+            log.warning(
+                "raft prevote=off (%s=1): a returning member forces an election", PREVOTE_ENV
+            )
+
+    # --- the tick (tick thread) ---
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        if self._prevote:
+            try:
+                self._prevote_tick(time.monotonic())
+            except Exception:
+                log.exception("raft prevote tick failed; retrying next tick")
+        super()._onTick(timeToWait)
+
+    def _prevote_tick(self, now: float) -> None:
+        if self._SyncObj__raftState not in (_RAFT_STATE.FOLLOWER, _RAFT_STATE.CANDIDATE):
+            return
+        if self._SyncObj__selfNode is None or not self._SyncObj__transport.ready:
+            return
+        term = int(self._SyncObj__raftCurrentTerm)
+        view = ElectionView(
+            deadline=float(self._SyncObj__raftElectionDeadline),
+            term=term,
+            connected=bool(self._SyncObj__connectedToAnyone()),
+            transfer=bool(self._SyncObj__transferInProgress),
+            voters=len(self._SyncObj__otherNodes) + 1,
+            round=self._prevote_round,
+        )
+        action, reason = election_step(view, now)
+        if action == "elect":
+            # The stock tick that follows sees the timer fired and raises the term.
+            self._prevote_round = None
+            log.info("raft election term=%d reason=%s", term + 1, reason)
+            return
+        if action == "wait":
+            return
+        # Ask for pre-votes, and push the timer back so the stock tick does not elect: the
+        # next round comes one election timeout later, unless a majority says yes first.
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        self._prevote_round = PreVoteRound(term + 1, frozenset({self._SyncObj__selfNode.id}))
+        request = {
+            "type": PREVOTE_REQUEST,
+            "term": term + 1,
+            "last_log_index": int(self._SyncObj__getCurrentLogIndex()),
+            "last_log_term": int(self._SyncObj__getCurrentLogTerm()),
+        }
+        log.debug("raft prevote asked term=%d", term + 1)
+        for node in list(self._SyncObj__otherNodes):
+            self._SyncObj__transport.send(node, request)
+        if prevote_won(self._prevote_round, term, view.voters):  # a group of one
+            self._SyncObj__raftElectionDeadline = 0.0
+
+    # --- messages (tick thread) ---
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if self._prevote and isinstance(message, dict):
+            kind = message.get("type")
+            try:
+                if kind == PREVOTE_REQUEST:
+                    self._on_prevote_request(node, message)
+                    return
+                if kind == PREVOTE_REPLY:
+                    self._on_prevote_reply(node, message)
+                    return
+                if kind == "append_entries" and message["term"] >= self._SyncObj__raftCurrentTerm:
+                    self._leader_heard = time.monotonic()  # stock code follows it as leader
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("raft prevote ignored a malformed %s message: %r", kind, exc)
+                return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _on_prevote_request(self, node: Any, message: Mapping[str, Any]) -> None:
+        if self._SyncObj__selfNode is None or node not in self._SyncObj__otherNodes:
+            return  # read-only nodes neither ask nor vote
+        request = PreVoteRequest(
+            int(message["term"]), int(message["last_log_index"]), int(message["last_log_term"])
+        )
+        leader = self._SyncObj__raftLeader
+        view = VoterView(
+            is_leader=self._SyncObj__raftState == _RAFT_STATE.LEADER,
+            term=int(self._SyncObj__raftCurrentTerm),
+            last_log_index=int(self._SyncObj__getCurrentLogIndex()),
+            last_log_term=int(self._SyncObj__getCurrentLogTerm()),
+            leader_heard=self._leader_heard,
+            leader_connected=leader is not None and leader in self._SyncObj__connectedNodes,
+            min_timeout=float(self._SyncObj__conf.raftMinTimeout),
+        )
+        granted, reason = prevote_answer(view, request, time.monotonic())
+        log.debug(
+            "raft prevote from=%s term=%d granted=%s reason=%s",
+            node.id,
+            request.term,
+            granted,
+            reason,
+        )
+        self._SyncObj__transport.send(
+            node,
+            {
+                "type": PREVOTE_REPLY,
+                "term": request.term,
+                "granted": granted,
+                "reason": reason,
+                "voter_term": view.term,
+            },
+        )
+
+    def _on_prevote_reply(self, node: Any, message: Mapping[str, Any]) -> None:
+        if node not in self._SyncObj__otherNodes:
+            return
+        term = int(self._SyncObj__raftCurrentTerm)
+        voter_term = int(message["voter_term"])
+        if voter_term > term and self._SyncObj__raftState != _RAFT_STATE.LEADER:
+            # This member is behind in terms: catch up (as a follower) so that its next
+            # pre-vote can succeed; the group's term does not change.
+            self._SyncObj__setCurrentTerm(voter_term, None)
+            self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._prevote_round = None
+            return
+        current = self._prevote_round
+        if not message["granted"] or current is None or int(message["term"]) != current.term:
+            return
+        self._prevote_round = replace(current, granted=current.granted | {node.id})
+        voters = len(self._SyncObj__otherNodes) + 1
+        if prevote_won(self._prevote_round, term, voters) and not prevote_won(
+            current, term, voters
+        ):
+            log.info(
+                "raft prevote won term=%d votes=%d/%d",
+                term + 1,
+                len(self._prevote_round.granted),
+                voters,
+            )
+            self._SyncObj__raftElectionDeadline = 0.0  # elect on the next tick
