@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import pysyncobj
 from pysyncobj import SyncObj, journal
+from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
@@ -340,6 +341,9 @@ def install_journal_guards(on_full: Callable[[str], None]) -> None:
 # CheckQuorum is pysyncobj's own `leaderFallbackTimeout` (raft.leader_fallback, 1 s): a
 # leader that has heard from no majority for that long steps down, so a leader refusing
 # pre-votes can only hold the group up while it really leads.
+#
+# Times here are pysyncobj's clock (`pysyncobj.monotonic`: CLOCK_MONOTONIC_RAW on Linux, not
+# `time.monotonic`), the clock of its election timer.
 
 PREVOTE_REQUEST = "raftvip_prevote"  # unknown to SyncObj, which dispatches on known types only
 PREVOTE_REPLY = "raftvip_prevote_reply"
@@ -380,14 +384,16 @@ class ElectionView:
 
 def election_step(view: ElectionView, now: float) -> tuple[ElectionAction, str]:
     """Whether a follower/candidate waits, asks for pre-votes, or starts a real election
-    (raises its term) now; with the reason."""
-    if now <= view.deadline:
+    (raises its term) now; with the reason. A won pre-vote elects at once; one won for a
+    term that has passed since counts for nothing (the timer decides again)."""
+    won = prevote_won(view.round, view.term, view.voters)
+    if now <= view.deadline and not won:
         return "wait", "timer"
     if not view.connected:
         return "wait", "isolated"
     if view.transfer:
         return "elect", "transfer"  # the leader itself handed over: no pre-vote needed
-    if prevote_won(view.round, view.term, view.voters):
+    if won:
         return "elect", "prevote_won"
     return "prevote", "timeout"
 
@@ -453,7 +459,7 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
     def _onTick(self, timeToWait: float = 0.0) -> None:
         if self._prevote:
             try:
-                self._prevote_tick(time.monotonic())
+                self._prevote_tick(raft_clock())
             except Exception:
                 log.exception("raft prevote tick failed; retrying next tick")
         super()._onTick(timeToWait)
@@ -473,12 +479,10 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
             round=self._prevote_round,
         )
         action, reason = election_step(view, now)
-        if action == "elect":
-            # The stock tick that follows sees the timer fired and raises the term.
-            self._prevote_round = None
-            log.info("raft election term=%d reason=%s", term + 1, reason)
-            return
         if action == "wait":
+            return
+        if action == "elect":
+            self._elect_now(term, reason)
             return
         # Ask for pre-votes, and push the timer back so the stock tick does not elect: the
         # next round comes one election timeout later, unless a majority says yes first.
@@ -494,7 +498,13 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         for node in list(self._SyncObj__otherNodes):
             self._SyncObj__transport.send(node, request)
         if prevote_won(self._prevote_round, term, view.voters):  # a group of one
-            self._SyncObj__raftElectionDeadline = 0.0
+            self._elect_now(term, "prevote_won")
+
+    def _elect_now(self, term: int, reason: str) -> None:
+        """Let the stock tick that follows start the election (it raises the term)."""
+        self._prevote_round = None
+        self._SyncObj__raftElectionDeadline = 0.0
+        log.info("raft election term=%d reason=%s", term + 1, reason)
 
     # --- messages (tick thread) ---
 
@@ -509,7 +519,7 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
                     self._on_prevote_reply(node, message)
                     return
                 if kind == "append_entries" and message["term"] >= self._SyncObj__raftCurrentTerm:
-                    self._leader_heard = time.monotonic()  # stock code follows it as leader
+                    self._leader_heard = raft_clock()  # stock code follows it as leader
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("raft prevote ignored a malformed %s message: %r", kind, exc)
                 return
@@ -531,13 +541,17 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
             leader_connected=leader is not None and leader in self._SyncObj__connectedNodes,
             min_timeout=float(self._SyncObj__conf.raftMinTimeout),
         )
-        granted, reason = prevote_answer(view, request, time.monotonic())
-        log.debug(
-            "raft prevote from=%s term=%d granted=%s reason=%s",
+        now = raft_clock()
+        granted, reason = prevote_answer(view, request, now)
+        # Granting is rare in a healthy group (an election follows): say when and why.
+        log.log(
+            logging.INFO if granted else logging.DEBUG,
+            "raft prevote from=%s term=%d granted=%s reason=%s leader_heard=%s",
             node.id,
             request.term,
             granted,
             reason,
+            "never" if self._leader_heard is None else f"{now - self._leader_heard:.3f}s_ago",
         )
         self._SyncObj__transport.send(
             node,
@@ -576,5 +590,4 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
                 term + 1,
                 len(self._prevote_round.granted),
                 voters,
-            )
-            self._SyncObj__raftElectionDeadline = 0.0  # elect on the next tick
+            )  # the next tick (right after this poll) elects

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,13 +124,16 @@ class Group:
         metrics: bool = False,
         backup_prepend: int = 0,
         ipv6_vips: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
         member lbN then speaks from its own 127.0.0.x address as AS 65010 + N.
         `zookeeper`: the body of a [zookeeper] section added to every member's config.
         `ipv6_vips`: IPv6 VIPs 2001:db8::N without a preferred owner, announced over the IPv4
-        sessions with the next hop `lab_ipv6_next_hop(<member address>)`."""
+        sessions with the next hop `lab_ipv6_next_hop(<member address>)`.
+        `env`: extra environment variables for every member process."""
         self.root = root
+        self.env = dict(env or {})
         self.members: dict[str, Member] = {}
         self.vips: list[str] = []
         self.preferred: dict[str, str] = {}
@@ -226,7 +229,7 @@ backup_prepend = {backup_prepend}
     def start(self, name: str, answer: str = "done") -> Member:
         """Start member `name`; its stub acks every command with `answer`."""
         m = self.members[name]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         env.pop("RAFTVIP_SECRET", None)
         with open(m.stderr_path, "ab") as err:
             m.proc = subprocess.Popen(
