@@ -101,6 +101,10 @@ class Topology:
     # service.announce.backup_prepend of every LB: > 0 = non-owners announce prepended
     # standby paths, so the aggregation router holds one best path plus backups per VIP.
     backup_prepend: int = 0
+    # service.announce.takeover_margin of every LB: owners' steady paths repeat the LB AS
+    # this many more times; a takeover after a hang leaves them out (0: the lab's paths stay
+    # ToR AS, LB AS, as documented in README-lab.md).
+    takeover_margin: int = 0
 
     def __post_init__(self) -> None:
         octets = self.prefix.split(".")
@@ -108,6 +112,10 @@ class Topology:
             raise ValueError(f"prefix {self.prefix!r}: must be 127.N (loopback only)")
         if not 0 <= self.backup_prepend <= 16:
             raise ValueError(f"backup_prepend {self.backup_prepend}: must be 0..16")
+        if not 3 <= self.hold_time <= 65535:
+            raise ValueError(f"hold_time {self.hold_time}: must be 3..65535")
+        if not 0 <= self.takeover_margin <= 16:
+            raise ValueError(f"takeover_margin {self.takeover_margin}: must be 0..16")
         if not 1 <= self.racks <= 9:
             raise ValueError(f"racks: 1..9, got {self.racks}")
 
@@ -164,10 +172,10 @@ class Topology:
                 return self.lb(rack)
         return None
 
-    @staticmethod
-    def is_backup(path: BirdPath) -> bool:
-        """A prepended standby path (the LB does not own the VIP), not an owner's path."""
-        return len(path.as_path) > 2
+    def is_backup(self, path: BirdPath) -> bool:
+        """A prepended standby path (the LB does not own the VIP), not an owner's path (ToR
+        AS, LB AS, and `takeover_margin` more LB AS in the steady form)."""
+        return len(path.as_path) > 2 + self.takeover_margin
 
     def listeners(self) -> list[tuple[str, int, str]]:
         """Every (address, port) the lab listens on, with what listens there."""
@@ -523,6 +531,7 @@ timeout = 0.2
 next_hop = "self"
 med = 100
 backup_prepend = {t.backup_prepend}
+takeover_margin = {t.takeover_margin}
 
 [exabgp]
 neighbors = [{{ address = "{t.tor_address(rack)}", peer_as = {t.tor_as(rack)}, \
@@ -1426,6 +1435,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="non-owners announce each VIP with their AS prepended N more times (backup paths)",
     )
+    p_up.add_argument(
+        "--hold-time",
+        type=int,
+        default=Topology.hold_time,
+        metavar="S",
+        help="BGP hold time between each LB and its ToR (a hung LB's path goes after it)",
+    )
+    p_up.add_argument(
+        "--takeover-margin",
+        type=int,
+        default=0,
+        metavar="N",
+        help="owners' steady paths carry their AS N more times; a takeover after a hang "
+        "leaves them out, so the aggregation router prefers it at once",
+    )
     sub.add_parser("status", help="the group and the aggregation router's table")
     p_fail = sub.add_parser("fail", help="break an LB and time the failover")
     p_fail.add_argument("lb")
@@ -1483,6 +1507,8 @@ def _run(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             bgp_port=args.bgp_port,
             backup_prepend=getattr(args, "backup_prepend", 0),
+            takeover_margin=getattr(args, "takeover_margin", 0),
+            hold_time=getattr(args, "hold_time", Topology.hold_time),
         )
         lab = Lab(lab_dir, topology)
         if command == "up":

@@ -125,6 +125,8 @@ def check_config(config_path: str, member: str | None) -> None:
         sys.exit(1)
     for warning in next_hop_problems(cfg):
         click.echo(f"warning: {warning}", err=True)
+    for note in cfg.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo("OK")
 
 

@@ -95,6 +95,17 @@ class AnnounceConfig:
     # well-known GRACEFUL_SHUTDOWN community 65535:0, so routers that honour it (local-pref 0)
     # move traffic to the new owner before the old path is withdrawn.
     graceful_shutdown_community: bool = True
+    # An owner's steady path carries its local AS this many extra times; a member that takes
+    # a VIP over from one that may still announce it (expired: hang, crash, partition) omits
+    # them until the old path must be gone, so routers prefer the new path at once instead of
+    # keeping a stale one until their hold timer. 0: off. Config files default to 1 when the
+    # local AS is known (`local_as` or [exabgp]); the dataclass default keeps it off.
+    takeover_margin: int = 0
+    # The routers' BGP hold time (s): a hung speaker's stale path is gone this long after the
+    # takeover at the latest. Default: the largest [exabgp] neighbor hold_time (ExaBGP's 180
+    # where unset); inf when a neighbor has hold_time 0 (no hold timer: the takeover form
+    # lasts until the previous owner is back in the group).
+    takeover_hold_time: float = 180.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,7 @@ class Config:
     raft: RaftTuning = field(default_factory=RaftTuning)
     metrics: MetricsConfig | None = None
     zookeeper: ZookeeperConfig | None = None
+    notes: tuple[str, ...] = ()  # not problems, worth knowing (`check-config` prints them)
 
     @property
     def me(self) -> str:
@@ -235,6 +247,7 @@ def load_config(
         raft=raft,
         metrics=metrics,
         zookeeper=zookeeper,
+        notes=tuple(report.notes),
     )
 
 
@@ -346,6 +359,8 @@ MAX_PORT: Final = 65535
 MAX_U16: Final = 65535
 MAX_U32: Final = 4294967295
 MAX_BACKUP_PREPEND: Final = 16
+MAX_TAKEOVER_MARGIN: Final = 16
+EXABGP_DEFAULT_HOLD_TIME: Final = 180  # what ExaBGP offers when a neighbor sets no hold-time
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_UNIX_SOCKET_PATH: Final = 107
 
@@ -400,6 +415,7 @@ class _Report:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.notes: list[str] = []
         self._failed: set[str] = set()
 
     def add(self, path: str, message: str) -> None:
@@ -871,15 +887,34 @@ def _read_services(
 ) -> tuple[ServiceConfig, ...]:
     vip_places: dict[str, str] = {}  # normalised VIP -> key path of its first listing
     name_places: dict[str, str] = {}
-    # Backup announcements prepend an AS number: by default the first neighbor's local_as.
-    local_as = exabgp.neighbors[0].local_as if exabgp.neighbors else None
-    return tuple(_read_service(r, members, local_as, vip_places, name_places) for r in readers)
+    defaults = _announce_defaults(exabgp)
+    return tuple(_read_service(r, members, defaults, vip_places, name_places) for r in readers)
+
+
+@dataclass(frozen=True)
+class _AnnounceDefaults:
+    """What `[exabgp]` implies for every service's `[service.announce]`."""
+
+    local_as: int | None  # backup and steady paths prepend it: the first neighbor's local_as
+    hold_time: float  # the routers' hold time: the largest a neighbor can negotiate
+    why_no_margin: str | None = None  # the AS is known but prepending it is wrong (iBGP)
+
+
+def _announce_defaults(exabgp: ExabgpConfig) -> _AnnounceDefaults:
+    neighbors = exabgp.neighbors
+    local_as = neighbors[0].local_as if neighbors else None
+    holds = [EXABGP_DEFAULT_HOLD_TIME if n.hold_time is None else n.hold_time for n in neighbors]
+    # BGP negotiates the smaller of both sides' hold times: ours bounds the router's.
+    hold = (math.inf if 0 in holds else float(max(holds))) if holds else EXABGP_DEFAULT_HOLD_TIME
+    ibgp = [n.address for n in neighbors if n.local_as and n.local_as == n.peer_as]
+    why = f"iBGP session to {ibgp[0]}: a router rejects its own AS in a path" if ibgp else None
+    return _AnnounceDefaults(local_as or None, float(hold), why)
 
 
 def _read_service(
     r: _Reader,
     members: Mapping[str, str],
-    default_local_as: int | None,
+    announce_defaults: _AnnounceDefaults,
     vip_places: dict[str, str],
     name_places: dict[str, str],
 ) -> ServiceConfig:
@@ -917,7 +952,7 @@ def _read_service(
         preempt_delay=_or(r.number("preempt_delay", ge=0), defaults.preempt_delay),
         rebalance=_or(r.boolean("rebalance"), defaults.rebalance),
         check=_read_check(r.table("check", _CHECK_KEYS)),
-        announce=_read_announce(r.table("announce", _ANNOUNCE_KEYS), default_local_as),
+        announce=_read_announce(r.table("announce", _ANNOUNCE_KEYS), announce_defaults),
     )
 
 
@@ -986,18 +1021,35 @@ def _read_check(r: _Reader) -> CheckConfig:
     )
 
 
-def _read_announce(r: _Reader, default_local_as: int | None) -> AnnounceConfig:
+def _read_announce(r: _Reader, given: _AnnounceDefaults) -> AnnounceConfig:
     defaults = AnnounceConfig()
     backup_prepend = _or(
         r.integer("backup_prepend", lo=0, hi=MAX_BACKUP_PREPEND), defaults.backup_prepend
     )
+    margin = r.integer("takeover_margin", lo=0, hi=MAX_TAKEOVER_MARGIN)
     local_as = r.integer("local_as", lo=1, hi=MAX_U32)
-    if local_as is None and not r.has("local_as") and backup_prepend > 0:
-        local_as = default_local_as
-        if local_as is None:
+    if local_as is None and not r.has("local_as"):
+        local_as = given.local_as
+        if local_as is None and backup_prepend > 0:
             r.add(
                 "local_as", "required when backup_prepend > 0 (or set exabgp.neighbors[0].local_as)"
             )
+        elif local_as is None and margin:
+            r.add(
+                "local_as",
+                "required when takeover_margin > 0 (or set exabgp.neighbors[0].local_as)",
+            )
+    if margin is None and not r.has("takeover_margin"):
+        # On by default wherever the AS to prepend is known (and prepending it is right).
+        margin = 1 if local_as is not None and given.why_no_margin is None else 0
+        if not margin:
+            why = given.why_no_margin or "the local AS is unknown"
+            r.report.notes.append(
+                f"{r.sub('takeover_margin')}: 0 ({why}): after a hang, routers may keep the "
+                "old owner's path until their hold timer expires; set local_as or [exabgp] "
+                "neighbors for takeovers that routers prefer at once"
+            )
+    hold = r.number("takeover_hold_time", gt=0)
     as_path = (
         _as_int(r.report, item_path, item, 1, MAX_U32) for item_path, item in r.array("as_path")
     )
@@ -1014,6 +1066,8 @@ def _read_announce(r: _Reader, default_local_as: int | None) -> AnnounceConfig:
         graceful_shutdown_community=_or(
             r.boolean("graceful_shutdown_community"), defaults.graceful_shutdown_community
         ),
+        takeover_margin=_or(margin, 0),
+        takeover_hold_time=_or(hold, given.hold_time),
     )
 
 

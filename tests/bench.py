@@ -44,8 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,7 @@ class Testbed:
             preempt_delay=PREEMPT_DELAY,
             rise=RISE,
             fall=FALL,
+            hold_time=HOLD_TIME,  # the members' takeover_hold_time: BIRD's hold time here
         )
         addresses = {name: m.address for name, m in group.members.items()}
         as_of, peers = member_peers(addresses, port, ROUTER_AS, hold_time=HOLD_TIME)
@@ -263,15 +265,25 @@ class Testbed:
     def use(self, mode: str, zk_timeout: float = 0.0) -> None:
         """Replace every LB's ExaBGP by one running `mode`; wait until settled."""
         self.stop_speakers()
-        for member in self.group.members.values():
-            member.health_file.touch()
         self.mode, self.zk_timeout, self.code = mode, zk_timeout, None
-        self.generation += 1
+        self.generation += 1  # the ExaZK-like instances use a fresh ZooKeeper path each time
+        # The baselines start unhealthy and rise only once every BGP session is up. Started
+        # healthy, an ExaZK-like instance up before the others' znodes exist announces their
+        # VIPs and withdraws them ~0.1 s later, while its session is coming up; in 2 of 2
+        # `--quick` runs one such path then stayed in BIRD (the 1 s baseline never settled).
+        early = mode == "raftvip"
+        for member in self.group.members.values():
+            if early:
+                member.health_file.touch()
+            else:
+                member.health_file.unlink(missing_ok=True)
         if mode == "raftvip":
             shutil.rmtree(self.root / "state", ignore_errors=True)  # a fresh group each time
         for name in self.group.members:
             self.start_speaker(name)
         self.bird.wait_established(timeout=30)
+        for member in self.group.members.values():
+            member.health_file.touch()
         self.wait_settled()
 
     # --- what BIRD sees ---
@@ -326,7 +338,8 @@ class Testbed:
                 return f"router: {vip}'s best path leads to {best}, not {owner}"
             want = len(self.group.members) if self.mode == "healthcheck" else 1
             if len(paths) != want:
-                return f"router: {vip} has {len(paths)} paths, not {want}"
+                via = ", ".join(str(self.member_of(p)) for p in paths) or "none"
+                return f"router: {vip} has {len(paths)} paths (via {via}), not {want}"
         if self.mode != "raftvip":
             return None
         doc = self.group_status()
@@ -503,25 +516,42 @@ def run_failover(root: Path, trials: int, zk_timeouts: Sequence[float]) -> Failo
     with_zk = bool(zk_timeouts) and zookeeper_available()
     if zk_timeouts and not with_zk:
         results.notes.append("ZooKeeper is not installed: the ExaZK-like baseline was skipped.")
-    with Testbed.running(root, with_zk) as bed:
-        log("== raftvip on BIRD")
+
+    def system(label: str, body: Callable[[], None]) -> None:
+        """One system's rows; a failure there is a note, and the next system still runs."""
+        log(f"== {label} on BIRD")
+        try:
+            body()
+        except Exception as exc:  # reported; the other systems keep theirs
+            log(f"{label} failed:")
+            log("".join(traceback.format_exception(exc)).rstrip())
+            results.notes.append(f"{label}: failed, so its rows are missing: {failure(exc)}.")
+
+    def raftvip() -> None:
         bed.use("raftvip")
         for kind in RAFTVIP_KINDS:
             results.raftvip[kind] = failover_trials(bed, kind, trials, "raftvip")
         results.drain = drain_trials(bed, trials)
-        log("== ExaBGP healthcheck on BIRD")
+
+    def healthcheck() -> None:
         bed.use("healthcheck")
         results.healthcheck = failover_trials(
             bed, "owner check failure", trials, "exabgp-healthcheck --withdraw-on-down"
         )
+
+    def exazk(timeout: float, label: str) -> None:
+        bed.use("exazk", zk_timeout=timeout)
+        results.exazk[timeout] = {
+            kind: failover_trials(bed, kind, trials, label)
+            for kind in ("owner crash", "owner hang")
+        }
+
+    with Testbed.running(root, with_zk) as bed:
+        system("raftvip", raftvip)
+        system("ExaBGP healthcheck", healthcheck)
         for timeout in zk_timeouts if with_zk else ():
             label = f"ExaZK-like, session {timeout:g} s"
-            log(f"== {label} on BIRD")
-            bed.use("exazk", zk_timeout=timeout)
-            results.exazk[timeout] = {
-                kind: failover_trials(bed, kind, trials, label)
-                for kind in ("owner crash", "owner hang")
-            }
+            system(label, functools.partial(exazk, timeout, label))
         bed.stop_speakers()
     return results
 
@@ -908,13 +938,52 @@ def scale_table(results: Sequence[ScaleResult]) -> list[str]:
     return lines
 
 
+TITLES = {
+    "failover": "Failover as seen by the router",
+    "scale": "Scale",
+    "lifecycle": "Starts, stops and restarts",
+    "takeover": "Takeover after a hang",
+}
+
+
+def part_lines(part: Part, out: Path | None) -> list[str]:
+    if part.error is not None:
+        return [
+            f"### {TITLES.get(part.name, part.name)}",
+            "",
+            f"**This part failed** after {part.seconds / 60:.1f} min, so it has no figures "
+            f"here (the other parts are unaffected): {part.error}. The run's log has the "
+            "traceback.",
+        ]
+    if part.name == "failover":
+        lines = failover_tables(part.result)
+        lines += [f"- {note}" for note in part.result.notes]
+        if out is not None:
+            lines += ["", *failover_picture(part.result, out)]
+        return lines
+    if part.name == "scale":
+        return scale_table(part.result)
+    if part.name == "lifecycle":
+        from tests.bench_lifecycle import lifecycle_table
+
+        return lifecycle_table(part.result)
+    if part.name == "takeover":
+        from tests.bench_takeover import takeover_table
+
+        return [
+            "### Takeover after a hang (stale path vs new path)",
+            "",
+            *takeover_table(part.result),
+        ]
+    raise ValueError(part.name)
+
+
 def render(
     args: argparse.Namespace,
-    failover: FailoverResults | None,
-    scale: list[ScaleResult] | None,
+    parts: Sequence[Part],
     started: datetime.datetime,
     seconds: float,
-    lifecycle: Any = None,
+    out: Path | None = None,
 ) -> str:
     lines = [
         "# raftvip benchmarks",
@@ -938,20 +1007,88 @@ def render(
         "rotates.",
         "",
     ]
-    if failover is not None:
-        lines += failover_tables(failover)
-        lines += [f"- {note}" for note in failover.notes]
-        lines.append("")
-    if scale is not None:
-        lines += scale_table(scale)
-        lines.append("")
-    if lifecycle is not None:
-        from tests.bench_lifecycle import lifecycle_table
-
-        lines += lifecycle_table(lifecycle)
+    for part in parts:
+        lines += part_lines(part, out)
         lines.append("")
     lines += NOTES
     return "\n".join(lines) + "\n"
+
+
+def failover_series(res: FailoverResults) -> dict[str, dict[str, list[float]]]:
+    """fault -> system -> failover times in s (BIRD's best path moved), for the picture."""
+    series: dict[str, dict[str, list[float]]] = {}
+    for kind in RAFTVIP_KINDS:
+        samples = res.raftvip.get(kind)
+        if samples:
+            series.setdefault(kind, {})["raftvip"] = [s.best for s in samples]
+    if res.healthcheck:
+        series.setdefault("owner check failure", {})["ExaBGP healthcheck"] = [
+            s.best for s in res.healthcheck
+        ]
+    for timeout, kinds in sorted(res.exazk.items()):
+        for kind, samples in kinds.items():
+            if samples:
+                label = f"ExaZK-like {timeout:g} s"
+                series.setdefault(kind, {})[label] = [s.best for s in samples]
+    return series
+
+
+def failover_picture(res: FailoverResults, out: Path) -> list[str]:
+    """Draw the failover distributions next to `out`; the markdown that embeds them."""
+    series = failover_series(res)
+    if not series:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ["(no picture: matplotlib is not installed; `pip install -e .[bench]`)"]
+    png = out.with_name(out.stem.lower() + "-failover.png")
+    systems = sorted({name for kinds in series.values() for name in kinds}, key=_system_order)
+    faults = [k for k in (*RAFTVIP_KINDS, *series) if k in series]
+    faults = list(dict.fromkeys(faults))
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
+    width = 0.8 / len(systems)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, system in enumerate(systems):
+        positions, data = [], []
+        for j, fault in enumerate(faults):
+            values = series[fault].get(system)
+            if values:
+                positions.append(j - 0.4 + width * (i + 0.5))
+                data.append([max(v, 1e-4) * 1000 for v in values])
+        if not data:
+            continue
+        colour = colours[i % len(colours)]
+        parts = ax.boxplot(
+            data,
+            positions=positions,
+            widths=width * 0.85,
+            patch_artist=True,
+            showfliers=True,
+            manage_ticks=False,
+        )
+        for box in parts["boxes"]:
+            box.set_facecolor(colour)
+            box.set_alpha(0.6)
+        ax.plot([], [], color=colour, linewidth=8, alpha=0.6, label=system)
+    ax.set_yscale("log")
+    ax.set_ylabel("failover: fault to BIRD's best path moved (ms, log scale)")
+    ax.set_xticks(range(len(faults)))
+    ax.set_xticklabels(faults)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title("Failover per fault: raftvip and the baselines on the same BIRD")
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return [f"![Failover time per fault, raftvip and each baseline]({png.name})"]
+
+
+def _system_order(name: str) -> tuple[int, str]:
+    return (0 if name == "raftvip" else 1 if "healthcheck" in name else 2, name)
 
 
 NOTES = [
@@ -965,10 +1102,12 @@ NOTES = [
     "- **Leader crash.** A Raft election comes first (election timeout 0.2-0.5 s after the "
     "last heartbeat), then the new leader expires the old one at once.",
     "- **Hang.** Only the lease (1.5 s) detects a stopped member; raftvip moves the VIP after "
-    "~1.1 s. The hung speaker's path stays in BIRD until the hold timer: when it wins the "
-    'tie-break against the new owner\'s path it stays best, so "router moved" is bounded by '
-    f"the hold time ({HOLD_TIME} s here, 90-180 s with common defaults: use BFD or a short "
-    "hold time).",
+    "~1.1 s. The hung speaker's path stays in BIRD until the hold timer. Without "
+    "`takeover_margin` (0), when that stale path wins the tie-break it stays best, so "
+    '"router moved" is bounded by the hold time. With the default margin (1) owners announce '
+    "one extra prepend of their own AS in steady state and a takeover omits it, so the new "
+    "owner's path is shorter and best at once; it returns to the steady form in place after "
+    "the routers' hold time (the takeover table above; the failover table uses the default).",
     "- **ExaZK-like baseline.** A crashed or hung instance's znode goes only when ZooKeeper "
     "expires its session, so failover is bounded by the session timeout (10 s kazoo default; "
     "1 s at least with tickTime 500 ms); survivors announce with MED 200, so a hung "
@@ -996,6 +1135,44 @@ NOTES = [
 # ----------------------------------------------------------------------------- main
 
 
+@dataclass
+class Part:
+    """One part of the run: its figures, or why it failed (the other parts keep theirs)."""
+
+    name: str
+    result: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong, in one line: the exception and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}{where}" if message else type(exc).__name__ + where
+
+
+def run_part(name: str, body: Callable[[], Any]) -> Part:
+    """Run one part; a failure is logged with its traceback and kept as a reason."""
+    began = time.monotonic()
+    try:
+        result = body()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # reported; the other parts go on
+        log(f"part {name!r} failed:")
+        log("".join(traceback.format_exception(exc)).rstrip())
+        return Part(name, error=failure(exc), seconds=time.monotonic() - began)
+    return Part(name, result=result, seconds=time.monotonic() - began)
+
+
+PARTS = ("failover", "takeover", "scale", "lifecycle")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description=__doc__.splitlines()[0]
@@ -1006,8 +1183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, help="idle CPU window (default 60)")
     parser.add_argument(
         "--parts",
-        default="failover,scale,lifecycle",
-        help="comma-separated: failover, scale, lifecycle",
+        default=",".join(PARTS),
+        help="comma-separated: " + ", ".join(PARTS),
     )
     parser.add_argument(
         "--zk-timeouts",
@@ -1023,47 +1200,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         "every part, else none)",
     )
     args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"--parts: unknown part {', '.join(unknown)} (known: {', '.join(PARTS)})")
     args.command_line = shlex.join(["python", "-m", "tests.bench", *(argv or sys.argv[1:])])
     trials = args.trials or (3 if args.quick else 20)
     scale_trials = args.scale_trials or (1 if args.quick else 5)
     idle = args.idle_seconds or (5.0 if args.quick else 60.0)
-    complete = not args.quick and {"failover", "scale", "lifecycle"} <= set(args.parts.split(","))
+    complete = not args.quick and set(PARTS) <= set(parts)
     out = args.out or (BENCHMARKS_MD if complete else None)
-    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     zk_timeouts = [float(t) for t in args.zk_timeouts.split(",") if t.strip()]
     args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     started = datetime.datetime.now(datetime.UTC)
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="raftvip-bench-"))
     log(f"# raftvip benchmarks: {args.command_line}; files in {root}")
-    failover = scale = lifecycle = None
-    try:
-        if "failover" in parts:
-            failover = run_failover(root / "failover", trials, zk_timeouts)
-        if "scale" in parts:
-            scale = run_scale(
-                root,
-                [int(m) for m in args.members.split(",")],
-                [int(v) for v in args.vips.split(",")],
-                scale_trials,
-                idle,
-            )
-        if "lifecycle" in parts:
-            from tests.bench_lifecycle import run_lifecycle
 
-            log("== starts, stops and restarts on BIRD")
-            lifecycle = run_lifecycle(root, 2 if args.quick else 5)
+    def lifecycle() -> Any:
+        from tests.bench_lifecycle import run_lifecycle
+
+        log("== starts, stops and restarts on BIRD")
+        return run_lifecycle(root, 2 if args.quick else 5)
+
+    def takeover() -> Any:
+        from tests.bench_takeover import run_takeover
+
+        log("== takeover after a hang on BIRD (hold time 9 s)")
+        return run_takeover(root / "takeover", 2 if args.quick else 10)
+
+    bodies: dict[str, Callable[[], Any]] = {
+        "failover": lambda: run_failover(root / "failover", trials, zk_timeouts),
+        "scale": lambda: run_scale(
+            root,
+            [int(m) for m in args.members.split(",")],
+            [int(v) for v in args.vips.split(",")],
+            scale_trials,
+            idle,
+        ),
+        "lifecycle": lifecycle,
+        "takeover": takeover,
+    }
+    done: list[Part] = []
+    try:
+        for name in parts:
+            done.append(run_part(name, bodies[name]))
     except KeyboardInterrupt:
         log("interrupted: every process started here was stopped")
         return 130
-    text = render(args, failover, scale, started, time.monotonic() - began, lifecycle)
+    text = render(args, done, started, time.monotonic() - began, out)
     log("")
     log(text)
     if out is not None:
         out.write_text(text)
         log(f"written to {out}")
     shutil.rmtree(root, ignore_errors=True)
-    return 0
+    failed = [p.name for p in done if p.error is not None]
+    if failed:
+        log(f"failed parts: {', '.join(failed)} (the others' figures are above)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

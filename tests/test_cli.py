@@ -173,3 +173,14 @@ def test_the_readme_example_config_passes_check_config(tmp_path: Path) -> None:
     assert snippet.returncode == 0
     assert "neighbor 10.20.151.129 {" in snippet.stdout
     assert "processes [ raftvip-apex ];" in snippet.stdout
+
+
+def test_check_config_notes_a_takeover_margin_that_defaults_to_zero(tmp_path: Path) -> None:
+    """Without a router ([exabgp]) nor local_as, the AS to prepend is unknown: the config is
+    valid (as before takeover_margin existed) and check-config says what that means."""
+    group = Group(tmp_path, size=3)
+    result = raftvip("check-config", "-c", str(group.members["lb1"].config))
+    assert result.returncode == 0 and result.stdout == "OK\n"
+    assert result.stderr.startswith(
+        "note: service[0].announce.takeover_margin: 0 (the local AS is unknown)"
+    )

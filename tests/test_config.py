@@ -244,7 +244,10 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
                     med=100,
                     communities=("65001:100",),
                     backup_prepend=0,
-                    local_as=None,
+                    # from [exabgp]: the steady path prepends it once (takeover_margin)
+                    local_as=65011,
+                    takeover_margin=1,
+                    takeover_hold_time=180.0,  # ExaBGP's hold time when a neighbor sets none
                 ),
             ),
         ),
@@ -380,7 +383,13 @@ def test_graceful_shutdown_community_is_on_unless_turned_off(
     tmp_path: Path, base: dict[str, Any]
 ) -> None:
     assert load_config(write_config(tmp_path, base), environ={}).services[0].announce == (
-        AnnounceConfig(next_hop="self", med=100, communities=("65001:100",))
+        AnnounceConfig(
+            next_hop="self",
+            med=100,
+            communities=("65001:100",),
+            local_as=65011,
+            takeover_margin=1,
+        )
     )
     base["service"][0]["announce"]["graceful_shutdown_community"] = False
     announce = load_config(write_config(tmp_path, base), environ={}).services[0].announce
@@ -1377,3 +1386,107 @@ def test_zookeeper_auth_file_rules(
     assert problem.startswith(f"zookeeper.auth_file: {auth}: ")
     assert "group or others" in problem if mode & 0o077 else "user:password" in problem
     assert "pw-Secret1" not in problem
+
+
+# ------------------------------------------------------------------- takeover_margin
+
+
+def test_takeover_margin_defaults_to_one_where_the_local_as_is_known(
+    tmp_path: Path, base: dict[str, Any]
+) -> None:
+    announce = load_config(write_config(tmp_path, base), environ={}).services[0].announce
+    assert (announce.takeover_margin, announce.local_as) == (1, 65011)
+    assert announce.takeover_hold_time == 180.0  # ExaBGP's hold time: no neighbor sets one
+    # An explicit local_as without [exabgp] is known too.
+    del base["exabgp"]
+    base["service"][0]["announce"]["local_as"] = 7
+    config = load_config(write_config(tmp_path, base), environ={})
+    assert config.services[0].announce.takeover_margin == 1
+    assert config.notes == ()
+
+
+def test_takeover_margin_is_off_with_a_note_where_the_local_as_is_unknown(
+    tmp_path: Path, base: dict[str, Any]
+) -> None:
+    del base["exabgp"]  # a valid config before takeover_margin existed stays valid
+    config = load_config(write_config(tmp_path, base), environ={})
+    assert config.services[0].announce.takeover_margin == 0
+    (note,) = config.notes
+    assert note.startswith("service[0].announce.takeover_margin: 0 (the local AS is unknown)")
+
+
+def test_takeover_margin_is_off_with_a_note_on_ibgp(tmp_path: Path, base: dict[str, Any]) -> None:
+    base["exabgp"]["neighbors"][0]["peer_as"] = 65011  # = local_as: iBGP
+    config = load_config(write_config(tmp_path, base), environ={})
+    assert config.services[0].announce.takeover_margin == 0
+    (note,) = config.notes
+    assert "iBGP session to 127.0.0.1" in note
+
+
+@pytest.mark.parametrize(
+    ("holds", "expected"),
+    [([9], 9.0), ([9, 30], 30.0), ([9, None], 180.0), ([9, 0], math.inf)],
+)
+def test_takeover_hold_time_defaults_from_the_neighbors(
+    tmp_path: Path, base: dict[str, Any], holds: list[int | None], expected: float
+) -> None:
+    first = base["exabgp"]["neighbors"][0]
+    neighbors = []
+    for index, hold in enumerate(holds):
+        neighbor = {**first, "address": f"127.0.0.{index + 1}"}
+        if hold is not None:
+            neighbor["hold_time"] = hold
+        neighbors.append(neighbor)
+    base["exabgp"]["neighbors"] = neighbors
+    announce = load_config(write_config(tmp_path, base), environ={}).services[0].announce
+    assert announce.takeover_hold_time == expected
+    base["service"][0]["announce"]["takeover_hold_time"] = 12.5
+    announce = load_config(write_config(tmp_path, base), environ={}).services[0].announce
+    assert announce.takeover_hold_time == 12.5
+
+
+def test_takeover_margin_zero_turns_it_off_without_a_note(
+    tmp_path: Path, base: dict[str, Any]
+) -> None:
+    del base["exabgp"]
+    base["service"][0]["announce"]["takeover_margin"] = 0
+    config = load_config(write_config(tmp_path, base), environ={})
+    assert config.services[0].announce.takeover_margin == 0 and config.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        (
+            {"service/0/announce/takeover_margin": -1},
+            "service[0].announce.takeover_margin: must be between 0 and 16, got -1",
+        ),
+        (
+            {"service/0/announce/takeover_margin": 17},
+            "service[0].announce.takeover_margin: must be between 0 and 16, got 17",
+        ),
+        (
+            {"service/0/announce/takeover_margin": "1"},
+            "service[0].announce.takeover_margin: expected an integer, got '1'",
+        ),
+        (
+            {"service/0/announce/takeover_margin": 2, "exabgp": DELETE},
+            "service[0].announce.local_as: required when takeover_margin > 0",
+        ),
+        (
+            {"service/0/announce/takeover_hold_time": 0},
+            "service[0].announce.takeover_hold_time: must be > 0, got 0",
+        ),
+        (
+            {"service/0/announce/takeover_hold_time": "9s"},
+            "service[0].announce.takeover_hold_time: expected a number, got '9s'",
+        ),
+    ],
+)
+def test_takeover_settings_are_validated(
+    tmp_path: Path, base: dict[str, Any], changes: dict[str, object], problem: str
+) -> None:
+    for path, value in changes.items():
+        change(base, tuple(path.split("/")) if "/" in path else path, value)
+    problems = problems_of(write_config(tmp_path, base))
+    assert any(p.startswith(problem) for p in problems), problems

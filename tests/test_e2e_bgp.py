@@ -201,7 +201,8 @@ def test_backup_paths_take_over_before_raft_reassigns(topology: Topology) -> Non
             best = [p for p in got if p.best]
             if len(got) != 3 or len(best) != 1 or topology.member_of(best[0]) != owner:
                 return False
-            if len(best[0].as_path) != 1 or any(len(p.as_path) != 3 for p in got if not p.best):
+            # steady owner path: its AS + takeover_margin 1; backups: + backup_prepend 2
+            if len(best[0].as_path) != 2 or any(len(p.as_path) != 4 for p in got if not p.best):
                 return False
         return True
 
@@ -221,7 +222,8 @@ def test_backup_paths_take_over_before_raft_reassigns(topology: Topology) -> Non
             empty_samples += 1
         elif topology.member_of(best[0]) != victim and backup_best is None:
             backup_best = time.monotonic() - t0
-        if any(len(p.as_path) == 1 and topology.member_of(p) != victim for p in paths):
+        # the new owner's path (the takeover form: the victim's ExaBGP may still have had it)
+        if any(len(p.as_path) <= 2 and topology.member_of(p) != victim for p in paths):
             raft_owner = time.monotonic() - t0
         time.sleep(0.001)
     assert backup_best is not None and raft_owner is not None
@@ -342,7 +344,8 @@ def test_a_drain_moves_the_best_path_before_the_old_one_is_withdrawn(topology: T
         "the best path stayed on lb1 until lb1 withdrew it:\n" + topology.bird.log_text()
     )
     # What lb1 wrote: its owner's path, then (implicit withdraw) the handover path with the
-    # community, then the withdraw.
+    # community (the steady form: its AS + takeover_margin 1), then the withdraw.
+    asn = topology.as_of["lb1"]
     written = [
         line.split("raftvip.agent exabgp ", 1)[1]
         for line in topology.member_log("lb1").splitlines()
@@ -350,7 +353,8 @@ def test_a_drain_moves_the_best_path_before_the_old_one_is_withdrawn(topology: T
         or f"raftvip.agent exabgp withdraw route {prefix}" in line
     ]
     assert written[-2:] == [
-        f"announce route {prefix} next-hop self med 100 community [ 65001:100 65535:0 ]",
+        f"announce route {prefix} next-hop self med 100 as-path [ {asn} {asn} ] "
+        "community [ 65001:100 65535:0 ]",
         f"withdraw route {prefix} next-hop self",
     ]
     (new,) = topology.paths()[vip]

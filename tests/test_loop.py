@@ -826,3 +826,93 @@ def test_json_events_act_as_the_text_ones() -> None:
     driver.tick()
     assert driver.loop.exit_code == 0
     assert "member=lb1 stopped: ExaBGP shutdown" in driver.messages()
+
+
+# --- found by the simulator (python -m tests.sim --seeds 10000) -----------------------------
+
+
+def test_a_failed_report_is_retried_when_the_loop_wakes_at_its_own_wake_time() -> None:
+    """The shell sleeps until `wake_at`; a retry due at exactly last_at + TICK must not be
+    missed by a float rounding (seed 8628: no retry until the fence fell 0.5 s later)."""
+    missed = []
+    for start in (1000.0, 5.594849046391975, 123.456789, 0.3, 77.7, 1234.5678, 42.42):
+        driver = LoopDriver(make_config(), group_state(), clock=FakeClock(start))
+        driver.set_health("apex", "up")
+        driver.run(1.0)
+        driver.auto_commit = False
+        while not any(isinstance(p.cmd, Report) for p in driver.pending):
+            driver.run(0.1)  # until a report goes out
+        driver.fail_pending()  # its leader changed at once
+        before = len(driver.proposals)
+        driver.tick()  # too early to retry: the loop asks to be woken for it
+        assert len(driver.proposals) == before
+        assert driver.wake_at is not None
+        driver.clock.now = driver.wake_at
+        driver.tick()
+        if not [p for p in driver.proposals[before:] if isinstance(p.cmd, Report)]:
+            missed.append(start)
+    assert missed == []
+
+
+def test_a_restarting_member_keeps_its_routes_while_its_flag_holds_though_nothing_commits() -> None:
+    """`raftvip restart` on the leader: it hands leadership over, an election follows and
+    nothing commits for a while. No leader expires a member whose restart flag it applied
+    before RESTART_DEADLINE, so the fence must not withdraw what the next process takes over
+    (seed 6995: a gap of the restarting member's VIPs)."""
+    driver = started(policy="withdraw")
+    driver.info = replace(driver.info, is_leader=True)
+    driver.auto_commit = False
+    driver.run(0.4)  # reports stop committing
+    renewed = driver.loop.reporting.renewed_at
+    driver.send(core.RestartRequested())
+    driver.tick()
+    driver.pending = [p for p in driver.pending if isinstance(p.cmd, SetRestarting)]
+    driver.commit()  # only the flag commits
+    fence_at = renewed + fence_time(driver.cfg)
+    passed_fence = False
+    while driver.loop.exit_code is None:
+        driver.clock.advance(0.05)
+        driver.tick()
+        passed_fence = passed_fence or driver.clock.now > fence_at
+        assert driver.announced() == {"10.0.0.1"}, driver.reasons()
+    assert passed_fence  # the fence time went by while the member waited for the hand-over
+    assert driver.loop.exit_code == 0
+
+
+def test_a_restart_during_a_handover_waits_for_it_then_withdraws_what_is_left() -> None:
+    """Seed 4433: the restarting member exited while handing a VIP over; its ExaBGP kept that
+    route beside the new owner's until the next process came up."""
+    driver = started()
+    driver.update(
+        version=2,
+        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+    driver.tick()
+    assert driver.reason("10.0.0.1") == "handover"
+    driver.send(core.RestartRequested())
+    driver.run(core.RESTART_HANDOVER_WAIT - 0.2)
+    assert driver.loop.exit_code is None  # waits for lb2's confirmation
+    assert "10.0.0.1" in driver.announced()
+    driver.run(0.4)
+    assert driver.loop.exit_code == 0
+    assert driver.announced() == set()  # not confirmed in time: withdrawn before the exit
+    assert any("not confirmed before the restart" in m for m in driver.messages())
+
+
+def test_a_restart_during_a_confirmed_handover_exits_without_its_route() -> None:
+    driver = started()
+    driver.update(
+        version=2,
+        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+    driver.tick()
+    driver.send(core.RestartRequested())
+    driver.run(0.3)
+    assert driver.loop.exit_code is None
+    driver.update(handovers={})  # lb2's Confirm committed
+    driver.run(0.3)
+    assert driver.loop.exit_code == 0
+    assert driver.announced() == set()
+    assert not any("not confirmed" in m for m in driver.messages())

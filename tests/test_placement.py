@@ -150,3 +150,41 @@ def test_property_failure_moves_only_orphans(eligible: set[str], dead: str) -> N
     after = owners_of(place([spec(VIPS)], {"apex": survivors}, {"apex": survivors}, {}, before))
     moved = {vip for vip in VIPS if before[vip] != after[vip]}
     assert moved == {vip for vip in VIPS if before[vip] == dead}
+
+
+def test_a_member_restarting_in_place_keeps_its_vips_and_gains_none() -> None:
+    """Seed 4422: a drain during a restart in place gave a VIP to the restarting member just
+    before its process exited; nobody could then withdraw it or confirm the handover."""
+    members = frozenset(["lb1", "lb2", "lb3"])
+    service = spec(["v1", "v2", "v3"], {"v1": "lb1", "v2": "lb2", "v3": "lb1"}, rebalance=True)
+    current = {"v1": "lb1", "v2": "lb2", "v3": "lb3"}  # lb3 is being drained: v3 must move
+    eligible = {"apex": members - {"lb3"}}
+    owners = owners_of(place([service], eligible, eligible, {}, current, frozenset(["lb1"])))
+    assert owners == {"v1": "lb1", "v2": "lb2", "v3": "lb2"}  # not to lb1, its preferred
+    # without the restart, v3 goes back to its preferred owner
+    owners = owners_of(place([service], eligible, eligible, {}, current))
+    assert owners["v3"] == "lb1"
+
+
+def test_a_member_restarting_in_place_keeps_its_vips_against_preempt_and_pins() -> None:
+    """Seed 4433: maintenance ended during a restart in place and preempt moved a VIP off
+    the exiting member: its ExaBGP kept the route beside the new owner's."""
+    members = frozenset(["lb1", "lb2", "lb3"])
+    service = spec(["v1", "v2"], {"v1": "lb1", "v2": "lb2"}, preempt=True)
+    current = {"v1": "lb3", "v2": "lb3"}
+    args = ([service], {"apex": members}, {"apex": members})
+    assert owners_of(place(*args, {}, current)) == {"v1": "lb1", "v2": "lb2"}
+    kept = place(*args, {"v2": "lb1"}, current, frozenset(["lb3"]))
+    assert owners_of(kept) == {"v1": "lb3", "v2": "lb3"}
+    assert {a.reason for a in kept.values()} == {"sticky"}
+    # Seed 6555: its preferred VIP pinned elsewhere during the restart stays too
+    service = spec(["v1"], {"v1": "lb3"})
+    kept = place(
+        [service],
+        {"apex": members},
+        {"apex": members},
+        {"v1": "lb2"},
+        {"v1": "lb3"},
+        frozenset(["lb3"]),
+    )
+    assert owners_of(kept) == {"v1": "lb3"}

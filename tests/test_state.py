@@ -331,3 +331,15 @@ def test_restarting_is_set_for_the_current_incarnation_and_cleared_by_the_next_r
     assert state_from_wire(state_to_wire(flagged)).members["lb2"].restarting
     back = apply(flagged, report("lb2", 1, 200.0, inc=lb2.incarnation + 1))
     assert not back.members["lb2"].restarting and owners(back) == owners(state)
+
+
+def test_a_late_report_of_the_restarting_process_keeps_its_flag() -> None:
+    """Seed 288: a report sent just before `raftvip restart` committed after the flag and
+    cleared it; the leader then expired the exiting member (its link dropped) and moved its
+    VIPs, the moves a restart in place must not make."""
+    state = group("lb1", "lb2", "lb3")
+    lb2 = state.members["lb2"]
+    flagged = apply(state, SetRestarting(1.0, "lb2", lb2.incarnation))
+    late = apply(flagged, report("lb2", lb2.seq + 1, 200.0, inc=lb2.incarnation))
+    assert late.members["lb2"].restarting
+    assert late.members["lb2"].seq == lb2.seq + 1

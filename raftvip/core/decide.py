@@ -23,18 +23,27 @@
   (the leader expires a member at the earliest `connection_timeout` after that, so the member
   withdraws before anyone else can be given its VIPs: at most one announcer).
 
+An owner's path has one of two forms (`takeover_form`): the steady form, with
+`announce.takeover_margin` extra prepends of its AS, and the takeover form without them, for a
+VIP taken over from a member that may still announce it (`state.Takeover`: expired, not a
+confirmed withdraw or handover), until that old path must be gone (the routers' hold time).
+Routers then prefer the new owner's path at once, by AS-path length; backups are longer still.
+
 `plan` turns desired routes vs. announced routes into ExaBGP lines.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
-from raftvip.config import FENCE_MARGIN, Config
+from raftvip.config import FENCE_MARGIN, AnnounceConfig, Config
 from raftvip.core.exabgp import Route, announce_line, route_for, withdraw_line
 from raftvip.core.placement import Assignment
-from raftvip.core.state import ClusterState
+from raftvip.core.state import ClusterState, Takeover
 
 
 @dataclass(frozen=True)
@@ -53,10 +62,91 @@ class GroupView:
 
 
 @dataclass(frozen=True)
+class PathForm:
+    """Which form an owner's path takes, until when, and why (`takeover_form`)."""
+
+    takeover: bool  # True: without the takeover_margin prepends (preferred over a stale path)
+    until: float | None  # wall clock when the takeover form ends (inf: when `why` changes)
+    why: str  # "took over from lb1 after lease expiry", "lb1 handed over", ...
+
+    def describe(self) -> str:
+        """For `status`: "takeover form until 12:00:09 UTC: took over from lb1 after ..."."""
+        if not self.takeover:
+            return f"steady form: {self.why}"
+        if self.until is None or math.isinf(self.until):
+            return f"takeover form until the previous owner is back: {self.why}"
+        stamp = time.strftime("%H:%M:%S", time.gmtime(self.until))
+        return f"takeover form until {stamp} UTC: {self.why}"
+
+
+STEADY = PathForm(False, None, "no takeover")
+
+
+def _cause(cause: str) -> str:
+    return {
+        "lease": "lease expiry",
+        "disconnect": "its Raft link dropped",
+        "not back": "its restart did not come back",
+        "restart not done in time": "its restart did not finish in time",
+        "removed": "it was removed from the group",
+    }.get(cause, f"expiry ({cause})")
+
+
+def takeover_form(
+    record: Takeover | None,
+    announce: AnnounceConfig,
+    previous_back: bool,
+    wall: float,
+) -> PathForm:
+    """The form of the owner's path for a VIP taken over as `record` says, at `wall`.
+
+    The takeover form lasts until the old owner's path must be gone from every router: its
+    speaker stopped refreshing it at the latest when the group expired it (`record.ts`), so
+    `takeover_hold_time` later the routers' hold timers have dropped it. With no hold timer
+    (inf) it lasts until the previous owner is back in the group (`previous_back`: it reports
+    again, after withdrawing what it no longer owns). `wall` and `record.ts` are wall clocks
+    of two hosts: the form ends early by their skew, which the lease (the time between the
+    hang and the expiry) covers.
+    """
+    if record is None:
+        return STEADY
+    why = f"took over from {record.previous} after {_cause(record.cause)}"
+    if announce.takeover_margin == 0:
+        return PathForm(False, None, f"{why}; takeover_margin = 0")
+    until = record.ts + announce.takeover_hold_time
+    if math.isinf(until):
+        if previous_back:
+            return PathForm(False, None, f"{why}; {record.previous} is back in the group")
+        return PathForm(True, until, why)
+    if wall >= until:
+        hold = f"{announce.takeover_hold_time:g}"
+        return PathForm(False, until, f"{why}; its path is gone (hold time {hold}s passed)")
+    return PathForm(True, until, why)
+
+
+def takeover_forms(cfg: Config, state: ClusterState, wall: float) -> dict[str, PathForm]:
+    """`takeover_form` of every VIP this member owns by a takeover."""
+    forms: dict[str, PathForm] = {}
+    for vip, record in state.takeovers.items():
+        service = cfg.service_of(vip)
+        if service is None or state.owner_of(vip) != cfg.me:
+            continue
+        previous = state.members.get(record.previous)
+        back = previous is not None and previous.alive
+        forms[vip] = takeover_form(record, service.announce, back, wall)
+    return forms
+
+
+@dataclass(frozen=True)
 class Decision:
     announce: bool
     reason: str
     prepend: int = 0  # > 0: a backup path
+    form: PathForm | None = None  # an owner's path: steady or takeover, and why
+
+    @property
+    def takeover(self) -> bool:
+        return self.form is not None and self.form.takeover
 
 
 LocalHealth = Mapping[str, str]  # service -> "up" | "down" | "disabled"
@@ -134,6 +224,9 @@ class DecideInputs:
     drained: bool
     handover_expired: frozenset[str]  # VIPs I have been handing over for too long
     announced: frozenset[str]  # what ExaBGP was last told to carry
+    # VIPs I own by a takeover -> the form of my path (`takeover_forms`; changes only when a
+    # takeover form starts or ends, so it is a fine cache key)
+    forms: Mapping[str, PathForm] = dataclass_field(default_factory=dict)
 
 
 def inputs_for(
@@ -145,7 +238,10 @@ def inputs_for(
     handover_expired: Set[str] = frozenset(),
     resuming: bool = False,
     left: bool = False,
+    forms: Mapping[str, PathForm] | None = None,
 ) -> DecideInputs:
+    """`forms`: `takeover_forms(cfg, state, wall)`, computed by the caller, which knows the
+    wall clock (None: every owner path in its steady form)."""
     member = state.members.get(cfg.me)
     return DecideInputs(
         ready=view.ready,
@@ -161,6 +257,7 @@ def inputs_for(
         drained=member is not None and member.drained,
         handover_expired=frozenset(handover_expired),
         announced=frozenset(announced),
+        forms=dict(forms or {}),
     )
 
 
@@ -193,11 +290,12 @@ def decide(cfg: Config, inputs: DecideInputs) -> dict[str, Decision]:
                 if vip in inputs.announced:
                     # Keep the route as it was: a backup stays a (prepended) backup.
                     prepend = backup if owner != me and backup > 0 else 0
-                    decisions[vip] = Decision(True, "no_quorum_hold", prepend=prepend)
+                    form = inputs.forms.get(vip, STEADY) if owner == me else None
+                    decisions[vip] = Decision(True, "no_quorum_hold", prepend=prepend, form=form)
                 else:
                     decisions[vip] = Decision(False, "no_quorum")
             elif owner == me and not inputs.drained:
-                decisions[vip] = Decision(True, "owner")
+                decisions[vip] = Decision(True, "owner", form=inputs.forms.get(vip, STEADY))
             elif inputs.handovers.get(vip) == me and vip not in inputs.handover_expired:
                 decisions[vip] = Decision(True, "handover")
             elif inputs.drained:
@@ -219,9 +317,15 @@ def desired_routes(cfg: Config, decisions: Mapping[str, Decision]) -> dict[str, 
             if decision is not None and decision.announce:
                 # A handover path carries GRACEFUL_SHUTDOWN (RFC 8326); moving into it from the
                 # owner's path is a re-announce (implicit withdraw), as any attribute change.
+                # A takeover path leaves out the takeover_margin prepends; going back to the
+                # steady form is a re-announce in place as well.
                 handover = decision.reason == "handover"
                 routes[vip] = route_for(
-                    vip, service.announce, prepend=decision.prepend, handover=handover
+                    vip,
+                    service.announce,
+                    prepend=decision.prepend,
+                    handover=handover,
+                    takeover=decision.takeover,
                 )
     return routes
 

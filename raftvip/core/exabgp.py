@@ -133,7 +133,11 @@ GRACEFUL_SHUTDOWN = "65535:0"  # RFC 8326's well-known community
 
 @functools.lru_cache(maxsize=1 << 16)  # routes are rebuilt for every VIP on every decision
 def route_for(
-    vip: str, announce: AnnounceConfig, prepend: int = 0, handover: bool = False
+    vip: str,
+    announce: AnnounceConfig,
+    prepend: int = 0,
+    handover: bool = False,
+    takeover: bool = False,
 ) -> Route:
     """The route for `vip` with a service's attributes; `prepend` > 0 builds a backup path.
 
@@ -141,21 +145,28 @@ def route_for(
     `announce.graceful_shutdown_community` the path also carries GRACEFUL_SHUTDOWN, which
     routers honouring RFC 8326 rank last (local-pref 0), so traffic moves before the withdraw.
 
-    A backup path puts `announce.local_as` `prepend` more times in front of the path the owner
-    sends: AS-path length is transitive and compared before MED, so it survives a ToR.
-    ExaBGP sends an explicit `as-path` verbatim but fills in `[local_as]` when there is none, so
-    with no configured path the owner's path is `(local_as,)` and the backup's is
-    `(local_as,) * (prepend + 1)` (literally prepending to `()` would make `prepend=1` a no-op).
+    `takeover`: the owner took the VIP over from a member that may still announce it (see
+    `decide.takeover_form`): the path leaves out the `announce.takeover_margin` prepends that
+    every other path carries, so it is strictly shorter than the stale one and wins at once.
+
+    Paths put `announce.local_as` in front of the path the owner would send without any
+    prepend: `takeover_margin` times for the steady form (not for a takeover), and
+    `prepend` more times for a backup, which is so longer than both owner forms. AS-path
+    length is transitive and compared before MED, so it survives a ToR. ExaBGP sends an
+    explicit `as-path` verbatim but fills in `[local_as]` when there is none, so with no
+    configured path the bare path is `(local_as,)` and a backup's is
+    `(local_as,) * (margin + prepend + 1)` (literally prepending to `()` would make `prepend=1`
+    a no-op).
     """
     if isinstance(prepend, bool) or not isinstance(prepend, int) or prepend < 0:
         raise ValueError(f"prepend: must be an integer >= 0, got {prepend!r}")
     as_path = tuple(announce.as_path)
-    if prepend:
+    extra = prepend + (0 if takeover else announce.takeover_margin)
+    if extra:
         if announce.local_as is None:
-            raise ValueError(
-                f"VIP {vip}: a backup path (prepend {prepend}) needs announce.local_as to be set"
-            )
-        as_path = (announce.local_as,) * prepend + (as_path or (announce.local_as,))
+            what = f"a backup path (prepend {prepend})" if prepend else "takeover_margin"
+            raise ValueError(f"VIP {vip}: {what} needs announce.local_as to be set")
+        as_path = (announce.local_as,) * extra + (as_path or (announce.local_as,))
     next_hop = announce.next_hop
     if announce.next_hop6 is not None and ipaddress.ip_address(vip).version == 6:
         next_hop = announce.next_hop6

@@ -30,6 +30,7 @@ from raftvip.core.decide import (
     plan,
     reach_time,
     resync_lines,
+    takeover_forms,
 )
 from raftvip.core.exabgp import Route, StdinEvent, announce_line, route_for, withdraw_line
 from raftvip.core.group import EMPTY_GROUP, GroupObservation
@@ -39,6 +40,8 @@ from raftvip.core.state import ClusterState, Command, Confirm, Expire, Report, S
 from raftvip.core.values import evolve
 
 RESTART_WAIT = 0.5  # `raftvip restart`: how long the flag may take to commit
+# `raftvip restart` with handovers of this member pending: how long it waits for them
+RESTART_HANDOVER_WAIT = 1.0
 RESTART_MARGIN = 1.0  # the new process trusts the flag until this long before the deadline
 RESTART_LINGER = 0.2
 TICK = 0.1  # a failed report is retried after this
@@ -274,6 +277,7 @@ class LoopState:
     leave_outcome: str | None = None  # how the handover before leaving ended
     # `raftvip restart`: None, ("asked", since) while the flag commits, or the refusal
     restart: tuple[str, float] | None = None
+    restart_asked_at: float | None = None  # when this process proposed its restart flag
     # A process that replaces one that restarted in place: ExaBGP still carries the old
     # routes, so no withdraw-all at start; once caught up, one full resync. Trusted until
     # this wall time (then as after a crash).
@@ -282,6 +286,7 @@ class LoopState:
     applied_seen: int = 0  # the highest Raft index this member had applied, as last seen
     heard_at: float = -float("inf")  # when that index last advanced (we hear the leader)
     exabgp_accepted: bool = False  # ExaBGP acked a command of ours with `done`
+    takeover_ends: float | None = None  # monotonic: the next takeover form of ours ends
 
 
 def start(
@@ -421,7 +426,7 @@ def _wake_at(loop: LoopState, now: float) -> float:
         wake = rep.next_at
     me = loop.group.state.members.get(cfg.me)
     if rep.failed or me is None or not me.alive or me.incarnation != loop.incarnation:
-        retry = rep.last_at + TICK  # the retry of `_maybe_report`
+        retry = rep.last_at + TICK + 0.001  # the retry of `_maybe_report` (+1 ms: float sums)
         if now < retry < wake:
             wake = retry
     if cfg.cluster.on_quorum_loss == "withdraw":
@@ -432,6 +437,8 @@ def _wake_at(loop: LoopState, now: float) -> float:
     later += [t + CONFIRM_RETRY + 0.001 for t in loop.confirm_sent.values()]
     if loop.stop.deadline is not None:
         later.append(loop.stop.deadline)
+    if loop.takeover_ends is not None:
+        later.append(loop.takeover_ends + 0.001)  # back to the steady form on time
     return min([wake, *(t for t in later if t > now)])
 
 
@@ -660,6 +667,12 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
     loop, view = _group_view(loop, now, out)
     loop, expired = _handover_expired(loop, state, now, out)
     loop, resuming = _resuming(loop, state, out)
+    forms = takeover_forms(cfg, state, wall) if state.takeovers else {}
+    ends = [f.until for f in forms.values() if f.takeover and f.until is not None]
+    ends = [now + (until - wall) for until in ends if until - wall < float("inf")]
+    takeover_ends = min(ends) if ends else None
+    if takeover_ends != loop.takeover_ends:
+        loop = evolve(loop, takeover_ends=takeover_ends)
     inputs = inputs_for(
         cfg,
         state,
@@ -669,15 +682,23 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
         expired,
         resuming=resuming,
         left=loop.left,
+        forms=forms,
     )
     if loop.restart_until is not None:
         loop, inputs = _after_restart(loop, state, inputs, wall, out)
+    elif _flag_holds(loop, state, now):
+        # Our restart flag is committed: no leader expires us before RESTART_DEADLINE after
+        # it saw the flag, which it cannot have seen before we proposed it. The fence would
+        # only withdraw, during the hand-over of leadership (an election: nothing commits),
+        # the routes that the next process is to take over without a gap.
+        inputs = evolve(inputs, fenced=False)
     # Pure lease renewals replace the state object but keep its owners: with thousands of
     # VIPs the loop does no work while nothing that decide reads has changed.
     # (only once in touch with the group too: an unreachable view would withdraw it all)
     resync = loop.resync_pending and inputs.ready and inputs.reachable
     if inputs != loop.decided or resync:
         decisions = decide(cfg, inputs)
+        _log_forms(loop.decisions, decisions, out)
         desired = desired_routes(cfg, decisions)
         if resync:
             # Caught up after a restart in place: ExaBGP still carries whatever the previous
@@ -715,6 +736,17 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
     return _confirm(loop, state, wall, now, out)
 
 
+def _log_forms(before: Mapping[str, Decision], after: Mapping[str, Decision], out: _Out) -> None:
+    """Say when an owner path goes into or out of its takeover form, and why."""
+    for vip, decision in after.items():
+        was = before.get(vip)
+        was_takeover = was is not None and was.takeover
+        if decision.form is None or decision.takeover == was_takeover:
+            continue
+        if decision.takeover or (was is not None and was.announce):
+            out.log(logging.INFO, f"vip={vip} path={decision.form.describe()}")
+
+
 def _after_restart(
     loop: LoopState, state: ClusterState, inputs: DecideInputs, wall: float, out: _Out
 ) -> tuple[LoopState, DecideInputs]:
@@ -736,6 +768,22 @@ def _after_restart(
         # The group keeps us (and our lease) while the flag holds: no fence on our side.
         inputs = evolve(inputs, fenced=False)
     return loop, inputs
+
+
+def _flag_holds(loop: LoopState, state: ClusterState, now: float) -> bool:
+    """This process's own restart flag is in the state and trusted (see `_reconcile`)."""
+    if loop.restart_asked_at is None or loop.restart is None:
+        return False
+    if loop.restart[0] not in ("asked", "leading", "exiting"):
+        return False
+    me = state.members.get(loop.cfg.me)
+    return (
+        me is not None
+        and me.alive
+        and me.restarting
+        and me.incarnation == loop.incarnation
+        and now - loop.restart_asked_at < RESTART_DEADLINE - RESTART_MARGIN
+    )
 
 
 def _restart_requested(loop: LoopState, now: float) -> tuple[LoopState, Effects]:
@@ -766,7 +814,7 @@ def _restarting(
     if stage == "ask":
         out.proposals.append(Proposal(SetRestarting(wall, cfg.me, loop.incarnation)))
         out.log(logging.INFO, f"member={cfg.me} restarting in place: telling the group")
-        return evolve(loop, restart=("asked", now)), None
+        return evolve(loop, restart=("asked", now), restart_asked_at=now), None
     if stage not in ("asked", "leading"):
         return loop, None
     me = loop.group.state.members.get(cfg.me)
@@ -778,6 +826,26 @@ def _restarting(
             return evolve(loop, restart=("leading", now)), None
         return loop, None
     if flagged:
+        # Routes of VIPs handed over to a new owner must not outlive this process in ExaBGP:
+        # wait (a little) for the confirmations, then withdraw what is still handed over.
+        handing = sorted(v for v, d in loop.decisions.items() if d.reason == "handover")
+        asked = loop.restart_asked_at if loop.restart_asked_at is not None else since
+        if handing and now - asked < RESTART_HANDOVER_WAIT:
+            return loop, None
+        if handing:
+            lines = tuple(
+                withdraw_line(route_for(vip, svc.announce))
+                for svc in cfg.services
+                for vip in svc.vips
+                if vip in handing
+            )
+            out.log(
+                logging.WARNING,
+                f"member={cfg.me}: handover of {', '.join(handing)} not confirmed before the "
+                "restart; withdrawing them",
+            )
+            out.lines.extend(lines)
+            loop = evolve(loop, pipe=loop.pipe.written(lines))
         out.log(
             logging.INFO,
             f"member={cfg.me} exits for a restart in place: its routes stay announced; the "

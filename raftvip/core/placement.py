@@ -47,12 +47,16 @@ def place(
     ready: Mapping[str, frozenset[str]],
     pins: Mapping[str, str],
     current: Mapping[str, str],
+    keep_only: frozenset[str] = frozenset(),
 ) -> dict[str, Assignment]:
     """Owners for every VIP that has an eligible member.
 
     `eligible[service]`: members that may own the service's VIPs (alive, healthy, not drained).
     `ready[service]`: the eligible members healthy for at least `preempt_delay`.
     `current`: the owners before this decision (vip -> member).
+    `keep_only`: eligible members that keep what they own but receive nothing new (a member
+    restarting in place: its process is about to exit, and a VIP given to it then would be
+    announced by nobody that can still withdraw it or confirm a handover).
     """
     total_load: dict[str, int] = {}
     result: dict[str, Assignment] = {}
@@ -65,6 +69,7 @@ def place(
             pins,
             current,
             total_load,
+            keep_only,
         )
         for assignment in assigned.values():
             total_load[assignment.owner] = total_load.get(assignment.owner, 0) + 1
@@ -79,20 +84,40 @@ def _place_service(
     pins: Mapping[str, str],
     current: Mapping[str, str],
     total_load: Mapping[str, int],
+    keep_only: frozenset[str] = frozenset(),
 ) -> dict[str, Assignment]:
     owners: dict[str, Assignment] = {}
     if not eligible:
         return owners
+    receivers = (eligible - keep_only) or eligible  # none left: better it than nobody
+
+    def receives(member: str, vip: str) -> bool:
+        return member in receivers or current.get(vip) == member
+
+    def kept(vip: str) -> bool:
+        """Owned by a member restarting in place: it stays there (no handover is possible
+        while its process is being replaced)."""
+        owner = current.get(vip)
+        return owner is not None and owner in keep_only and owner in eligible
+
     held: set[str] = set()  # VIPs that rebalancing must not move
 
     for vip in service.vips:
         pinned = pins.get(vip)
-        if pinned is not None and pinned in eligible:
+        owner = current.get(vip)
+        if kept(vip) and owner is not None:
+            reason = "pinned" if pinned == owner else "sticky"
+            if service.preferred.get(vip) == owner and reason == "sticky":
+                reason = "preferred"
+            owners[vip] = Assignment(owner, reason)
+            held.add(vip)
+            continue
+        if pinned is not None and pinned in eligible and receives(pinned, vip):
             owners[vip] = Assignment(pinned, "pinned")
             held.add(vip)
             continue
         preferred = service.preferred.get(vip)
-        if preferred is None or preferred not in eligible:
+        if preferred is None or preferred not in eligible or not receives(preferred, vip):
             continue
         owner = current.get(vip)
         if owner == preferred:
@@ -120,15 +145,17 @@ def _place_service(
     for vip in service.vips:
         if vip in owners:
             continue
-        owner = least_loaded(eligible)
+        owner = least_loaded(receivers)
         owners[vip] = Assignment(owner, "initial" if current.get(vip) is None else "failover")
         load[owner] += 1
 
     if service.rebalance and ready:
         # Each move lowers the sum of squared loads, so this ends within len(vips) moves.
         for _ in range(len(service.vips)):
-            receiver = least_loaded(ready)
-            giver = max(eligible, key=lambda m: (load[m], m))
+            if not ready - keep_only:
+                break
+            receiver = least_loaded(ready - keep_only)
+            giver = max(receivers, key=lambda m: (load[m], m))  # a restart moves nothing
             if load[giver] - load[receiver] <= 1:
                 break
             movable = [

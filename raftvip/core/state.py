@@ -58,6 +58,18 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Takeover:
+    """A VIP left `previous` without a confirmed withdraw: the group expired it (`cause`:
+    the leader's expiry reason — lease, disconnect, ... — or "removed"), so its speaker may
+    still announce the VIP (a hang, a partition, a helper that died under a live ExaBGP).
+    `ts`: the proposer's wall clock of the command that moved the VIP away."""
+
+    previous: str
+    cause: str
+    ts: float
+
+
+@dataclass(frozen=True)
 class ClusterState:
     version: int = 0  # number of state-changing commands applied
     services: tuple[ServiceSpec, ...] = ()
@@ -69,6 +81,10 @@ class ClusterState:
     # vip -> the previous owner that keeps announcing until the new owner confirms through
     # the log that it announces (make before break on drain, preemption, rebalancing, leave).
     handovers: Mapping[str, str] = field(default_factory=dict)
+    # vip -> how its owner got it, when that was by a takeover (`Takeover`); absent after a
+    # confirmed withdraw or a handover. Kept while the owner keeps the VIP: readers bound its
+    # effect in time (`decide.takeover_form`).
+    takeovers: Mapping[str, Takeover] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
     # False while a brand-new group forms: nothing is placed until the leader commits `Form`
     # (every configured member eligible, or FORM_GRACE after the first), so that the first
@@ -567,6 +583,9 @@ def _report(state: ClusterState, cmd: Report) -> ClusterState:
         healthy_since=since,
         drained=old.drained,
         leaving=False,
+        # A late report of the process that is restarting in place (sent before its flag)
+        # keeps the flag; the next process (a new incarnation) clears it.
+        restarting=old.restarting and old.alive and cmd.incarnation == old.incarnation,
     )
     new = evolve(state, members={**state.members, cmd.member: member})
     if not events and all(_is_ready(old, s) == _is_ready(member, s) for s in state.services):
@@ -584,7 +603,11 @@ def _expire(state: ClusterState, cmd: Expire) -> ClusterState:
     member = evolve(old, alive=False, leaving=leaving, restarting=False)
     new = evolve(state, members={**state.members, cmd.member: member})
     return _replace_and_place(
-        state, new, cmd.ts, [_event(state, cmd.ts, "alive", cmd.member, f"expired ({cmd.reason})")]
+        state,
+        new,
+        cmd.ts,
+        [_event(state, cmd.ts, "alive", cmd.member, f"expired ({cmd.reason})")],
+        cause=cmd.reason,
     )
 
 
@@ -593,6 +616,10 @@ def eligible_sets(state: ClusterState) -> dict[str, frozenset[str]]:
         s.name: frozenset(m for m in state.members if state.eligible(m, s.name))
         for s in state.services
     }
+
+
+def _restarting(state: ClusterState) -> frozenset[str]:
+    return frozenset(name for name, m in state.members.items() if m.alive and m.restarting)
 
 
 def _is_ready(m: MemberState, service: ServiceSpec) -> bool:
@@ -613,7 +640,11 @@ def _ready_sets(state: ClusterState) -> dict[str, frozenset[str]]:
 
 
 def _replace_and_place(
-    old: ClusterState, new: ClusterState, ts: float, events: list[Event]
+    old: ClusterState,
+    new: ClusterState,
+    ts: float,
+    events: list[Event],
+    cause: str = "expired",
 ) -> ClusterState:
     current = {vip: a.owner for vip, a in old.owners.items()}
     eligible = eligible_sets(new)
@@ -622,9 +653,11 @@ def _replace_and_place(
     elif not old.formed:
         # The group forms: every member present counts as ready (it was up while the group
         # formed; preempt_delay protects against members that flap after that).
-        owners = place(new.services, eligible, eligible, new.pins, current)
+        owners = place(new.services, eligible, eligible, new.pins, current, _restarting(new))
     else:
-        owners = place(new.services, eligible, _ready_sets(new), new.pins, current)
+        owners = place(
+            new.services, eligible, _ready_sets(new), new.pins, current, _restarting(new)
+        )
     for vip in _all_vips(new):
         before, after = old.owners.get(vip), owners.get(vip)
         if (before.owner if before else None) != (after.owner if after else None):
@@ -633,7 +666,44 @@ def _replace_and_place(
                 f" ({after.reason if after else 'no eligible member'})"
             )
             events.append(_event(old, ts, "owner", vip, detail))
-    return _bump(evolve(new, owners=owners, handovers=_handovers(old, new, owners)), events)
+    handovers = _handovers(old, new, owners)
+    takeovers = _takeovers(old, new, owners, handovers, ts, cause)
+    return _bump(evolve(new, owners=owners, handovers=handovers, takeovers=takeovers), events)
+
+
+def _gone_unconfirmed(state: ClusterState, member: str) -> bool:
+    """`member` lost its VIPs without withdrawing them itself: expired (not a graceful
+    leave) or removed. An alive member that lost a VIP withdrew it (failed check) or hands it
+    over; a leaving one hands it over."""
+    m = state.members.get(member)
+    return m is None or (not m.alive and not m.leaving)
+
+
+def _takeovers(
+    old: ClusterState,
+    new: ClusterState,
+    owners: Mapping[str, Assignment],
+    handovers: Mapping[str, str],
+    ts: float,
+    cause: str,
+) -> dict[str, Takeover]:
+    """Which VIPs their owners (or, while unowned, their next owners) take over from a
+    member that may still announce them (see `Takeover`)."""
+    takeovers: dict[str, Takeover] = {}
+    for vip in _all_vips(new):
+        before, after = old.owners.get(vip), owners.get(vip)
+        was, now = (before.owner if before else None), (after.owner if after else None)
+        record = old.takeovers.get(vip)
+        if was != now and was is not None:
+            gone = _gone_unconfirmed(new, was)
+            record = Takeover(was, cause if was in new.members else "removed", ts) if gone else None
+        keeper = old.handovers.get(vip)
+        if keeper is not None and vip not in handovers and _gone_unconfirmed(new, keeper):
+            # The member handing the VIP over died before it had withdrawn.
+            record = Takeover(keeper, cause if keeper in new.members else "removed", ts)
+        if record is not None and record.previous != now:
+            takeovers[vip] = record
+    return takeovers
 
 
 def _handovers(
@@ -705,6 +775,7 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
         "pins": dict(state.pins),
         "owners": {vip: [a.owner, a.reason] for vip, a in state.owners.items()},
         "handovers": dict(state.handovers),
+        "takeovers": {v: [t.previous, t.cause, t.ts] for v, t in state.takeovers.items()},
         "events": [[e.version, e.time, e.kind, e.subject, e.detail, e.index] for e in state.events],
         "formed": state.formed,
     }
@@ -738,6 +809,10 @@ def state_from_wire(body: Any) -> ClusterState:
             pins=dict(body["pins"]),
             owners={vip: Assignment(o[0], o[1]) for vip, o in body["owners"].items()},
             handovers=dict(body["handovers"]),
+            takeovers={
+                vip: Takeover(str(t[0]), str(t[1]), float(t[2]))
+                for vip, t in body.get("takeovers", {}).items()
+            },
             events=tuple(
                 Event(int(e[0]), float(e[1]), e[2], e[3], e[4], int(e[5])) for e in body["events"]
             ),

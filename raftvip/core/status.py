@@ -61,6 +61,11 @@ def build_status(
                 "handover_from": state.handovers.get(vip),
                 "announced": decision.announce,
                 "reason": decision.reason,
+                # an owner's path: "takeover form until T UTC: took over from lb1 after ..."
+                "path": decision.form.describe() if decision.form is not None else None,
+                "took_over_from": (
+                    state.takeovers[vip].previous if vip in state.takeovers else None
+                ),
             }
     return {
         "cluster": cfg.cluster.name,
@@ -113,7 +118,10 @@ def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
         )
     lines += ["", f"{'VIP':<26} {'SERVICE':<12} {'OWNER':<10} {'PREFERRED':<10} ANNOUNCED HERE"]
     for vip, v in doc["vips"].items():
-        here = f"yes ({v['reason']})" if v["announced"] else f"no ({v['reason']})"
+        why = v["reason"]
+        if v["announced"] and v.get("path") and v["path"].startswith("takeover"):
+            why += f"; {v['path']}"
+        here = f"yes ({why})" if v["announced"] else f"no ({why})"
         owner = v["owner"] or "-"
         if v.get("pinned"):
             owner += " (pin)"

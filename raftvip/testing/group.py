@@ -125,13 +125,17 @@ class Group:
         backup_prepend: int = 0,
         ipv6_vips: int = 0,
         env: Mapping[str, str] | None = None,
+        takeover_margin: int | None = None,
+        hold_time: int | None = None,
     ) -> None:
         """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
         member lbN then speaks from its own 127.0.0.x address as AS 65010 + N.
         `zookeeper`: the body of a [zookeeper] section added to every member's config.
         `ipv6_vips`: IPv6 VIPs 2001:db8::N without a preferred owner, announced over the IPv4
         sessions with the next hop `lab_ipv6_next_hop(<member address>)`.
-        `env`: extra environment variables for every member process."""
+        `env`: extra environment variables for every member process.
+        `takeover_margin`: written to `[service.announce]` (None: the default, 1 with a
+        `router`). `hold_time`: the `[exabgp]` neighbor's hold-time (None: ExaBGP's)."""
         self.root = root
         self.env = dict(env or {})
         self.members: dict[str, Member] = {}
@@ -193,8 +197,9 @@ next_hop = "self"
 med = 100
 communities = ["65001:100"]
 backup_prepend = {backup_prepend}
+{"" if takeover_margin is None else f"takeover_margin = {takeover_margin}"}
 {next_hop6}
-{self._exabgp_section(router, addresses[name], index)}
+{self._exabgp_section(router, addresses[name], index, hold_time)}
 {f"[zookeeper]{chr(10)}{zookeeper}" if zookeeper else ""}
 {self._metrics_section(addresses[name])}
 """
@@ -214,14 +219,17 @@ backup_prepend = {backup_prepend}
         return f'\n[metrics]\nlisten = "{host}:{self.metrics_port}"\n'
 
     @staticmethod
-    def _exabgp_section(router: tuple[str, int, int] | None, address: str, index: int) -> str:
+    def _exabgp_section(
+        router: tuple[str, int, int] | None, address: str, index: int, hold_time: int | None
+    ) -> str:
         if router is None:
             return ""
         host, port, asn = router
         local = address.rsplit(":", 1)[0]
+        hold = "" if hold_time is None else f", hold_time = {hold_time}"
         return (
             f'\n[exabgp]\nneighbors = [{{ address = "{host}", port = {port}, '
-            f'peer_as = {asn}, local_address = "{local}", local_as = {65010 + index} }}]\n'
+            f'peer_as = {asn}, local_address = "{local}", local_as = {65010 + index}{hold} }}]\n'
         )
 
     # --- process control ---
