@@ -1,0 +1,460 @@
+"""Idle CPU of a raftvip member, side by side with what it is built on (a benchmark, not a test).
+
+    python -m tests.bench_idle --sizes 3,5,7 --seconds 30 [--repeats 3]
+    python -m tests.bench_idle --sizes 3 --variant 'hb100=heartbeat = 0.1' ...
+
+For every group size, all the systems below run at once and are measured over the same
+windows (the machine is shared: figures measured at different times are not comparable):
+
+* raftvip: `raftvip run` members (raftvip.testing.group.Group, ExaBGP-like stubs, no health
+  check command, 10 VIPs), default `[raft]` timings, plus one group per `--variant` (extra
+  `[raft]` keys, e.g. `wire = "fernet"` for the old message encryption);
+* bare pysyncobj: the same timings and password (stock transport, Fernet), one commit per
+  node every `report_interval` (0.5 s) as raftvip's lease renewals, no raftvip logic;
+  `--bare` adds variants of it (no password, no commits, another heartbeat);
+* one idle ExaBGP `healthcheck` process (interval 10 s, fast-interval 1 s, `command = true`:
+  BlaBlaCar's set-up in the seed article).
+
+Idle CPU is utime + stime from /proc/<pid>/stat over the window, in % of one core; the Raft
+leader is reported apart from the followers (it sends the heartbeats). With `--repeats` the
+table shows the median over the windows of each figure. Every process started here is
+stopped at the end. `IDLE_NOTES` says what costs CPU and what each lever saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raftvip.config import RaftTuning
+from raftvip.testing.group import SECRET, Group
+from raftvip.testing.wait import free_port, wait_until
+
+LEASE = 1.5
+REPORT_INTERVAL = LEASE / 3
+VIPS = 10
+
+
+def log(text: str = "") -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class IdleRow:
+    """One system at one size: % of a core per process, the leader apart."""
+
+    system: str
+    members: int
+    leader: list[float] = field(default_factory=list)  # one figure per window
+    follower_mean: list[float] = field(default_factory=list)
+    follower_max: list[float] = field(default_factory=list)
+    member_mean: list[float] = field(default_factory=list)  # leader included
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, leader: float | None, others: Sequence[float]) -> None:
+        everyone = ([leader] if leader is not None else []) + list(others)
+        if leader is not None:
+            self.leader.append(leader)
+        if others:
+            self.follower_mean.append(statistics.mean(others))
+            self.follower_max.append(max(others))
+        if everyone:
+            self.member_mean.append(statistics.mean(everyone))
+
+
+@dataclass
+class IdleResult:
+    seconds: float
+    repeats: int
+    rows: list[IdleRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- bare pysyncobj
+
+
+def bare_node(argv: Sequence[str]) -> int:
+    """One bare pysyncobj node (run as `python -m tests.bench_idle --bare-node ...`)."""
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bare-node", action="store_true")
+    parser.add_argument("--self", dest="me", required=True)
+    parser.add_argument("--peers", required=True)
+    parser.add_argument("--password", default="")
+    parser.add_argument("--commit-interval", type=float, default=REPORT_INTERVAL)
+    parser.add_argument("--heartbeat", type=float, default=RaftTuning().heartbeat)
+    parser.add_argument("--status", required=True)
+    args = parser.parse_args(argv)
+    tuning = RaftTuning()
+    conf = SyncObjConf(
+        password=args.password or None,
+        bindAddress=args.me,  # several nodes share one port on different addresses
+        raftMinTimeout=max(tuning.min_timeout, 3.01 * args.heartbeat),
+        raftMaxTimeout=max(tuning.max_timeout, 3.01 * args.heartbeat + 0.3),
+        appendEntriesPeriod=args.heartbeat,
+        connectionTimeout=tuning.connection_timeout,
+        connectionRetryTime=tuning.connection_retry,
+        leaderFallbackTimeout=tuning.leader_fallback,
+        appendEntriesUseBatch=False,
+        commandsWaitLeader=False,
+    )
+
+    class Counter(SyncObj):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(args.me, [p for p in args.peers.split(",") if p], conf)
+            self.value = 0
+
+        @replicated  # type: ignore[untyped-decorator]
+        def bump(self) -> None:
+            self.value += 1
+
+    node = Counter()
+    next_commit = time.monotonic()
+    next_status = 0.0
+    while True:
+        now = time.monotonic()
+        if args.commit_interval > 0 and now >= next_commit:
+            next_commit = now + args.commit_interval
+            node.bump()
+        if now >= next_status:
+            next_status = now + 0.5
+            Path(args.status).write_text("leader\n" if node._isLeader() else "follower\n")
+        time.sleep(0.05)
+
+
+@dataclass
+class BareGroup:
+    """N bare pysyncobj nodes as processes on 127.0.0.x."""
+
+    root: Path
+    size: int
+    label: str
+    extra: Sequence[str] = ()
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        port = free_port("127.0.0.1")
+        addrs = [f"127.0.1.{10 + i}:{port}" for i in range(1, self.size + 1)]
+        for i, me in enumerate(addrs):
+            cmd = [
+                sys.executable,
+                "-m",
+                "tests.bench_idle",
+                "--bare-node",
+                "--self",
+                me,
+                "--peers",
+                ",".join(a for a in addrs if a != me),
+                "--status",
+                str(self.root / f"node{i}.status"),
+                *self.extra,
+            ]
+            if "--password" not in self.extra and "--no-password" not in self.extra:
+                cmd += ["--password", SECRET]
+            cmd = [c for c in cmd if c != "--no-password"]
+            with open(self.root / f"node{i}.stderr", "ab") as err:
+                self.procs.append(
+                    subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+                )
+
+    def roles(self) -> dict[int, str]:
+        out = {}
+        for i, proc in enumerate(self.procs):
+            with contextlib.suppress(OSError):
+                out[proc.pid] = (self.root / f"node{i}.status").read_text().strip()
+        return out
+
+    def leader_pid(self) -> int | None:
+        leaders = [pid for pid, role in self.roles().items() if role == "leader"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- healthcheck
+
+
+@contextlib.contextmanager
+def healthcheck(root: Path) -> Iterator[subprocess.Popen[bytes] | None]:
+    """One idle ExaBGP healthcheck (None when ExaBGP is not installed)."""
+    exe = Path(sys.executable).parent / "exabgp-healthcheck"
+    if not exe.exists():
+        yield None
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "healthcheck-apex.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "name = apex",
+                "interval = 10",
+                "fast-interval = 1",
+                "command = true",
+                "no-syslog",
+                "no-ip-setup",
+                "ip = 10.99.0.1",
+                "ip = 10.99.0.2",
+            ]
+        )
+        + "\n"
+    )
+    with open(root / "healthcheck.stderr", "ab") as err:
+        proc = subprocess.Popen(
+            [str(exe), "--config", str(conf)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+# ----------------------------------------------------------------------------- raftvip
+
+
+def raftvip_group(root: Path, size: int, raft: str) -> Group:
+    """A raftvip group with ExaBGP-like stubs; `raft`: extra `[raft]` lines."""
+    root.mkdir(parents=True, exist_ok=True)
+    # Group puts `extra_cluster` at the end of [cluster]: a [raft] table may follow it.
+    extra = f"\n[raft]\n{raft}\n" if raft.strip() else ""
+    return Group(
+        root,
+        size=size,
+        vips_per_member=VIPS // size,
+        extra_vips=VIPS - size * (VIPS // size),
+        check=False,
+        lease=LEASE,
+        extra_cluster=extra,
+    )
+
+
+def _raftvip_leader(group: Group) -> str | None:
+    for name in group.members:
+        with contextlib.suppress(Exception):
+            doc = group.status(name, timeout=5)
+            if doc.get("leader"):
+                return str(doc["leader"])
+    return None
+
+
+def _settled(group: Group) -> bool:
+    held: dict[str, int] = {}
+    for m in group.members.values():
+        if m.stub is not None:
+            for vip in m.stub.snapshot():
+                held[vip] = held.get(vip, 0) + 1
+    return all(held.get(v) == 1 for v in group.vips)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class _System:
+    label: str
+    pids: Mapping[str, int]  # name -> pid
+    leader: Any  # () -> name of the leader, or None
+
+    def cpu(self) -> dict[str, float]:
+        return {name: proc_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+
+def _measure(systems: Sequence[_System], seconds: float) -> dict[str, tuple[str | None, dict]]:
+    leaders0 = {s.label: s.leader() for s in systems}
+    before = {s.label: s.cpu() for s in systems}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    after = {s.label: s.cpu() for s in systems}
+    out: dict[str, tuple[str | None, dict]] = {}
+    for s in systems:
+        leader = s.leader()
+        if leader != leaders0[s.label]:
+            log(f"  {s.label}: the leader changed during the window ({leaders0[s.label]} -> {leader})")
+            leader = None
+        pct = {n: (after[s.label][n] - before[s.label][n]) / elapsed * 100 for n in s.pids}
+        out[s.label] = (leader, pct)
+    return out
+
+
+def run_idle(
+    root: Path,
+    sizes: Sequence[int],
+    seconds: float,
+    variants: Mapping[str, str] | None = None,
+    bare: Mapping[str, Sequence[str]] | None = None,
+    repeats: int = 1,
+) -> IdleResult:
+    """Idle CPU of raftvip groups of each size (and `variants`: label -> extra `[raft]`
+    lines), of bare pysyncobj groups (`bare`: label -> extra bare-node options) and of one
+    ExaBGP healthcheck, all measured in the same windows."""
+    variants = {"raftvip": "", **(variants or {})}
+    bare = {"pysyncobj (bare, password, 2 commits/s per node)": (), **(bare or {})}
+    result = IdleResult(seconds, repeats)
+    rows: dict[tuple[str, int], IdleRow] = {}
+    with healthcheck(root / "healthcheck") as hc:
+        for size in sizes:
+            log(f"== idle CPU: {size} members")
+            groups: dict[str, Group] = {}
+            bares: dict[str, BareGroup] = {}
+            try:
+                for i, (label, raft) in enumerate(variants.items()):
+                    groups[label] = raftvip_group(root / f"raftvip-{size}-{i}", size, raft)
+                    groups[label].start_all()
+                for i, (label, extra) in enumerate(bare.items()):
+                    bares[label] = BareGroup(root / f"bare-{size}-{i}", size, label, extra)
+                    bares[label].start()
+                for label, group in groups.items():
+                    wait_until(lambda g=group: _settled(g), 120, 0.05)
+                for bg in bares.values():
+                    wait_until(lambda b=bg: b.leader_pid() is not None, 60, 0.1)
+                time.sleep(3.0)  # past formation, preemption and the first snapshot
+                systems: list[_System] = []
+                for label, group in groups.items():
+                    pids = {n: m.proc.pid for n, m in group.members.items() if m.proc}
+                    systems.append(_System(label, pids, lambda g=group: _raftvip_leader(g)))
+                for label, bg in bares.items():
+                    pids = {str(p.pid): p.pid for p in bg.procs}
+                    systems.append(
+                        _System(label, pids, lambda b=bg: (str(b.leader_pid()) if b.leader_pid() else None))
+                    )
+                if hc is not None and hc.poll() is None and size == sizes[0]:
+                    systems.append(_System("exabgp healthcheck", {"hc": hc.pid}, lambda: None))
+                for window in range(repeats):
+                    figures = _measure(systems, seconds)
+                    for label, (leader, pct) in figures.items():
+                        n = 1 if label == "exabgp healthcheck" else size
+                        row = rows.setdefault((label, n), IdleRow(label, n))
+                        others = [v for k, v in pct.items() if k != leader]
+                        row.add(pct[leader] if leader is not None else None, others)
+                        log(
+                            f"  {label} x{n} window {window + 1}: leader "
+                            f"{pct[leader] if leader is not None else float('nan'):.2f} %, "
+                            f"followers {' '.join(f'{v:.2f}' for v in others)} %"
+                        )
+            finally:
+                for group in groups.values():
+                    group.close()
+                for bg in bares.values():
+                    bg.close()
+    result.rows = list(rows.values())
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _med(values: Sequence[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def idle_table(res: IdleResult) -> list[str]:
+    """The figures as a markdown table (medians over the windows)."""
+    lines = [
+        f"Idle CPU, % of one core (utime + stime over {res.seconds:g} s"
+        + (f", median of {res.repeats} windows" if res.repeats > 1 else "")
+        + "; every system measured in the same windows):",
+        "",
+        "| system | members | leader | followers (mean) | followers (max) | all members (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(res.rows, key=lambda r: (r.members, r.system)):
+        lines.append(
+            f"| {row.system} | {row.members} | {_med(row.leader)} | {_med(row.follower_mean)} "
+            f"| {_med(row.follower_max)} | {_med(row.member_mean)} |"
+        )
+    lines += [f"- {note}" for note in res.notes]
+    return lines
+
+
+IDLE_NOTES: list[str] = []
+
+
+def _parse_variants(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        label, _, toml = item.partition("=")
+        out[label.strip()] = toml.replace(";", "\n")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--bare-node" in argv:
+        return bare_node(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench_idle", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--sizes", default="3,5,7")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="another raftvip group: 'LABEL=[raft] lines' (';' separates lines)",
+    )
+    parser.add_argument(
+        "--bare",
+        action="append",
+        default=[],
+        help="another bare pysyncobj group: 'LABEL=options' (e.g. 'no pw=--no-password')",
+    )
+    args = parser.parse_args(argv)
+    bare = {}
+    for item in args.bare:
+        label, _, opts = item.partition("=")
+        bare[label.strip()] = shlex.split(opts)
+    root = Path(tempfile.mkdtemp(prefix="raftvip-idle-"))
+    try:
+        res = run_idle(
+            root,
+            [int(s) for s in args.sizes.split(",")],
+            args.seconds,
+            _parse_variants(args.variant),
+            bare,
+            args.repeats,
+        )
+    except KeyboardInterrupt:
+        return 130
+    print("\n".join(idle_table(res)))
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
