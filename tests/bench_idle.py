@@ -201,6 +201,11 @@ class BareGroup:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _bare_leader(group: BareGroup) -> str | None:
+    pid = group.leader_pid()
+    return None if pid is None else str(pid)
+
+
 # ----------------------------------------------------------------------------- healthcheck
 
 
@@ -304,7 +309,7 @@ def _measure(systems: Sequence[_System], seconds: float) -> dict[str, tuple[str 
     for s in systems:
         leader = s.leader()
         if leader != leaders0[s.label]:
-            log(f"  {s.label}: the leader changed during the window ({leaders0[s.label]} -> {leader})")
+            log(f"  {s.label}: the leader changed in the window ({leaders0[s.label]} -> {leader})")
             leader = None
         pct = {n: (after[s.label][n] - before[s.label][n]) / elapsed * 100 for n in s.pids}
         out[s.label] = (leader, pct)
@@ -338,7 +343,7 @@ def run_idle(
                 for i, (label, extra) in enumerate(bare.items()):
                     bares[label] = BareGroup(root / f"bare-{size}-{i}", size, label, extra)
                     bares[label].start()
-                for label, group in groups.items():
+                for group in groups.values():
                     wait_until(lambda g=group: _settled(g), 120, 0.05)
                 for bg in bares.values():
                     wait_until(lambda b=bg: b.leader_pid() is not None, 60, 0.1)
@@ -349,9 +354,7 @@ def run_idle(
                     systems.append(_System(label, pids, lambda g=group: _raftvip_leader(g)))
                 for label, bg in bares.items():
                     pids = {str(p.pid): p.pid for p in bg.procs}
-                    systems.append(
-                        _System(label, pids, lambda b=bg: (str(b.leader_pid()) if b.leader_pid() else None))
-                    )
+                    systems.append(_System(label, pids, lambda b=bg: _bare_leader(b)))
                 if hc is not None and hc.poll() is None and size == sizes[0]:
                     systems.append(_System("exabgp healthcheck", {"hc": hc.pid}, lambda: None))
                 for window in range(repeats):
