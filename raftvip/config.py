@@ -35,13 +35,18 @@ WireFormat = Literal["aead", "fernet"]
 class RaftTuning:
     """pysyncobj timings (FIELD-NOTES.md "Measured better"); `[raft]` section, all optional."""
 
-    min_timeout: float = 0.2
+    # Election timeout 0.31-0.5 s; heartbeats every 0.1 s (min_timeout must stay above 3
+    # heartbeats). 50 ms heartbeats cost a fifth of a member's idle CPU for ~50 ms of
+    # leader-crash failover (tests/bench_idle.py IDLE_NOTES).
+    min_timeout: float = 0.31
     max_timeout: float = 0.5
-    heartbeat: float = 0.05  # appendEntriesPeriod
+    heartbeat: float = 0.1  # appendEntriesPeriod
     connection_timeout: float = 1.0
     connection_retry: float = 0.5
     leader_fallback: float = 1.0
-    ping_interval: float = 0.1  # keep idle follower<->follower links warm
+    # Keep idle follower<->follower links warm: well inside connection_timeout, which
+    # pysyncobj checks only when a message arrives (FIELD-NOTES.md "Why pings matter").
+    ping_interval: float = 0.3
     connect_timeout: float = 1.0  # give up on a connect that the kernel keeps retrying
     disconnect_grace: float = 0.03  # leader: closed TCP link older than this -> expire
     # Message encryption on the Raft port: "aead" (ChaCha20-Poly1305, raftvip >= 0.next) or

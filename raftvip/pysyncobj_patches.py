@@ -88,7 +88,12 @@ def check_version(version: str | None = None) -> None:
 #   recorded connection does not replay into a new one (its second frame fails that check).
 # - Old members speak Fernet (base64 text, first byte "g"): accepted on receive; a channel
 #   answers in the format its peer used first, and sends `[raft] wire` when it speaks first.
-#   No switching formats within a connection (no downgrade once AEAD was seen).
+#   No switching formats within a connection (no downgrade once AEAD was seen). An outgoing
+#   connection whose peer closed it before one frame of it authenticated, after we spoke
+#   AEAD, tries Fernet next time (an older member cannot read AEAD and says nothing), and
+#   AEAD again after that: a mixed group forms, a link to an older member one connect retry
+#   later. An attacker gains nothing by forcing Fernet: it is authenticated with the same
+#   secret (it only costs CPU).
 
 MAGIC = b"\x01"  # not a base64 character: never the first byte of a Fernet token
 _SALT = 16
@@ -120,16 +125,18 @@ class WireKeys:
         self.master = master
         self.send = send  # "aead" | "fernet": what a channel sends before it hears its peer
 
-    def channel(self) -> Channel:
-        return Channel(self)
+    def channel(self, send: str | None = None) -> Channel:
+        return Channel(self, send)
 
 
 class Channel:
     """One connection's encryptor (the interface pysyncobj's TcpConnection calls)."""
 
-    def __init__(self, keys: WireKeys) -> None:
+    def __init__(self, keys: WireKeys, send: str | None = None) -> None:
         self._keys = keys
+        self._send = send or keys.send
         self.peer_format: str | None = None  # what the peer sent first on this connection
+        self.sent = False
         self._send_salt = os.urandom(_SALT)
         self._send_cipher: ChaCha20Poly1305 | None = None
         self._send_counter = 0
@@ -139,9 +146,10 @@ class Channel:
 
     @property
     def sends(self) -> str:
-        return self.peer_format or self._keys.send
+        return self.peer_format or self._send
 
     def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
+        self.sent = True
         if self.sends == "fernet":
             return bytes(self._keys.fernet.encrypt_at_time(data, current_time))
         if self._send_cipher is None:
@@ -200,12 +208,30 @@ class BoundTcpConnection(TcpConnection):  # type: ignore[misc]
         super().__init__(**kwargs)
         self._source = source
         self._keys = keys
+        self._fernet_next = False  # the last AEAD attempt was closed unanswered
+
+    def disconnect(self) -> None:
+        channel = self.encryptor
+        keys = getattr(self, "_keys", None)  # None while TcpConnection.__init__ runs
+        if isinstance(channel, Channel) and channel.sent and keys is not None:
+            unanswered = channel.peer_format is None
+            fell_back = unanswered and channel.sends == "aead" and keys.send == "aead"
+            if fell_back and not self._fernet_next:
+                log.info(
+                    "raft peer=%s closed the link before answering our AEAD frames (an older "
+                    "raftvip?): trying pysyncobj's Fernet next",
+                    _peer_of(self),
+                )
+            self._fernet_next = fell_back
+            channel.sent = False  # disconnect() runs more than once per connection
+        super().disconnect()
 
     def connect(self, host: str | None, port: int) -> bool:
         if host is None:
             return False
         if self._keys is not None:
-            self.encryptor = self._keys.channel()  # every connection starts its own counters
+            # Every connection starts its own counters.
+            self.encryptor = self._keys.channel("fernet" if self._fernet_next else None)
         self._TcpConnection__state = CONNECTION_STATE.DISCONNECTED
         self._TcpConnection__fileno = None
         sock = socket.socket(_getAddrType(host), socket.SOCK_STREAM)

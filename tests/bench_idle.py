@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -201,6 +202,10 @@ class BareGroup:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _has_leader(group: BareGroup) -> bool:
+    return group.leader_pid() is not None
+
+
 def _bare_leader(group: BareGroup) -> str | None:
     pid = group.leader_pid()
     return None if pid is None else str(pid)
@@ -298,14 +303,17 @@ class _System:
         return {name: proc_cpu_seconds(pid) for name, pid in self.pids.items()}
 
 
-def _measure(systems: Sequence[_System], seconds: float) -> dict[str, tuple[str | None, dict]]:
+Window = dict[str, tuple[str | None, dict[str, float]]]  # system -> (leader, % per member)
+
+
+def _measure(systems: Sequence[_System], seconds: float) -> Window:
     leaders0 = {s.label: s.leader() for s in systems}
     before = {s.label: s.cpu() for s in systems}
     t0 = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - t0
     after = {s.label: s.cpu() for s in systems}
-    out: dict[str, tuple[str | None, dict]] = {}
+    out: Window = {}
     for s in systems:
         leader = s.leader()
         if leader != leaders0[s.label]:
@@ -344,17 +352,17 @@ def run_idle(
                     bares[label] = BareGroup(root / f"bare-{size}-{i}", size, label, extra)
                     bares[label].start()
                 for group in groups.values():
-                    wait_until(lambda g=group: _settled(g), 120, 0.05)
+                    wait_until(functools.partial(_settled, group), 120, 0.05)
                 for bg in bares.values():
-                    wait_until(lambda b=bg: b.leader_pid() is not None, 60, 0.1)
+                    wait_until(functools.partial(_has_leader, bg), 60, 0.1)
                 time.sleep(3.0)  # past formation, preemption and the first snapshot
                 systems: list[_System] = []
                 for label, group in groups.items():
                     pids = {n: m.proc.pid for n, m in group.members.items() if m.proc}
-                    systems.append(_System(label, pids, lambda g=group: _raftvip_leader(g)))
+                    systems.append(_System(label, pids, functools.partial(_raftvip_leader, group)))
                 for label, bg in bares.items():
                     pids = {str(p.pid): p.pid for p in bg.procs}
-                    systems.append(_System(label, pids, lambda b=bg: _bare_leader(b)))
+                    systems.append(_System(label, pids, functools.partial(_bare_leader, bg)))
                 if hc is not None and hc.poll() is None and size == sizes[0]:
                     systems.append(_System("exabgp healthcheck", {"hc": hc.pid}, lambda: None))
                 for window in range(repeats):

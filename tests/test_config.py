@@ -685,7 +685,7 @@ BROKEN: list[tuple[str, Changes, str | list[str]]] = [
     (
         "lease-short",
         {"cluster/lease": 0.5},
-        "cluster.lease: must be > raft.max_timeout + raft.heartbeat (0.55), got 0.5: a new leader"
+        "cluster.lease: must be > raft.max_timeout + raft.heartbeat (0.6), got 0.5: a new leader"
         " must be elected within one lease",
     ),
     (
@@ -787,16 +787,17 @@ BROKEN: list[tuple[str, Changes, str | list[str]]] = [
     ),
     # raft (pysyncobj's validate() asserts)
     ("heartbeat-0", {"raft/heartbeat": 0}, "raft.heartbeat: must be > 0, got 0"),
+    ("wire", {"raft/wire": "tls"}, "raft.wire: must be 'aead' or 'fernet', got 'tls'"),
     ("retry-neg", {"raft/connection_retry": -1}, "raft.connection_retry: must be > 0, got -1"),
     (
         "min-timeout",
         {"raft/min_timeout": 0.1},
-        "raft.min_timeout: must be > 3 * raft.heartbeat (0.15), got 0.1",
+        "raft.min_timeout: must be > 3 * raft.heartbeat (0.3), got 0.1",
     ),
     (
         "max-timeout",
         {"raft/max_timeout": 0.2},
-        "raft.max_timeout: must be > raft.min_timeout (0.2), got 0.2",
+        "raft.max_timeout: must be > raft.min_timeout (0.31), got 0.2",
     ),
     (
         "connection-timeout",
@@ -806,7 +807,7 @@ BROKEN: list[tuple[str, Changes, str | list[str]]] = [
     (
         "leader-fallback",
         {"raft/leader_fallback": 0.05},
-        "raft.leader_fallback: must be > raft.heartbeat (0.05), got 0.05",
+        "raft.leader_fallback: must be > raft.heartbeat (0.1), got 0.05",
     ),
     # announce
     (
@@ -1377,3 +1378,9 @@ def test_zookeeper_auth_file_rules(
     assert problem.startswith(f"zookeeper.auth_file: {auth}: ")
     assert "group or others" in problem if mode & 0o077 else "user:password" in problem
     assert "pw-Secret1" not in problem
+
+
+def test_raft_wire_defaults_to_aead_and_reads_fernet(tmp_path: Path, base: dict[str, Any]) -> None:
+    assert load_config(write_config(tmp_path, base), environ={}).raft.wire == "aead"
+    base["raft"] = {"wire": "fernet"}
+    assert load_config(write_config(tmp_path, base), environ={}).raft.wire == "fernet"
