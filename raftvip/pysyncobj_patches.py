@@ -10,6 +10,8 @@ any other version with a clear message, instead of failing later in some obscure
 - `Channel`: the message encryption of one connection, ChaCha20-Poly1305 instead of
   pysyncobj's Fernet (AES-CBC + HMAC + base64 on every frame: most of a member's idle CPU
   after the heartbeats themselves), still accepting Fernet frames from older members.
+- `install_cheap_zlib()`: small Raft messages leave as stored (uncompressed) zlib streams:
+  deflate's set-up cost as much CPU per heartbeat as its encryption, to save ~10 bytes.
 - `install_journal_guards(on_full)`: a full `state_dir` becomes a clear error instead of a
   silent SIGBUS, and a journal append that fails leaves nothing in memory (see
   `StateDirFull`).
@@ -23,7 +25,9 @@ import functools
 import logging
 import os
 import socket
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
-from pysyncobj import journal
+from pysyncobj import journal, tcp_connection
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
 from pysyncobj.transport import TCPTransport
@@ -193,6 +197,44 @@ class Channel:
         return data
 
 
+# --- compression ----------------------------------------------------------------------------
+#
+# TcpConnection.send runs `zlib.compress(pickle.dumps(message), 3)` on every message and the
+# receiver `zlib.decompress`. For a heartbeat (~150 bytes) deflate costs ~9 us a message
+# (measured: as much as the AEAD) and saves ~10 bytes. Messages up to COMPRESS_ABOVE bytes
+# leave as a stored zlib stream (RFC 1950 header, one stored deflate block, Adler-32): what
+# every zlib, an older member's included, decompresses like any other stream.
+
+COMPRESS_ABOVE = 4096  # log entries in bulk, snapshots: deflate still pays there
+
+
+def stored_zlib(data: bytes) -> bytes:
+    """`data` as a valid zlib stream without compression (len(data) < 65536)."""
+    size = len(data)
+    return (
+        b"\x78\x01\x01"  # zlib header (deflate, 32 KiB window); final stored block
+        + struct.pack("<HH", size, size ^ 0xFFFF)
+        + data
+        + struct.pack(">I", zlib.adler32(data))
+    )
+
+
+class _CheapZlib:
+    """What pysyncobj.tcp_connection sees as `zlib`."""
+
+    @staticmethod
+    def compress(data: bytes, level: int = -1) -> bytes:
+        if len(data) <= COMPRESS_ABOVE:
+            return stored_zlib(data)
+        return zlib.compress(data, level)
+
+    decompress = staticmethod(zlib.decompress)
+
+
+def install_cheap_zlib() -> None:
+    tcp_connection.zlib = _CheapZlib
+
+
 # --- transport ------------------------------------------------------------------------------
 
 
@@ -298,6 +340,7 @@ class Transport(TCPTransport):  # type: ignore[misc]
         self._connecting_since: dict[Any, float] = {}
         self._authenticated: set[int] = set()
         self._last_reject_log: dict[str, float] = {}
+        install_cheap_zlib()
         # SyncObj made its Fernet (from conf.password) before it made this transport.
         fernet = syncObj.encryptor
         self._wire_keys = (

@@ -293,6 +293,27 @@ def _settled(group: Group) -> bool:
 # ----------------------------------------------------------------------------- the run
 
 
+@contextlib.contextmanager
+def _pythonpath(tree: Path | None) -> Iterator[None]:
+    """Members started inside run the raftvip in `tree`: Group passes os.environ and the
+    working directory on, and `python -m` looks there first."""
+    if tree is None:
+        yield
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(tree)
+    cwd = os.getcwd()
+    os.chdir(tree)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 @dataclass
 class _System:
     label: str
@@ -331,10 +352,13 @@ def run_idle(
     variants: Mapping[str, str] | None = None,
     bare: Mapping[str, Sequence[str]] | None = None,
     repeats: int = 1,
+    code: Mapping[str, Path] | None = None,
 ) -> IdleResult:
     """Idle CPU of raftvip groups of each size (and `variants`: label -> extra `[raft]`
     lines), of bare pysyncobj groups (`bare`: label -> extra bare-node options) and of one
-    ExaBGP healthcheck, all measured in the same windows."""
+    ExaBGP healthcheck, all measured in the same windows. `code`: label -> a source tree
+    (e.g. `git archive` of an older commit) whose raftvip a variant of that label runs."""
+    code = code or {}
     variants = {"raftvip": "", **(variants or {})}
     bare = {"pysyncobj (bare, password, 2 commits/s per node)": (), **(bare or {})}
     result = IdleResult(seconds, repeats)
@@ -347,7 +371,8 @@ def run_idle(
             try:
                 for i, (label, raft) in enumerate(variants.items()):
                     groups[label] = raftvip_group(root / f"raftvip-{size}-{i}", size, raft)
-                    groups[label].start_all()
+                    with _pythonpath(code.get(label)):
+                        groups[label].start_all()
                 for i, (label, extra) in enumerate(bare.items()):
                     bares[label] = BareGroup(root / f"bare-{size}-{i}", size, label, extra)
                     bares[label].start()
@@ -486,7 +511,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="another bare pysyncobj group: 'LABEL=options' (e.g. 'no pw=--no-password')",
     )
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        help="another raftvip group running other code: 'LABEL=DIR' (a source tree)",
+    )
     args = parser.parse_args(argv)
+    code = {}
+    for item in args.code:
+        label, _, tree = item.partition("=")
+        code[label.strip()] = Path(tree).resolve()
     bare = {}
     for item in args.bare:
         label, _, opts = item.partition("=")
@@ -497,9 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             root,
             [int(s) for s in args.sizes.split(",")],
             args.seconds,
-            _parse_variants(args.variant),
+            {**{label: "" for label in code}, **_parse_variants(args.variant)},
             bare,
             args.repeats,
+            code,
         )
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,6 +124,25 @@ def test_tcp_connection_calls_the_encryptor_as_channel_expects() -> None:
     incoming = inspect.getsource(transport.TCPTransport._onNewIncomingConnection)
     assert "conn.encryptor = encryptor" in incoming
     assert "getEncryptor(self.__conf.password)" in inspect.getsource(SyncObj.__init__)
+
+
+@pytest.mark.parametrize("size", [0, 1, 150, 4096, 65535])
+def test_stored_zlib_streams_decompress_anywhere(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert zlib.decompress(pysyncobj_patches.stored_zlib(data)) == data
+    assert zlib.decompressobj().decompress(pysyncobj_patches.stored_zlib(data)) == data
+
+
+def test_large_messages_are_still_compressed() -> None:
+    big = b"a" * (pysyncobj_patches.COMPRESS_ABOVE + 1)
+    assert len(pysyncobj_patches._CheapZlib.compress(big, 3)) < 100
+
+
+def test_tcp_connection_compresses_as_the_shim_expects() -> None:
+    source = inspect.getsource(tcp_connection)
+    assert "import zlib" in source
+    assert "zlib.compress(pickle.dumps(message), 3)" in source
+    assert "pickle.loads(zlib.decompress(data))" in source
 
 
 # --- live pysyncobj nodes in this process ---------------------------------------------------
