@@ -35,12 +35,11 @@ WireFormat = Literal["aead", "fernet"]
 class RaftTuning:
     """pysyncobj timings (FIELD-NOTES.md "Measured better"); `[raft]` section, all optional."""
 
-    # Election timeout 0.31-0.5 s; heartbeats every 0.1 s (min_timeout must stay above 3
-    # heartbeats). 50 ms heartbeats cost a fifth of a member's idle CPU for ~50 ms of
-    # leader-crash failover (tests/bench_idle.py IDLE_NOTES).
-    min_timeout: float = 0.31
+    min_timeout: float = 0.2
     max_timeout: float = 0.5
-    heartbeat: float = 0.1  # appendEntriesPeriod
+    # 50 ms heartbeats: longer ones (0.065-0.1 s) saved idle CPU in tests/bench_idle.py, but
+    # the simulator (tests/sim.py) then finds schedules that break an invariant; not taken.
+    heartbeat: float = 0.05  # appendEntriesPeriod
     connection_timeout: float = 1.0
     connection_retry: float = 0.5
     leader_fallback: float = 1.0
