@@ -943,6 +943,8 @@ TITLES = {
     "scale": "Scale",
     "lifecycle": "Starts, stops and restarts",
     "takeover": "Takeover after a hang",
+    "returns": "Returning members",
+    "idle": "Idle CPU",
 }
 
 
@@ -967,6 +969,14 @@ def part_lines(part: Part, out: Path | None) -> list[str]:
         from tests.bench_lifecycle import lifecycle_table
 
         return lifecycle_table(part.result)
+    if part.name == "returns":
+        from tests.bench_returns import returns_table
+
+        return returns_table(part.result)
+    if part.name == "idle":
+        from tests.bench_idle import IDLE_NOTES, idle_table
+
+        return ["### Idle CPU", "", *idle_table(part.result), "", *[f"- {n}" for n in IDLE_NOTES]]
     if part.name == "takeover":
         from tests.bench_takeover import takeover_table
 
@@ -1113,19 +1123,9 @@ NOTES = [
     "1 s at least with tickTime 500 ms); survivors announce with MED 200, so a hung "
     "instance's stale MED-100 path also stays best until the hold timer. ExaZK also withdraws "
     "everything while ZooKeeper is unreachable, which raftvip never does.",
-    "- **Idle CPU.** Profiled with `py-spy record -f raw` and per-thread /proc counters: "
-    "~85 % of a member's idle CPU is pysyncobj's tick thread (heartbeats every 50 ms to each "
-    "peer, each message pickled and Fernet-encrypted, answered and decrypted; pings on idle "
-    "links; lease renewals, one Raft commit per member every lease/3 = 0.5 s). A bare "
-    "3-node pysyncobj with the same timings, the password and one commit per node every "
-    "0.5 s uses 1.6-2.4 % of a core (0.7-1.0 % without encryption, 1.2-1.8 % with 100 ms "
-    "heartbeats), so < 1 % is not reachable without fewer heartbeats (slower leader "
-    "failover) or lease renewal piggybacked on Raft heartbeats instead of log entries. "
-    "The leader pays most and its cost grows with N: heartbeats to N - 1 peers plus N "
-    "members x 2 renewals/s, each replicated to N - 1 peers, i.e. O(N^2) encrypted messages "
-    "per second. The number of VIPs barely matters (the agent loop does no work while "
-    "nothing it reads changed). Idle CPU is utime + stime from /proc/<pid>/stat over the "
-    "window; all members and the bench's stub threads share the machine.",
+    "- **Idle CPU.** See the idle CPU part above (its notes: what costs CPU, each lever "
+    "measured). Idle CPU is utime + stime from /proc/<pid>/stat over the window; all members "
+    "and the bench's stub threads share the machine.",
     "- **Commit latency** is one lease-renewal report proposed by a follower until applied "
     "there (control op `commit_latency`, 200 samples): a round trip to the leader, "
     "replication to a majority, and the commit index coming back.",
@@ -1170,7 +1170,7 @@ def run_part(name: str, body: Callable[[], Any]) -> Part:
     return Part(name, result=result, seconds=time.monotonic() - began)
 
 
-PARTS = ("failover", "takeover", "scale", "lifecycle")
+PARTS = ("failover", "takeover", "returns", "idle", "scale", "lifecycle")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1229,6 +1229,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("== takeover after a hang on BIRD (hold time 9 s)")
         return run_takeover(root / "takeover", 2 if args.quick else 10)
 
+    def returns() -> Any:
+        from tests.bench_returns import run_returns
+
+        log("== returning members (a follower cut off for 3 s), with and without PreVote")
+        return run_returns(root / "returns", 5 if args.quick else 20)
+
+    def idle_part() -> Any:
+        from tests.bench_idle import run_idle
+
+        log("== idle CPU beside bare pysyncobj and ExaBGP healthcheck")
+        sizes = [int(m) for m in args.members.split(",")]
+        return run_idle(root / "idle", sizes, min(idle, 30.0), repeats=1 if args.quick else 3)
+
     bodies: dict[str, Callable[[], Any]] = {
         "failover": lambda: run_failover(root / "failover", trials, zk_timeouts),
         "scale": lambda: run_scale(
@@ -1240,6 +1253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "lifecycle": lifecycle,
         "takeover": takeover,
+        "returns": returns,
+        "idle": idle_part,
     }
     done: list[Part] = []
     try:

@@ -239,7 +239,7 @@ def returns_table(res: ReturnsResult) -> list[str]:
 
     n = res.returns
     return [
-        f"## Returning members ({n} returns of a follower cut off for {res.cut:g} s, 3 members)",
+        f"### Returning members ({n} returns of a follower cut off for {res.cut:g} s, 3 members)",
         "",
         "| what | PreVote (now) | stock pysyncobj elections (before) |",
         "|---|---:|---:|",
