@@ -48,7 +48,7 @@ class RaftTuning:
     ping_interval: float = 0.3
     connect_timeout: float = 1.0  # give up on a connect that the kernel keeps retrying
     disconnect_grace: float = 0.03  # leader: closed TCP link older than this -> expire
-    # Message encryption on the Raft port: "aead" (ChaCha20-Poly1305, raftvip >= 0.next) or
+    # Message encryption on the Raft port: "aead" (ChaCha20-Poly1305, after raftvip 0.1.0) or
     # "fernet" (pysyncobj's own, what older raftvip speaks: for a roll-out across versions).
     # Both are accepted on receive whatever this says; it picks what this member sends first.
     wire: WireFormat = "aead"
