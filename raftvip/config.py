@@ -37,8 +37,9 @@ class RaftTuning:
 
     min_timeout: float = 0.2
     max_timeout: float = 0.5
-    # 50 ms heartbeats: longer ones (0.065-0.1 s) saved idle CPU in tests/bench_idle.py, but
-    # the simulator (tests/sim.py) then finds schedules that break an invariant; not taken.
+    # 50 ms heartbeats: 0.1 s ones save idle CPU (tests/bench_idle.py IDLE_NOTES); the
+    # simulator's failures with them were restart-in-place defects since fixed, but under
+    # `withdraw` a full-group restart then takes 1.10-1.11 s (bound 1.1 s): not taken yet.
     heartbeat: float = 0.05  # appendEntriesPeriod
     connection_timeout: float = 1.0
     connection_retry: float = 0.5

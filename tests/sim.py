@@ -41,6 +41,7 @@ Invariants, checked after every event (numbers as in tests/chaos.py):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -320,6 +321,17 @@ class Entry:
 
 
 Callback = Callable[[int], None]
+
+
+def _with_raft(cfg: Config) -> Config:
+    """RAFTVIP_SIM_RAFT='heartbeat=0.1,min_timeout=0.31': other [raft] timings, to try them."""
+    spec = os.environ.get("RAFTVIP_SIM_RAFT", "")
+    if not spec:
+        return cfg
+    changes: dict[str, Any] = {
+        k.strip(): float(v) for k, v in (kv.split("=") for kv in spec.split(","))
+    }
+    return dataclasses.replace(cfg, raft=dataclasses.replace(cfg.raft, **changes))
 
 
 class RaftNode:
@@ -1120,7 +1132,9 @@ class Sim:
         svc = replace(svc, announce=announce)
         self.vips = vips
         self.cfgs = {
-            name: make_config(name, self.names, [svc], policy=schedule.policy, lease=LEASE)
+            name: _with_raft(
+                make_config(name, self.names, [svc], policy=schedule.policy, lease=LEASE)
+            )
             for name in self.names
         }
         # An owner's path, or the same path while handing over (with GRACEFUL_SHUTDOWN)
