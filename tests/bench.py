@@ -764,7 +764,28 @@ def machine() -> list[str]:
         f"pysyncobj {_dist('pysyncobj')}, ExaBGP {_dist('exabgp')}, "
         f"BIRD {bird_version}, "
         f"ZooKeeper {zookeeper}, kazoo {_dist('kazoo')}, cryptography {_dist('cryptography')}",
+        f"- code: {_commit()}",
     ]
+
+
+def _commit() -> str:
+    """The commit measured (and whether the tree had changes), so a figure can be traced."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def _row(cells: Sequence[str]) -> str:
