@@ -6,7 +6,8 @@
 - The transport (raftvip/pysyncobj_patches.py, with every other patch of pysyncobj's
   internals) adds what FIELD-NOTES.md measured as necessary: pings on idle peer links, a
   connect timeout, binding to the member's own address, and one log line per rejected
-  (unauthenticated) peer — pysyncobj itself logs nothing.
+  (unauthenticated) peer — pysyncobj itself logs nothing — and PreVote, so that a member
+  that was cut off rejoins as a follower instead of forcing an election.
 - Leader duties (raftvip/core/leader.py, pure) run on the tick thread: grant every member a
   fresh lease when leadership is won, expire members whose lease lapsed or whose TCP link
   dropped (after a short grace), and propose this member's service layout when the
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 
 from raftvip import diskguard, pysyncobj_patches
@@ -47,12 +48,13 @@ from raftvip.errors import RaftvipError
 log = logging.getLogger(__name__)
 
 
-class _Replica(SyncObj):  # type: ignore[misc]
+class _Replica(pysyncobj_patches.PreVoteSyncObj):
     def __init__(
         self,
         cfg: Config,
         conf: Any,
         on_state: Callable[[ClusterState], None],
+        prevote: bool = True,
     ) -> None:
         self.raftvip_tuning = cfg.raft
         self._cfg = cfg
@@ -66,7 +68,13 @@ class _Replica(SyncObj):  # type: ignore[misc]
         conf.serializer = self._dump
         conf.deserializer = self._load
         others = [addr for name, addr in cfg.members.items() if name != cfg.me]
-        super().__init__(cfg.self_address, others, conf, transportClass=pysyncobj_patches.Transport)
+        super().__init__(
+            cfg.self_address,
+            others,
+            conf,
+            transportClass=pysyncobj_patches.Transport,
+            prevote=prevote,
+        )
         self.addOnTickCallback(self._leader_tick)
 
     def _addresses(self) -> dict[str, str]:
@@ -238,7 +246,9 @@ class RaftCluster:
             maxBindRetries=0,
             bindRetryTime=0.5,
         )
-        self._replica = _Replica(self._cfg, conf, self._dispatch)
+        self._replica = _Replica(
+            self._cfg, conf, self._dispatch, prevote=pysyncobj_patches.prevote_wanted(os.environ)
+        )
         self._syncer = diskguard.JournalSyncer(
             # pysyncobj keeps term and vote in "<journalFile>.meta" (journal.MetaStorer).
             [conf.journalFile, f"{conf.journalFile}.meta", conf.fullDumpFile, state_dir],

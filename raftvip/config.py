@@ -28,6 +28,7 @@ from raftvip.errors import ConfigError, SecretError
 
 QuorumLossPolicy = Literal["hold", "withdraw"]
 CheckKind = Literal["none", "command", "http", "tcp"]
+WireFormat = Literal["aead", "fernet"]
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,22 @@ class RaftTuning:
 
     min_timeout: float = 0.2
     max_timeout: float = 0.5
+    # 50 ms heartbeats: 0.1 s ones save idle CPU (tests/bench_idle.py IDLE_NOTES); the
+    # simulator's failures with them were restart-in-place defects since fixed, but under
+    # `withdraw` a full-group restart then takes 1.10-1.11 s (bound 1.1 s): not taken yet.
     heartbeat: float = 0.05  # appendEntriesPeriod
     connection_timeout: float = 1.0
     connection_retry: float = 0.5
     leader_fallback: float = 1.0
-    ping_interval: float = 0.1  # keep idle follower<->follower links warm
+    # Keep idle follower<->follower links warm: well inside connection_timeout, which
+    # pysyncobj checks only when a message arrives (FIELD-NOTES.md "Why pings matter").
+    ping_interval: float = 0.3
     connect_timeout: float = 1.0  # give up on a connect that the kernel keeps retrying
     disconnect_grace: float = 0.03  # leader: closed TCP link older than this -> expire
+    # Message encryption on the Raft port: "aead" (ChaCha20-Poly1305, after raftvip 0.1.0) or
+    # "fernet" (pysyncobj's own, what older raftvip speaks: for a roll-out across versions).
+    # Both are accepted on receive whatever this says; it picks what this member sends first.
+    wire: WireFormat = "aead"
 
 
 @dataclass(frozen=True)
@@ -1113,8 +1123,13 @@ def _read_neighbor(r: _Reader) -> NeighborConfig:
 def _read_raft(r: _Reader) -> RaftTuning:
     """pysyncobj's own `validate()` asserts, reported as problems with key paths."""
     defaults = RaftTuning()
-    values = {key: _or(r.number(key, gt=0), getattr(defaults, key)) for key in _RAFT_KEYS}
-    raft = RaftTuning(**values)
+    numbers = [key for key in _RAFT_KEYS if key != "wire"]
+    values = {key: _or(r.number(key, gt=0), getattr(defaults, key)) for key in numbers}
+    wire_text = r.text("wire")
+    if wire_text not in (None, "aead", "fernet"):
+        r.add("wire", f"must be 'aead' or 'fernet', got {wire_text!r}")
+    wire: WireFormat = "fernet" if wire_text == "fernet" else "aead"
+    raft = RaftTuning(**values, wire=wire)
     _check_raft_bound(r, raft, "min_timeout", ">", "heartbeat", factor=3)
     _check_raft_bound(r, raft, "max_timeout", ">", "min_timeout")
     _check_raft_bound(r, raft, "connection_timeout", ">=", "max_timeout")

@@ -7,9 +7,20 @@ any other version with a clear message, instead of failing later in some obscure
 - `BoundTcpConnection` / `Transport`: outgoing Raft connections bound to the member's own
   address, pings on idle peer links, a connect timeout, one log line per rejected peer
   (FIELD-NOTES.md "pysyncobj": why each is needed).
+- `Channel`: the message encryption of one connection, ChaCha20-Poly1305 instead of
+  pysyncobj's Fernet (AES-CBC + HMAC + base64 on every frame: most of a member's idle CPU
+  after the heartbeats themselves), still accepting Fernet frames from older members.
+- `install_cheap_zlib()`: small Raft messages leave as stored (uncompressed) zlib streams:
+  deflate's set-up cost as much CPU per heartbeat as its encryption, to save ~10 bytes.
 - `install_journal_guards(on_full)`: a full `state_dir` becomes a clear error instead of a
   silent SIGBUS, and a journal append that fails leaves nothing in memory (see
   `StateDirFull`).
+- `PreVoteSyncObj`: Raft PreVote (thesis §9.6). A member whose election timer fires first
+  asks the others whether they would vote for it; it raises its term and starts a real
+  election only when a majority says yes. Members that heard from a live leader within the
+  minimum election timeout say no, so a member that was cut off and comes back rejoins as a
+  follower instead of forcing an election. The decisions are the pure functions
+  `election_step` and `prevote_answer`.
 """
 
 from __future__ import annotations
@@ -20,13 +31,23 @@ import functools
 import logging
 import os
 import socket
+import struct
 import time
-from collections.abc import Callable
-from typing import Any
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import pysyncobj
-from pysyncobj import journal
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from pysyncobj import SyncObj, journal, tcp_connection
+from pysyncobj import monotonic as _pysyncobj_monotonic
 from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
 from pysyncobj.transport import TCPTransport
 
@@ -57,6 +78,172 @@ def check_version(version: str | None = None) -> None:
         )
 
 
+# --- message encryption ---------------------------------------------------------------------
+#
+# pysyncobj's TcpConnection calls three methods of `conn.encryptor` (0.3.17): on send
+# `encrypt_at_time(data, int(monotonic()))`; on receive `extract_timestamp(frame)` (it asserts
+# the result never goes down on one connection) and then `decrypt(frame)`; an exception in
+# either closes the connection. A `Channel` is one connection's encryptor (pysyncobj shares
+# one Fernet between all connections; a channel keeps per-connection counters).
+#
+# Frame: MAGIC (1) | sender salt (16) | counter (8, big-endian) | ChaCha20-Poly1305 of the
+# pickled + zlib'ed message with the first 25 bytes as associated data. No base64.
+# - Keys: master = PBKDF2-SHA256(secret, raftvip's own salt, 100,000 rounds), as pysyncobj
+#   stretches the secret but never the same key as its Fernet; each sending channel draws a
+#   random 128-bit salt and encrypts under HKDF-SHA256(master, salt): a key of its own.
+# - Nonces: the frame counter under that key, so a nonce never repeats for a key (no
+#   birthday bound as with random 96-bit nonces under one long-lived key).
+# - Replay: on one connection the receiver takes the peer's salt from its first frame that
+#   authenticates, then only that salt and exactly the next counter: a frame replayed,
+#   reordered or dropped on the stream closes the connection; frames carrying our own salt
+#   (reflected back at us) are refused. Across connections pysyncobj's own handshake holds:
+#   each side draws a random key that the other must include in every later message, so a
+#   recorded connection does not replay into a new one (its second frame fails that check).
+# - Old members speak Fernet (base64 text, first byte "g"): accepted on receive; a channel
+#   answers in the format its peer used first, and sends `[raft] wire` when it speaks first.
+#   No switching formats within a connection (no downgrade once AEAD was seen). An outgoing
+#   connection whose peer closed it before one frame of it authenticated, after we spoke
+#   AEAD, tries Fernet next time (an older member cannot read AEAD and says nothing), and
+#   AEAD again after that: a mixed group forms, a link to an older member one connect retry
+#   later. An attacker gains nothing by forcing Fernet: it is authenticated with the same
+#   secret (it only costs CPU).
+
+MAGIC = b"\x01"  # not a base64 character: never the first byte of a Fernet token
+_SALT = 16
+_HEADER = 1 + _SALT + 8
+_KDF_SALT = b"raftvip raft aead v1"
+
+
+def derive_master_key(secret: str | bytes) -> bytes:
+    """The AEAD master key from the shared secret (stretched like pysyncobj's Fernet key)."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=_KDF_SALT, iterations=100_000)
+    return kdf.derive(raw)
+
+
+def _channel_cipher(master: bytes, salt: bytes) -> ChaCha20Poly1305:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"raftvip raft frame key")
+    return ChaCha20Poly1305(key.derive(master))
+
+
+class WireError(ValueError):
+    """A frame that this connection must not accept."""
+
+
+class WireKeys:
+    """The keys of both formats, shared by every connection of one member."""
+
+    def __init__(self, fernet: Any, master: bytes, send: str) -> None:
+        self.fernet = fernet
+        self.master = master
+        self.send = send  # "aead" | "fernet": what a channel sends before it hears its peer
+
+    def channel(self, send: str | None = None) -> Channel:
+        return Channel(self, send)
+
+
+class Channel:
+    """One connection's encryptor (the interface pysyncobj's TcpConnection calls)."""
+
+    def __init__(self, keys: WireKeys, send: str | None = None) -> None:
+        self._keys = keys
+        self._send = send or keys.send
+        self.peer_format: str | None = None  # what the peer sent first on this connection
+        self.sent = False
+        self._send_salt = os.urandom(_SALT)
+        self._send_cipher: ChaCha20Poly1305 | None = None
+        self._send_counter = 0
+        self._recv_salt: bytes | None = None
+        self._recv_cipher: ChaCha20Poly1305 | None = None
+        self._recv_counter = 0
+
+    @property
+    def sends(self) -> str:
+        return self.peer_format or self._send
+
+    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
+        self.sent = True
+        if self.sends == "fernet":
+            return bytes(self._keys.fernet.encrypt_at_time(data, current_time))
+        if self._send_cipher is None:
+            self._send_cipher = _channel_cipher(self._keys.master, self._send_salt)
+        header = MAGIC + self._send_salt + self._send_counter.to_bytes(8, "big")
+        nonce = self._send_counter.to_bytes(12, "big")
+        self._send_counter += 1
+        return header + self._send_cipher.encrypt(nonce, data, header)
+
+    def extract_timestamp(self, frame: bytes) -> int:
+        if frame[:1] == MAGIC:
+            return 0  # order is the counter's job (`decrypt`); 0 also fails after Fernet frames
+        return int(self._keys.fernet.extract_timestamp(frame))
+
+    def decrypt(self, frame: bytes) -> bytes:
+        if frame[:1] != MAGIC:
+            if self.peer_format == "aead":
+                raise WireError("a Fernet frame on an AEAD connection")
+            data = bytes(self._keys.fernet.decrypt(frame))
+            self.peer_format = "fernet"
+            return data
+        if self.peer_format == "fernet" or len(frame) < _HEADER + 16:
+            raise WireError("unexpected or short AEAD frame")
+        header = frame[:_HEADER]
+        salt = header[1 : 1 + _SALT]
+        counter = int.from_bytes(header[1 + _SALT :], "big")
+        if salt == self._send_salt:
+            raise WireError("our own frame reflected back")
+        if self._recv_salt is not None and salt != self._recv_salt:
+            raise WireError("another sender's frame on this connection")
+        if counter != self._recv_counter:
+            raise WireError(f"frame {counter} where {self._recv_counter} was due (replay?)")
+        cipher = self._recv_cipher or _channel_cipher(self._keys.master, salt)
+        try:
+            data = cipher.decrypt(counter.to_bytes(12, "big"), frame[_HEADER:], header)
+        except InvalidTag:
+            raise WireError("frame does not authenticate with our secret") from None
+        self._recv_salt, self._recv_cipher = salt, cipher
+        self._recv_counter = counter + 1
+        self.peer_format = "aead"
+        return data
+
+
+# --- compression ----------------------------------------------------------------------------
+#
+# TcpConnection.send runs `zlib.compress(pickle.dumps(message), 3)` on every message and the
+# receiver `zlib.decompress`. For a heartbeat (~150 bytes) deflate costs ~9 us a message
+# (measured: as much as the AEAD) and saves ~10 bytes. Messages up to COMPRESS_ABOVE bytes
+# leave as a stored zlib stream (RFC 1950 header, one stored deflate block, Adler-32): what
+# every zlib, an older member's included, decompresses like any other stream.
+
+COMPRESS_ABOVE = 4096  # log entries in bulk, snapshots: deflate still pays there
+
+
+def stored_zlib(data: bytes) -> bytes:
+    """`data` as a valid zlib stream without compression (len(data) < 65536)."""
+    size = len(data)
+    return (
+        b"\x78\x01\x01"  # zlib header (deflate, 32 KiB window); final stored block
+        + struct.pack("<HH", size, size ^ 0xFFFF)
+        + data
+        + struct.pack(">I", zlib.adler32(data))
+    )
+
+
+class _CheapZlib:
+    """What pysyncobj.tcp_connection sees as `zlib`."""
+
+    @staticmethod
+    def compress(data: bytes, level: int = -1) -> bytes:
+        if len(data) <= COMPRESS_ABOVE:
+            return stored_zlib(data)
+        return zlib.compress(data, level)
+
+    decompress = staticmethod(zlib.decompress)
+
+
+def install_cheap_zlib() -> None:
+    tcp_connection.zlib = _CheapZlib
+
+
 # --- transport ------------------------------------------------------------------------------
 
 
@@ -68,13 +255,34 @@ class BoundTcpConnection(TcpConnection):  # type: ignore[misc]
     comes from. `connect` mirrors TcpConnection.connect (pysyncobj 0.3.17) plus the bind.
     """
 
-    def __init__(self, source: str, **kwargs: Any) -> None:
+    def __init__(self, source: str, keys: WireKeys | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._source = source
+        self._keys = keys
+        self._fernet_next = False  # the last AEAD attempt was closed unanswered
+
+    def disconnect(self) -> None:
+        channel = self.encryptor
+        keys = getattr(self, "_keys", None)  # None while TcpConnection.__init__ runs
+        if isinstance(channel, Channel) and channel.sent and keys is not None:
+            unanswered = channel.peer_format is None
+            fell_back = unanswered and channel.sends == "aead" and keys.send == "aead"
+            if fell_back and not self._fernet_next:
+                log.info(
+                    "raft peer=%s closed the link before answering our AEAD frames (an older "
+                    "raftvip?): trying pysyncobj's Fernet next",
+                    _peer_of(self),
+                )
+            self._fernet_next = fell_back
+            channel.sent = False  # disconnect() runs more than once per connection
+        super().disconnect()
 
     def connect(self, host: str | None, port: int) -> bool:
         if host is None:
             return False
+        if self._keys is not None:
+            # Every connection starts its own counters.
+            self.encryptor = self._keys.channel("fernet" if self._fernet_next else None)
         self._TcpConnection__state = CONNECTION_STATE.DISCONNECTED
         self._TcpConnection__fileno = None
         sock = socket.socket(_getAddrType(host), socket.SOCK_STREAM)
@@ -119,13 +327,15 @@ class Transport(TCPTransport):  # type: ignore[misc]
         conf = self._syncObj.conf
         conn = BoundTcpConnection(
             self._selfNode.host,
+            self._wire_keys,
             poller=self._syncObj._poller,
             timeout=conf.connectionTimeout,
             sendBufferSize=conf.sendBufferSize,
             recvBufferSize=conf.recvBufferSize,
             keepalive=conf.tcp_keepalive,
         )
-        conn.encryptor = self._syncObj.encryptor
+        if self._wire_keys is not None:
+            conn.encryptor = self._wire_keys.channel()
         conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
         conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
         conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
@@ -139,6 +349,14 @@ class Transport(TCPTransport):  # type: ignore[misc]
         self._connecting_since: dict[Any, float] = {}
         self._authenticated: set[int] = set()
         self._last_reject_log: dict[str, float] = {}
+        install_cheap_zlib()
+        # SyncObj made its Fernet (from conf.password) before it made this transport.
+        fernet = syncObj.encryptor
+        self._wire_keys = (
+            WireKeys(fernet, derive_master_key(syncObj.conf.password), tuning.wire)
+            if fernet is not None
+            else None
+        )
         super().__init__(syncObj, selfNode, otherNodes)
 
     def send(self, node: Any, message: Any) -> bool:
@@ -164,6 +382,8 @@ class Transport(TCPTransport):  # type: ignore[misc]
 
     def _onNewIncomingConnection(self, conn: Any) -> None:
         super()._onNewIncomingConnection(conn)
+        if self._wire_keys is not None:
+            conn.encryptor = self._wire_keys.channel()
         try:
             sock: socket.socket = conn._TcpConnection__socket
             host, port = sock.getpeername()[:2]
@@ -318,3 +538,277 @@ def install_journal_guards(on_full: Callable[[str], None]) -> None:
         cls.__init__ = _guarded_init(cls.__init__)
         journal.FileJournal.add = _atomic_add(journal.FileJournal.add)
         logging.getLogger("pysyncobj.syncobj").addFilter(_FullDiskFilter())
+
+
+# --- PreVote --------------------------------------------------------------------------------
+#
+# Stock pysyncobj starts an election whenever its timer fires: a member cut off for a few
+# seconds raised its term on every timeout and, once back, forced the healthy leader out
+# (FIELD-NOTES.md "pysyncobj elections": 4-6 terms and an election on every return). With
+# PreVote a member first asks "would you vote for me in term T+1?" and only raises its term
+# once a majority says yes. A member says no while it leads, or while it heard from a leader
+# whose link is up within the minimum election timeout, or when the asker's log is behind.
+#
+# CheckQuorum is pysyncobj's own `leaderFallbackTimeout` (raft.leader_fallback, 1 s): a
+# leader that has heard from no majority for that long steps down, so a leader refusing
+# pre-votes can only hold the group up while it really leads.
+#
+# Times here are pysyncobj's clock (`pysyncobj.monotonic`: CLOCK_MONOTONIC_RAW on Linux, not
+# `time.monotonic`), the clock of its election timer.
+
+PREVOTE_REQUEST = "raftvip_prevote"  # unknown to SyncObj, which dispatches on known types only
+PREVOTE_REPLY = "raftvip_prevote_reply"
+PREVOTE_ENV = "RAFTVIP_NO_PREVOTE"  # "1": stock elections (benchmarks measure the difference)
+
+ElectionAction = Literal["wait", "prevote", "elect"]
+raft_clock: Callable[[], float] = _pysyncobj_monotonic.monotonic  # its election timer's clock
+
+# sha256 of the source of every pysyncobj method that PreVoteSyncObj overrides, in 0.3.17
+# (tests/test_prevote.py fails when they change: the override must be re-read against them).
+OVERRIDDEN_SOURCES = {
+    "_onTick": "cc9eb08232d005ba4e21a33ec453e5d02fe3537dadebda8571406c57f65a3c37",
+    "_SyncObj__onMessageReceived": (
+        "ddfe34b6c02821795146dc533fb7c0fcf6574a082a68a227b4c885c9e14be206"
+    ),
+}
+
+
+def prevote_wanted(environ: Mapping[str, str]) -> bool:
+    """PreVote is on unless `RAFTVIP_NO_PREVOTE=1` (for before/after measurements only)."""
+    return environ.get(PREVOTE_ENV, "") not in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class PreVoteRound:
+    """This member's current pre-vote: the term it asks for and who said yes (itself too)."""
+
+    term: int
+    granted: frozenset[str]
+
+
+def prevote_won(round_: PreVoteRound | None, term: int, voters: int) -> bool:
+    """A majority of the `voters` said yes to this member's round for term `term + 1`."""
+    return round_ is not None and round_.term == term + 1 and len(round_.granted) > voters / 2
+
+
+@dataclass(frozen=True)
+class ElectionView:
+    """What a follower or candidate knows when it ticks."""
+
+    deadline: float  # its election timer
+    term: int
+    connected: bool  # it has a link to at least one peer (stock pysyncobj waits otherwise)
+    transfer: bool  # the leader asked it to take over (TimeoutNow)
+    voters: int  # members of the group, itself included
+    round: PreVoteRound | None
+
+
+def election_step(view: ElectionView, now: float) -> tuple[ElectionAction, str]:
+    """Whether a follower/candidate waits, asks for pre-votes, or starts a real election
+    (raises its term) now; with the reason. A won pre-vote elects at once; one won for a
+    term that has passed since counts for nothing (the timer decides again)."""
+    won = prevote_won(view.round, view.term, view.voters)
+    if now <= view.deadline and not won:
+        return "wait", "timer"
+    if not view.connected:
+        return "wait", "isolated"
+    if view.transfer:
+        return "elect", "transfer"  # the leader itself handed over: no pre-vote needed
+    if won:
+        return "elect", "prevote_won"
+    return "prevote", "timeout"
+
+
+@dataclass(frozen=True)
+class PreVoteRequest:
+    term: int  # the term the asker would stand in: its current term + 1
+    last_log_index: int
+    last_log_term: int
+
+
+@dataclass(frozen=True)
+class VoterView:
+    """What a member knows when a pre-vote request reaches it."""
+
+    is_leader: bool
+    term: int
+    last_log_index: int
+    last_log_term: int
+    leader_heard: float | None  # when an append_entries of the current term last arrived
+    leader_connected: bool  # it follows a leader and its link to that leader is up
+    min_timeout: float  # raft.min_timeout
+
+
+def prevote_answer(view: VoterView, request: PreVoteRequest, now: float) -> tuple[bool, str]:
+    """Would this member vote for the asker in `request.term`? Never changes any state."""
+    if view.is_leader:
+        return False, "leader"
+    if (
+        view.leader_connected
+        and view.leader_heard is not None
+        and now - view.leader_heard < view.min_timeout
+    ):
+        return False, "leader_alive"
+    if request.term <= view.term:
+        return False, "stale_term"
+    if (request.last_log_term, request.last_log_index) < (view.last_log_term, view.last_log_index):
+        return False, "log_behind"
+    return True, "granted"
+
+
+class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
+    """SyncObj with PreVote. Overrides `_onTick` (before the stock tick, which starts an
+    election when the timer has fired: the timer is pushed back unless a pre-vote was won)
+    and SyncObj's private `__onMessageReceived` (pre-vote messages, leader contact).
+    `prevote=False` behaves exactly like stock pysyncobj."""
+
+    _SyncObj__raftElectionDeadline: float  # SyncObj's election timer (written here too)
+    _SyncObj__raftLeader: Any
+
+    def __init__(self, *args: Any, prevote: bool = True, **kwargs: Any) -> None:
+        self._prevote = prevote
+        self._prevote_round: PreVoteRound | None = None
+        self._leader_heard: float | None = None
+        super().__init__(*args, **kwargs)
+        if not prevote:
+            log.warning(
+                "raft prevote=off (%s=1): a returning member forces an election", PREVOTE_ENV
+            )
+
+    # --- the tick (tick thread) ---
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        if self._prevote:
+            try:
+                self._prevote_tick(raft_clock())
+            except Exception:
+                log.exception("raft prevote tick failed; retrying next tick")
+        super()._onTick(timeToWait)
+
+    def _prevote_tick(self, now: float) -> None:
+        if self._SyncObj__raftState not in (_RAFT_STATE.FOLLOWER, _RAFT_STATE.CANDIDATE):
+            return
+        if self._SyncObj__selfNode is None or not self._SyncObj__transport.ready:
+            return
+        term = int(self._SyncObj__raftCurrentTerm)
+        view = ElectionView(
+            deadline=float(self._SyncObj__raftElectionDeadline),
+            term=term,
+            connected=bool(self._SyncObj__connectedToAnyone()),
+            transfer=bool(self._SyncObj__transferInProgress),
+            voters=len(self._SyncObj__otherNodes) + 1,
+            round=self._prevote_round,
+        )
+        action, reason = election_step(view, now)
+        if action == "wait":
+            return
+        if action == "elect":
+            self._elect_now(term, reason)
+            return
+        # Ask for pre-votes, and push the timer back so the stock tick does not elect: the
+        # next round comes one election timeout later, unless a majority says yes first.
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        self._prevote_round = PreVoteRound(term + 1, frozenset({self._SyncObj__selfNode.id}))
+        request = {
+            "type": PREVOTE_REQUEST,
+            "term": term + 1,
+            "last_log_index": int(self._SyncObj__getCurrentLogIndex()),
+            "last_log_term": int(self._SyncObj__getCurrentLogTerm()),
+        }
+        log.debug("raft prevote asked term=%d", term + 1)
+        for node in list(self._SyncObj__otherNodes):
+            self._SyncObj__transport.send(node, request)
+        if prevote_won(self._prevote_round, term, view.voters):  # a group of one
+            self._elect_now(term, "prevote_won")
+
+    def _elect_now(self, term: int, reason: str) -> None:
+        """Let the stock tick that follows start the election (it raises the term)."""
+        self._prevote_round = None
+        self._SyncObj__raftElectionDeadline = 0.0
+        log.info("raft election term=%d reason=%s", term + 1, reason)
+
+    # --- messages (tick thread) ---
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if self._prevote and isinstance(message, dict):
+            kind = message.get("type")
+            try:
+                if kind == PREVOTE_REQUEST:
+                    self._on_prevote_request(node, message)
+                    return
+                if kind == PREVOTE_REPLY:
+                    self._on_prevote_reply(node, message)
+                    return
+                if kind == "append_entries" and message["term"] >= self._SyncObj__raftCurrentTerm:
+                    self._leader_heard = raft_clock()  # stock code follows it as leader
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("raft prevote ignored a malformed %s message: %r", kind, exc)
+                return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _on_prevote_request(self, node: Any, message: Mapping[str, Any]) -> None:
+        if self._SyncObj__selfNode is None or node not in self._SyncObj__otherNodes:
+            return  # read-only nodes neither ask nor vote
+        request = PreVoteRequest(
+            int(message["term"]), int(message["last_log_index"]), int(message["last_log_term"])
+        )
+        leader = self._SyncObj__raftLeader
+        view = VoterView(
+            is_leader=self._SyncObj__raftState == _RAFT_STATE.LEADER,
+            term=int(self._SyncObj__raftCurrentTerm),
+            last_log_index=int(self._SyncObj__getCurrentLogIndex()),
+            last_log_term=int(self._SyncObj__getCurrentLogTerm()),
+            leader_heard=self._leader_heard,
+            leader_connected=leader is not None and leader in self._SyncObj__connectedNodes,
+            min_timeout=float(self._SyncObj__conf.raftMinTimeout),
+        )
+        now = raft_clock()
+        granted, reason = prevote_answer(view, request, now)
+        # Granting is rare in a healthy group (an election follows): say when and why.
+        log.log(
+            logging.INFO if granted else logging.DEBUG,
+            "raft prevote from=%s term=%d granted=%s reason=%s leader_heard=%s",
+            node.id,
+            request.term,
+            granted,
+            reason,
+            "never" if self._leader_heard is None else f"{now - self._leader_heard:.3f}s_ago",
+        )
+        self._SyncObj__transport.send(
+            node,
+            {
+                "type": PREVOTE_REPLY,
+                "term": request.term,
+                "granted": granted,
+                "reason": reason,
+                "voter_term": view.term,
+            },
+        )
+
+    def _on_prevote_reply(self, node: Any, message: Mapping[str, Any]) -> None:
+        if node not in self._SyncObj__otherNodes:
+            return
+        term = int(self._SyncObj__raftCurrentTerm)
+        voter_term = int(message["voter_term"])
+        if voter_term > term and self._SyncObj__raftState != _RAFT_STATE.LEADER:
+            # This member is behind in terms: catch up (as a follower) so that its next
+            # pre-vote can succeed; the group's term does not change.
+            self._SyncObj__setCurrentTerm(voter_term, None)
+            self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._prevote_round = None
+            return
+        current = self._prevote_round
+        if not message["granted"] or current is None or int(message["term"]) != current.term:
+            return
+        self._prevote_round = replace(current, granted=current.granted | {node.id})
+        voters = len(self._SyncObj__otherNodes) + 1
+        if prevote_won(self._prevote_round, term, voters) and not prevote_won(
+            current, term, voters
+        ):
+            log.info(
+                "raft prevote won term=%d votes=%d/%d",
+                term + 1,
+                len(self._prevote_round.granted),
+                voters,
+            )  # the next tick (right after this poll) elects

@@ -35,6 +35,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import random
 import re
 import shlex
 import shutil
@@ -445,6 +446,7 @@ def failover_trials(bed: Testbed, kind: str, trials: int, label: str) -> list[Sa
     fault = {"owner hang": "hang", "owner check failure": "check"}.get(kind, "crash")
     names = list(bed.group.members)
     samples: list[Sample] = []
+    phase = random.Random(f"{label}/{kind}")  # the same phases in every run
     for trial in range(trials):
         bed.wait_settled()
         if bed.mode == "raftvip":
@@ -454,6 +456,10 @@ def failover_trials(bed: Testbed, kind: str, trials: int, label: str) -> list[Sa
         else:
             victim = names[(trial + 1) % len(names)]
         vip = bed.vip_of(victim)
+        # A random phase against the health checks: settling ends right after a check, so a
+        # fixed pause would inject every check failure at the same point of the interval
+        # (all 20 trials at ~300 ms in one run, ~200 ms in another).
+        time.sleep(phase.uniform(0.0, INTERVAL))
         began = bed.inject(victim, fault)
         try:
             sample = bed.watch(vip, victim, began)
@@ -764,7 +770,28 @@ def machine() -> list[str]:
         f"pysyncobj {_dist('pysyncobj')}, ExaBGP {_dist('exabgp')}, "
         f"BIRD {bird_version}, "
         f"ZooKeeper {zookeeper}, kazoo {_dist('kazoo')}, cryptography {_dist('cryptography')}",
+        f"- code: {_commit()}",
     ]
+
+
+def _commit() -> str:
+    """The commit measured (and whether the tree had changes), so a figure can be traced."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -943,6 +970,8 @@ TITLES = {
     "scale": "Scale",
     "lifecycle": "Starts, stops and restarts",
     "takeover": "Takeover after a hang",
+    "returns": "Returning members",
+    "idle": "Idle CPU",
 }
 
 
@@ -967,6 +996,14 @@ def part_lines(part: Part, out: Path | None) -> list[str]:
         from tests.bench_lifecycle import lifecycle_table
 
         return lifecycle_table(part.result)
+    if part.name == "returns":
+        from tests.bench_returns import returns_table
+
+        return returns_table(part.result)
+    if part.name == "idle":
+        from tests.bench_idle import IDLE_NOTES, idle_table
+
+        return ["### Idle CPU", "", *idle_table(part.result), "", *[f"- {n}" for n in IDLE_NOTES]]
     if part.name == "takeover":
         from tests.bench_takeover import takeover_table
 
@@ -1113,19 +1150,9 @@ NOTES = [
     "1 s at least with tickTime 500 ms); survivors announce with MED 200, so a hung "
     "instance's stale MED-100 path also stays best until the hold timer. ExaZK also withdraws "
     "everything while ZooKeeper is unreachable, which raftvip never does.",
-    "- **Idle CPU.** Profiled with `py-spy record -f raw` and per-thread /proc counters: "
-    "~85 % of a member's idle CPU is pysyncobj's tick thread (heartbeats every 50 ms to each "
-    "peer, each message pickled and Fernet-encrypted, answered and decrypted; pings on idle "
-    "links; lease renewals, one Raft commit per member every lease/3 = 0.5 s). A bare "
-    "3-node pysyncobj with the same timings, the password and one commit per node every "
-    "0.5 s uses 1.6-2.4 % of a core (0.7-1.0 % without encryption, 1.2-1.8 % with 100 ms "
-    "heartbeats), so < 1 % is not reachable without fewer heartbeats (slower leader "
-    "failover) or lease renewal piggybacked on Raft heartbeats instead of log entries. "
-    "The leader pays most and its cost grows with N: heartbeats to N - 1 peers plus N "
-    "members x 2 renewals/s, each replicated to N - 1 peers, i.e. O(N^2) encrypted messages "
-    "per second. The number of VIPs barely matters (the agent loop does no work while "
-    "nothing it reads changed). Idle CPU is utime + stime from /proc/<pid>/stat over the "
-    "window; all members and the bench's stub threads share the machine.",
+    "- **Idle CPU.** See the idle CPU part above (its notes: what costs CPU, each lever "
+    "measured). Idle CPU is utime + stime from /proc/<pid>/stat over the window; all members "
+    "and the bench's stub threads share the machine.",
     "- **Commit latency** is one lease-renewal report proposed by a follower until applied "
     "there (control op `commit_latency`, 200 samples): a round trip to the leader, "
     "replication to a majority, and the commit index coming back.",
@@ -1170,7 +1197,7 @@ def run_part(name: str, body: Callable[[], Any]) -> Part:
     return Part(name, result=result, seconds=time.monotonic() - began)
 
 
-PARTS = ("failover", "takeover", "scale", "lifecycle")
+PARTS = ("failover", "takeover", "returns", "idle", "scale", "lifecycle")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1229,6 +1256,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("== takeover after a hang on BIRD (hold time 9 s)")
         return run_takeover(root / "takeover", 2 if args.quick else 10)
 
+    def returns() -> Any:
+        from tests.bench_returns import run_returns
+
+        log("== returning members (a follower cut off for 3 s), with and without PreVote")
+        return run_returns(root / "returns", 5 if args.quick else 20)
+
+    def idle_part() -> Any:
+        from tests.bench_idle import run_idle
+
+        log("== idle CPU beside bare pysyncobj and ExaBGP healthcheck")
+        sizes = [int(m) for m in args.members.split(",")]
+        return run_idle(root / "idle", sizes, min(idle, 30.0), repeats=1 if args.quick else 3)
+
     bodies: dict[str, Callable[[], Any]] = {
         "failover": lambda: run_failover(root / "failover", trials, zk_timeouts),
         "scale": lambda: run_scale(
@@ -1240,6 +1280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "lifecycle": lifecycle,
         "takeover": takeover,
+        "returns": returns,
+        "idle": idle_part,
     }
     done: list[Part] = []
     try:

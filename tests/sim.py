@@ -41,6 +41,7 @@ Invariants, checked after every event (numbers as in tests/chaos.py):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -70,6 +71,7 @@ from raftvip.core.state import (
     SetPin,
     encode_command,
 )
+from raftvip.pysyncobj_patches import PreVoteRequest, VoterView, prevote_answer
 from raftvip.testing.config import make_config, service
 from raftvip.testing.exabgp import FakeExabgp
 
@@ -321,6 +323,17 @@ class Entry:
 Callback = Callable[[int], None]
 
 
+def _with_raft(cfg: Config) -> Config:
+    """RAFTVIP_SIM_RAFT='heartbeat=0.1,min_timeout=0.31': other [raft] timings, to try them."""
+    spec = os.environ.get("RAFTVIP_SIM_RAFT", "")
+    if not spec:
+        return cfg
+    changes: dict[str, Any] = {
+        k.strip(): float(v) for k, v in (kv.split("=") for kv in spec.split(","))
+    }
+    return dataclasses.replace(cfg, raft=dataclasses.replace(cfg.raft, **changes))
+
+
 class RaftNode:
     """One member's Raft (pysyncobj 0.3.17's behaviour where raftvip depends on it)."""
 
@@ -354,6 +367,9 @@ class RaftNode:
         self._info: RaftInfo | None = None
         self._info_key: tuple[object, ...] | None = None
         self.votes = 0
+        self.transfer = False  # the leader asked us to take over (TimeoutNow): no pre-vote
+        self.prevote: tuple[int, set[str]] | None = None  # (term asked for, who granted)
+        self.leader_heard: float | None = None  # an append of the current term last came
         self.waiting_reply: dict[int, Callback] = {}
         self.waiting_commit: dict[int, list[tuple[int, Callback]]] = {}
         self.request_ids = itertools.count(1)
@@ -413,7 +429,32 @@ class RaftNode:
             self.election_at = self.sim.now + self._timeout()
             self._arm_election()
             return
-        # pysyncobj: candidate, term + 1, vote for itself, ask every peer (no PreVote)
+        if not self.transfer and (self.prevote is None or not self._prevote_won()):
+            # raftvip's PreVote (pysyncobj_patches.PreVoteSyncObj): ask first, raise the term
+            # only once a majority would vote; the timer is pushed back meanwhile.
+            self.election_at = self.sim.now + self._timeout()
+            self.prevote = (self.term + 1, {self.name})
+            for peer in self.peers:
+                self.sim.net.send(
+                    self.name, peer, ("prevote", self.term + 1, self.last_index(), self.last_term())
+                )
+            self._arm_election()
+            if self._prevote_won():
+                self._start_election()
+            return
+        self._start_election()
+
+    def _prevote_won(self) -> bool:
+        return (
+            self.prevote is not None
+            and self.prevote[0] == self.term + 1
+            and len(self.prevote[1]) > (len(self.peers) + 1) / 2
+        )
+
+    def _start_election(self) -> None:
+        """pysyncobj: candidate, term + 1, vote for itself, ask every peer."""
+        self.transfer = False
+        self.prevote = None
         self.election_at = self.sim.now + self._timeout()
         self.leader = None
         self.role = "candidate"
@@ -560,8 +601,39 @@ class RaftNode:
 
     def receive(self, src: str, message: tuple[Any, ...]) -> None:
         kind = message[0]
+        if kind == "prevote":
+            _, term, last_index, last_term = message
+            granted, _why = prevote_answer(
+                VoterView(
+                    is_leader=self.role == "leader",
+                    term=self.term,
+                    last_log_index=self.last_index(),
+                    last_log_term=self.last_term(),
+                    leader_heard=self.leader_heard,
+                    leader_connected=self.leader is not None
+                    and self.sim.net.connected(self.name, self.leader),
+                    min_timeout=self.m.cfg.raft.min_timeout,
+                ),
+                PreVoteRequest(term, last_index, last_term),
+                self.sim.now,
+            )
+            self.sim.net.send(self.name, src, ("prevote_ok", term, granted, self.term))
+            return
+        if kind == "prevote_ok":
+            _, term, granted, voter_term = message
+            if voter_term > self.term and self.role != "leader":
+                self.term, self.voted_for, self.leader = voter_term, None, None  # catch up
+                self.prevote = None
+                self._follow()
+                return
+            if granted and self.prevote is not None and self.prevote[0] == term:
+                self.prevote[1].add(src)
+                if self._prevote_won() and self.role != "leader" and not self.m.paused:
+                    self._start_election()  # at once, as the patch's next tick does
+            return
         if kind == "timeout_now":
             if message[1] >= self.term and src == self.leader and self.role != "leader":
+                self.transfer = True
                 self.election_at = self.sim.now  # elect now
                 self._election_timer(self.generation)
             return
@@ -624,6 +696,8 @@ class RaftNode:
         if term < self.term:
             return
         self.election_at = self.sim.now + self._timeout()
+        self.leader_heard = self.sim.now
+        self.prevote = None
         if self.leader != src:
             self._leader_changed()
         self.leader = src
@@ -1058,7 +1132,9 @@ class Sim:
         svc = replace(svc, announce=announce)
         self.vips = vips
         self.cfgs = {
-            name: make_config(name, self.names, [svc], policy=schedule.policy, lease=LEASE)
+            name: _with_raft(
+                make_config(name, self.names, [svc], policy=schedule.policy, lease=LEASE)
+            )
             for name in self.names
         }
         # An owner's path, or the same path while handing over (with GRACEFUL_SHUTDOWN)

@@ -73,3 +73,18 @@ def test_the_failover_picture_shows_every_system(tmp_path: Path) -> None:
     png = tmp_path / "benchmarks-failover.png"
     assert lines == [f"![Failover time per fault, raftvip and each baseline]({png.name})"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_idle_table_shows_medians_with_the_leader_apart() -> None:
+    from tests.bench_idle import IdleResult, IdleRow, idle_table
+
+    row = IdleRow("raftvip", 3)
+    row.add(2.0, [1.0, 1.2])
+    row.add(3.0, [1.1, 1.3])
+    row.add(2.5, [0.9, 1.0])
+    hc = IdleRow("exabgp healthcheck", 1)
+    hc.add(None, [0.0])
+    text = "\n".join(idle_table(IdleResult(30.0, 3, [row, hc])))
+    assert "| raftvip | 3 | 2.50 | 1.10 | 1.20 | 1.47 |" in text
+    assert "| exabgp healthcheck | 1 | - | 0.00 | 0.00 | 0.00 |" in text
+    assert "median of 3 windows" in text

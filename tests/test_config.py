@@ -796,6 +796,7 @@ BROKEN: list[tuple[str, Changes, str | list[str]]] = [
     ),
     # raft (pysyncobj's validate() asserts)
     ("heartbeat-0", {"raft/heartbeat": 0}, "raft.heartbeat: must be > 0, got 0"),
+    ("wire", {"raft/wire": "tls"}, "raft.wire: must be 'aead' or 'fernet', got 'tls'"),
     ("retry-neg", {"raft/connection_retry": -1}, "raft.connection_retry: must be > 0, got -1"),
     (
         "min-timeout",
@@ -1490,3 +1491,9 @@ def test_takeover_settings_are_validated(
         change(base, tuple(path.split("/")) if "/" in path else path, value)
     problems = problems_of(write_config(tmp_path, base))
     assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_raft_wire_defaults_to_aead_and_reads_fernet(tmp_path: Path, base: dict[str, Any]) -> None:
+    assert load_config(write_config(tmp_path, base), environ={}).raft.wire == "aead"
+    base["raft"] = {"wire": "fernet"}
+    assert load_config(write_config(tmp_path, base), environ={}).raft.wire == "fernet"

@@ -36,6 +36,7 @@ def _mangled(cls: str) -> set[str]:
         (tcp_connection, "TcpConnection"),
         (journal, "ResizableFile"),
         (journal, "FileJournal"),
+        (syncobj, "SyncObj"),
     ],
 )
 def test_the_private_attributes_the_patches_use_exist(module: object, cls: str) -> None:

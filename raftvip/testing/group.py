@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,7 @@ class Group:
         metrics: bool = False,
         backup_prepend: int = 0,
         ipv6_vips: int = 0,
+        env: Mapping[str, str] | None = None,
         takeover_margin: int | None = None,
         hold_time: int | None = None,
     ) -> None:
@@ -132,9 +133,11 @@ class Group:
         `zookeeper`: the body of a [zookeeper] section added to every member's config.
         `ipv6_vips`: IPv6 VIPs 2001:db8::N without a preferred owner, announced over the IPv4
         sessions with the next hop `lab_ipv6_next_hop(<member address>)`.
+        `env`: extra environment variables for every member process.
         `takeover_margin`: written to `[service.announce]` (None: the default, 1 with a
         `router`). `hold_time`: the `[exabgp]` neighbor's hold-time (None: ExaBGP's)."""
         self.root = root
+        self.env = dict(env or {})
         self.members: dict[str, Member] = {}
         self.vips: list[str] = []
         self.preferred: dict[str, str] = {}
@@ -234,7 +237,7 @@ backup_prepend = {backup_prepend}
     def start(self, name: str, answer: str = "done") -> Member:
         """Start member `name`; its stub acks every command with `answer`."""
         m = self.members[name]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         env.pop("RAFTVIP_SECRET", None)
         with open(m.stderr_path, "ab") as err:
             m.proc = subprocess.Popen(
