@@ -192,7 +192,7 @@ def lifecycle_table(res: LifecycleResults) -> list[str]:
 
     n = len(res.cold_now)
     return [
-        f"## Starts, stops and restarts ({n} trials each; median / max)",
+        f"### Starts, stops and restarts ({n} trials each; median / max)",
         "",
         "| what (3 LBs, 1 VIP each, one BIRD) | raftvip now | before | before is |",
         "|---|---:|---:|---|",
