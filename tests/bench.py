@@ -770,7 +770,6 @@ def machine() -> list[str]:
         f"pysyncobj {_dist('pysyncobj')}, ExaBGP {_dist('exabgp')}, "
         f"BIRD {bird_version}, "
         f"ZooKeeper {zookeeper}, kazoo {_dist('kazoo')}, cryptography {_dist('cryptography')}",
-        f"- code: {_commit()}",
     ]
 
 
@@ -1032,6 +1031,7 @@ def render(
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: other work on the machine skews "
         "the timings)",
         *machine(),
+        f"- code: {getattr(args, 'commit', None) or _commit()} (at the start of the run)",
         f"- failover set-up: 3 LBs, each a real ExaBGP peering with one BIRD on 127.0.0.1 (hold "
         f"time {HOLD_TIME} s, `med metric on`); health check every {INTERVAL:g} s, "
         f"{FAST_INTERVAL:g} s while rising/falling, rise {RISE}, fall {FALL} (raftvip, "
@@ -1239,6 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (BENCHMARKS_MD if complete else None)
     zk_timeouts = [float(t) for t in args.zk_timeouts.split(",") if t.strip()]
     args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    args.commit = _commit()
     started = datetime.datetime.now(datetime.UTC)
     began = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="raftvip-bench-"))
