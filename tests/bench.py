@@ -155,7 +155,17 @@ class Testbed:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, root: Path, with_zk: bool) -> Iterator[Testbed]:
+    def running(
+        cls,
+        root: Path,
+        with_zk: bool,
+        *,
+        takeover_margin: int | None = None,
+        hold_time: int = HOLD_TIME,
+        trace_routes: bool = False,
+    ) -> Iterator[Testbed]:
+        """`takeover_margin` (None: the default) and `hold_time` (BIRD's and the members'
+        takeover_hold_time); `trace_routes`: BIRD logs every path it imports or removes."""
         root.mkdir(parents=True, exist_ok=True)
         port = free_port("127.0.0.1")
         group = Group(
@@ -166,11 +176,12 @@ class Testbed:
             preempt_delay=PREEMPT_DELAY,
             rise=RISE,
             fall=FALL,
-            hold_time=HOLD_TIME,  # the members' takeover_hold_time: BIRD's hold time here
+            takeover_margin=takeover_margin,
+            hold_time=hold_time,  # the members' takeover_hold_time: BIRD's hold time here
         )
         addresses = {name: m.address for name, m in group.members.items()}
-        as_of, peers = member_peers(addresses, port, ROUTER_AS, hold_time=HOLD_TIME)
-        bird = Router(root / "bird", "127.0.0.1", peers, name="router")
+        as_of, peers = member_peers(addresses, port, ROUTER_AS, hold_time=hold_time)
+        bird = Router(root / "bird", "127.0.0.1", peers, name="router", trace_routes=trace_routes)
         bed = cls(root, group, bird, as_of)
         try:
             bird.start()

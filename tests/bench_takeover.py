@@ -30,16 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftvip.testing.bgplab import member_peers
-from raftvip.testing.group import Group
-from raftvip.testing.wait import free_port
 from tests.bench import (
-    FALL,
     LEASE,
-    PREEMPT_DELAY,
-    RISE,
-    ROUTER_AS,
-    Router,
     Sample,
     Stats,
     Testbed,
@@ -62,30 +54,11 @@ def takeover_bed(
     """tests/bench.py's Testbed (one BIRD, three LBs running raftvip under ExaBGP 5) with
     `takeover_margin = margin` (None: the default) and hold time `hold_time` on both sides;
     `trace_routes`: BIRD logs every path it imports or removes (`Bird.route_trace`)."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port("127.0.0.1")
-    group = Group(
-        root,
-        size=3,
-        router=("127.0.0.1", port, ROUTER_AS),
-        lease=LEASE,
-        preempt_delay=PREEMPT_DELAY,
-        rise=RISE,
-        fall=FALL,
-        takeover_margin=margin,
-        hold_time=hold_time,
-    )
-    addresses = {name: m.address for name, m in group.members.items()}
-    as_of, peers = member_peers(addresses, port, ROUTER_AS, hold_time=hold_time)
-    bird = Router(root / "bird", "127.0.0.1", peers, name="router", trace_routes=trace_routes)
-    bed = Testbed(root, group, bird, as_of)
-    try:
-        bird.start()
+    with Testbed.running(
+        root, False, takeover_margin=margin, hold_time=hold_time, trace_routes=trace_routes
+    ) as bed:
         bed.use("raftvip")
         yield bed
-    finally:
-        bed.stop_speakers(wait_routes=False)
-        bird.stop()
 
 
 @dataclass(frozen=True)
