@@ -71,6 +71,15 @@ def started(policy: str = "hold", **kwargs: object) -> LoopDriver:
     return driver
 
 
+def hand_over_to_lb2(driver: LoopDriver) -> None:
+    """The group moved 10.0.0.1 from lb1 (this member) to lb2: lb1 hands it over."""
+    driver.update(
+        version=2,
+        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
+        handovers={"10.0.0.1": "lb1"},
+    )
+
+
 # --- start-up -------------------------------------------------------------------------------
 
 
@@ -146,11 +155,7 @@ def test_maintenance_and_drain() -> None:
 def test_handover_keeps_announcing_until_confirmed_then_withdraws() -> None:
     driver = started()
     # The group moved 10.0.0.1 to lb2 (drain, preemption): lb1 keeps it until lb2 confirms.
-    driver.update(
-        version=2,
-        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
-        handovers={"10.0.0.1": "lb1"},
-    )
+    hand_over_to_lb2(driver)
     written = len(driver.exabgp.lines)
     driver.run(0.3)
     assert driver.reason("10.0.0.1") == "handover"
@@ -169,11 +174,7 @@ def test_handover_keeps_announcing_until_confirmed_then_withdraws() -> None:
 
 def test_an_unconfirmed_handover_ends_after_handover_timeout() -> None:
     driver = started()
-    driver.update(
-        version=2,
-        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
-        handovers={"10.0.0.1": "lb1"},
-    )
+    hand_over_to_lb2(driver)
     driver.run(driver.cfg.cluster.handover_timeout - 0.2)
     assert driver.reason("10.0.0.1") == "handover"
     driver.run(0.5)
@@ -883,11 +884,7 @@ def test_a_restart_during_a_handover_waits_for_it_then_withdraws_what_is_left() 
     """Seed 4433: the restarting member exited while handing a VIP over; its ExaBGP kept that
     route beside the new owner's until the next process came up."""
     driver = started()
-    driver.update(
-        version=2,
-        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
-        handovers={"10.0.0.1": "lb1"},
-    )
+    hand_over_to_lb2(driver)
     driver.tick()
     assert driver.reason("10.0.0.1") == "handover"
     driver.send(core.RestartRequested())
@@ -902,11 +899,7 @@ def test_a_restart_during_a_handover_waits_for_it_then_withdraws_what_is_left() 
 
 def test_a_restart_during_a_confirmed_handover_exits_without_its_route() -> None:
     driver = started()
-    driver.update(
-        version=2,
-        owners={**driver.state.owners, "10.0.0.1": Assignment("lb2", "rebalance")},
-        handovers={"10.0.0.1": "lb1"},
-    )
+    hand_over_to_lb2(driver)
     driver.tick()
     driver.send(core.RestartRequested())
     driver.run(0.3)
