@@ -533,12 +533,15 @@ class RaftNode:
                     peer,
                     ("snapshot", self.term, self.base_index, self.base_term, self.base_state),
                 )
+                self.next_index[peer] = self.base_index + 1  # pysyncobj: past the snapshot
                 continue
             prev = nxt - 1
             entries = tuple(self.log[prev - self.base_index :])
             # A heartbeat to a follower known to be up to date needs no answer but "alive"
             needs_ack = bool(entries) or self.match_index.get(peer, 0) < prev
             self.told_commit[peer] = self.commit
+            if entries:
+                self.next_index[peer] = prev + len(entries) + 1  # pysyncobj: optimistic
             self.sim.net.send(
                 self.name,
                 peer,
@@ -757,9 +760,11 @@ class RaftNode:
             return
         self.last_response[src] = self.sim.now
         if success:
+            # pysyncobj ('next_node_idx'): only an ack that raises the match index moves the
+            # next index, so an older ack still in flight never sends it back.
             if index > self.match_index.get(src, 0):
                 self.match_index[src] = index
-            self.next_index[src] = index + 1
+                self.next_index[src] = index + 1
         else:
             self.next_index[src] = max(1, index + 1)
             self._send_entries()

@@ -57,3 +57,22 @@ def test_the_simulator_finds_a_dead_pause_fence(dead_pause_fence: None) -> None:
     text = "\n".join(lines)
     assert f"replay: python -m tests.sim --seed {seven.seed} --trace" in text
     assert "FAULT pause" in text
+
+
+def test_a_stale_ack_does_not_move_the_leaders_next_index_back() -> None:
+    """pysyncobj's leader takes an ack only when it raises the match index (syncobj.py,
+    'next_node_idx'). An older ack still in flight must not send it back below a log that
+    it has compacted meanwhile: the follower would install a snapshot over entries it has
+    already acknowledged, and a later leadership transfer to it would fail (seed 3761)."""
+    group = sim.Sim(sim.make_schedule(1))
+    leader = group.members["lb1"].raft
+    leader.role, leader.term = "leader", 1
+    leader.match_index["lb2"], leader.next_index["lb2"] = 42, 43
+    leader._on_append_ok("lb2", ("append_ok", 1, 40, True))
+    assert (leader.match_index["lb2"], leader.next_index["lb2"]) == (42, 43)
+    leader._on_append_ok("lb2", ("append_ok", 1, 44, True))
+    assert (leader.match_index["lb2"], leader.next_index["lb2"]) == (44, 45)
+
+
+def test_seed_3761_a_leave_whose_transfer_target_had_lost_entries() -> None:
+    assert sim.run_seed(3761).ok
