@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from raftvip import __version__
 from raftvip.config import Config
+from raftvip.core.status import config_drift
 from raftvip.errors import RaftvipError
 from raftvip.health import ProbeResult
 
@@ -59,6 +60,12 @@ class Metrics:
         )
         self._leader = Gauge("raftvip_is_leader", "1 if this member leads the group.", registry=r)
         self._term = Gauge("raftvip_raft_term", "Current Raft term.", registry=r)
+        self._drift = Gauge(
+            "raftvip_config_drift",
+            "1 while the members' own service layouts differ (a roll-out half done), or this"
+            " member's config is not yet the one the group holds for it.",
+            registry=r,
+        )
         self._commit = Gauge("raftvip_raft_commit_index", "Raft commit index.", registry=r)
         self._quorum = Gauge(
             "raftvip_has_quorum", "1 if this member reaches a majority.", registry=r
@@ -196,6 +203,7 @@ class Metrics:
         if key == self._last_key and now - self._last_refresh < REFRESH:
             return
         self._last_key, self._last_refresh = key, now
+        self._drift.set(1 if config_drift(self._cfg, state)[0] else 0)
         for name in dict(state.addresses) or self._cfg.members:
             m = state.members.get(name)
             self._alive.labels(name).set(1 if m and m.alive else 0)

@@ -44,6 +44,7 @@ from raftvip.config import FENCE_MARGIN, AnnounceConfig, Config
 from raftvip.core.exabgp import Route, announce_line, route_for, withdraw_line
 from raftvip.core.placement import Assignment
 from raftvip.core.state import ClusterState, Takeover
+from raftvip.core.values import evolve
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,28 @@ class Decision:
 
 
 LocalHealth = Mapping[str, str]  # service -> "up" | "down" | "disabled"
+
+
+def agreed(cfg: Config, state: ClusterState) -> Config:
+    """`cfg` with the timings this member fences with: never longer than those the group
+    replicated for it (its leader expires it with those: `leader.member_timings`), nor than
+    any member's `connection_timeout` (any of them may lead and close our link). While a
+    roll-out changes them, a member trusts its lease for the shorter of its old and new
+    values until its new ones are committed. Equal settings everywhere: `cfg` itself."""
+    lease, timeout = cfg.cluster.lease, cfg.raft.connection_timeout
+    for name, layout in state.layouts.items():
+        if layout.timings is None:
+            continue
+        timeout = min(timeout, layout.timings.connection_timeout)
+        if name == cfg.me:
+            lease = min(lease, layout.timings.lease)
+    if lease == cfg.cluster.lease and timeout == cfg.raft.connection_timeout:
+        return cfg
+    return evolve(
+        cfg,
+        cluster=evolve(cfg.cluster, lease=lease),
+        raft=evolve(cfg.raft, connection_timeout=timeout),
+    )
 
 
 def fence_time(cfg: Config) -> float:

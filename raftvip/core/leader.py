@@ -25,7 +25,18 @@ from dataclasses import dataclass, field
 from raftvip.config import Config
 from raftvip.core.placement import ServiceSpec
 from raftvip.core.records import LogRecord
-from raftvip.core.state import ClusterState, Command, Configure, Expire, Form
+from raftvip.core.state import (
+    WIRE_VERSION,
+    ClusterState,
+    Command,
+    Configure,
+    Expire,
+    Form,
+    SetFormat,
+    Timings,
+    group_format_ready,
+    layout_digest,
+)
 from raftvip.core.values import evolve
 
 EXPIRE_RETRY = 0.25  # an Expire for the same (member, incarnation, seq) at most this often
@@ -54,6 +65,33 @@ def service_specs(cfg: Config) -> tuple[ServiceSpec, ...]:
     )
 
 
+def timings_of(cfg: Config) -> Timings:
+    """This member's settings that its expiry by a leader depends on (replicated with its
+    layout, so that every leader expires it with its own values)."""
+    return Timings(
+        lease=cfg.cluster.lease,
+        report_interval=cfg.cluster.report_interval,
+        on_quorum_loss=cfg.cluster.on_quorum_loss,
+        connection_timeout=cfg.raft.connection_timeout,
+        disconnect_grace=cfg.raft.disconnect_grace,
+    )
+
+
+def own_layout(cfg: Config, summary: str = "") -> tuple[str, tuple[ServiceSpec, ...], Timings]:
+    """(digest, services, timings) as this member proposes them in its `SetLayout`."""
+    specs = service_specs(cfg)
+    return layout_digest(specs), specs, timings_of(cfg)
+
+
+def member_timings(cfg: Config, state: ClusterState, name: str) -> Timings:
+    """The timings the leader expires `name` with: those it replicated, else (format 1, or
+    not proposed yet) the leader's own."""
+    layout = state.layouts.get(name)
+    if layout is not None and layout.timings is not None:
+        return layout.timings
+    return timings_of(cfg)
+
+
 @dataclass(frozen=True)
 class LeaderBook:
     """Bookkeeping for the leader's duties (every member keeps one)."""
@@ -69,6 +107,7 @@ class LeaderBook:
     down_since: Mapping[str, float] = field(default_factory=dict)
     expire_sent: Mapping[tuple[str, int, int], float] = field(default_factory=dict)
     configure_sent: float = 0.0
+    format_sent: float = -float("inf")
     forming_since: float | None = None  # a forming group: when a member was first alive
     # member -> when this member first saw it restarting (its deadline counts from there)
     restart_seen: Mapping[str, float] = field(default_factory=dict)
@@ -151,18 +190,28 @@ def leader_tick(
                 f"raft leader={cfg.me} term={term}: granted every member a fresh lease",
             )
         )
-    if (state.services != specs or not state.addresses) and (
-        now - book.configure_sent > CONFIGURE_RETRY
-    ):
+    # Format 1 (a group with a member of an older build): the leader's own layout. From
+    # format 2 on, each member proposes its own (`SetLayout`), whoever leads.
+    stale_layout = state.wire < 2 and state.services != specs
+    if (stale_layout or not state.addresses) and now - book.configure_sent > CONFIGURE_RETRY:
         book = evolve(book, configure_sent=now)
         bootstrap = not state.addresses and not state.owners
         proposals.append(Configure(wall, specs, dict(cfg.members), forming=bootstrap))
+    spoken = min(WIRE_VERSION, group_format_ready(state))
+    if state.addresses and spoken > state.wire and now - book.format_sent > CONFIGURE_RETRY:
+        book = evolve(book, format_sent=now)
+        logs.append(
+            LogRecord(
+                logging.INFO,
+                f"raft leader: every member speaks command format {spoken}: the group moves"
+                f" from {state.wire}",
+            )
+        )
+        proposals.append(SetFormat(wall, spoken))
     if not state.formed and state.addresses:
         book, form = _formation(book, state, now, logs)
         if form:
             proposals.append(Form(wall))
-    lease = cfg.cluster.lease
-    grace = cfg.raft.disconnect_grace
     expire_sent = dict(book.expire_sent)
     restarting = {
         n: book.restart_seen.get(n, now) for n, m in state.members.items() if m.restarting
@@ -174,6 +223,8 @@ def leader_tick(
             continue
         reason = None
         down_since = book.down_since.get(name)
+        timings = member_timings(cfg, state, name)
+        lease, grace = timings.lease, max(cfg.raft.disconnect_grace, timings.disconnect_grace)
         if member.restarting:
             # Its process is being replaced in place and ExaBGP keeps its routes: no expiry
             # for a dropped link or a lapsed lease until the deadline; then as for a crash.
@@ -185,14 +236,14 @@ def leader_tick(
             name != cfg.me
             and down_since is not None
             and now - down_since >= grace
-            and fenced_by(book, cfg, name, down_since, now)
+            and fenced_by(book, cfg, name, down_since, now, timings)
         ):
             reason = "disconnect"
         elif (
             name != cfg.me
             and name not in book.was_connected
             and now - book.started_at >= cfg.raft.connection_timeout + grace
-            and fenced_by(book, cfg, name, book.started_at, now)
+            and fenced_by(book, cfg, name, book.started_at, now, timings)
         ):
             # Alive in the state, yet its link has not come up once since this process
             # started (a full-group restart: the state on disk says alive, the member is
@@ -247,7 +298,14 @@ def _formation(
     return evolve(book, form_sent=now), True
 
 
-def fenced_by(book: LeaderBook, cfg: Config, name: str, down_since: float, now: float) -> bool:
+def fenced_by(
+    book: LeaderBook,
+    cfg: Config,
+    name: str,
+    down_since: float,
+    now: float,
+    timings: Timings | None = None,
+) -> bool:
     """May a member whose link to this leader dropped at `down_since` be expired now?
 
     A link that dropped while this member led carried the member's reports: it dropped
@@ -257,10 +315,13 @@ def fenced_by(book: LeaderBook, cfg: Config, name: str, down_since: float, now: 
     leader since: with `on_quorum_loss = "withdraw"` (at most one announcer) wait until
     `connection_timeout` after the member's last report applied here, when its fence
     has fallen for sure. `hold` keeps the fast path (two announcers are its trade-off).
+    `timings`: the member's own (`member_timings`): its policy decides, not ours.
     """
+    if timings is None:
+        timings = timings_of(cfg)
     # Strictly after: a drop first seen in the very tick that made us leader may have
     # happened before (links are polled, leadership is not).
-    if cfg.cluster.on_quorum_loss != "withdraw" or down_since > book.leader_since:
+    if timings.on_quorum_loss != "withdraw" or down_since > book.leader_since:
         return True
     applied = book.report_applied.get(name, book.started_at)
-    return now - applied >= cfg.raft.connection_timeout
+    return now - applied >= max(cfg.raft.connection_timeout, timings.connection_timeout)

@@ -22,6 +22,7 @@ from raftvip.core.decide import (
     DecideInputs,
     Decision,
     GroupView,
+    agreed,
     decide,
     desired_routes,
     fence_time,
@@ -34,9 +35,20 @@ from raftvip.core.decide import (
 )
 from raftvip.core.exabgp import Route, StdinEvent, announce_line, route_for, withdraw_line
 from raftvip.core.group import EMPTY_GROUP, GroupObservation
-from raftvip.core.leader import RESTART_DEADLINE
+from raftvip.core.leader import RESTART_DEADLINE, own_layout
+from raftvip.core.placement import ServiceSpec
 from raftvip.core.records import LogRecord
-from raftvip.core.state import ClusterState, Command, Confirm, Expire, Report, SetRestarting
+from raftvip.core.state import (
+    WIRE_VERSION,
+    ClusterState,
+    Command,
+    Confirm,
+    Expire,
+    Report,
+    SetLayout,
+    SetRestarting,
+    Timings,
+)
 from raftvip.core.values import evolve
 
 RESTART_WAIT = 0.5  # `raftvip restart`: how long the flag may take to commit
@@ -48,6 +60,7 @@ TICK = 0.1  # a failed report is retried after this
 IDLE = 0.4  # with nothing to do, the loop still steps this often (pause detection)
 CONFIRM_RETRY = 0.5  # a Confirm for the same VIP at most this often
 LEAVE_LINGER = 0.1  # after a last-moment leave: let it reach the leader before links close
+LAYOUT_RETRY = 1.0  # a SetLayout at most this often while the group's record differs
 
 # --- events ---------------------------------------------------------------------------------
 
@@ -287,6 +300,10 @@ class LoopState:
     heard_at: float = -float("inf")  # when that index last advanced (we hear the leader)
     exabgp_accepted: bool = False  # ExaBGP acked a command of ours with `done`
     takeover_ends: float | None = None  # monotonic: the next takeover form of ours ends
+    layout_sent: float = -float("inf")  # when our SetLayout was last proposed
+    layout_note: str = "started"  # what our next SetLayout says changed (a reload's summary)
+    # (config, own_layout(config)): computed once per config, not at every step
+    own: tuple[Config, tuple[str, tuple[ServiceSpec, ...], Timings]] | None = None
 
 
 def start(
@@ -389,7 +406,7 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
     cfg = loop.cfg
     last = loop.last_step
     loop = evolve(loop, group=tick.group, last_step=now)
-    if last is not None and now - last > pause_time(cfg):
+    if last is not None and now - last > pause_time(agreed(cfg, tick.group.state)):
         # This process was frozen (SIGSTOP, VM pause) long enough for the group to expire
         # it and move on without it. Withdraw until a fresh report of ours is committed, so
         # ExaBGP does not re-advertise stale routes when its sessions come back.
@@ -400,6 +417,7 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
             "it): withdrawing until the group has heard from it again",
         )
     if not loop.stop.exabgp_gone:  # else nobody takes our lines: only leave (`_shutdown`)
+        loop = _maybe_layout(loop, tick.wall, now, out)
         loop = _maybe_report(loop, tick.wall, now, out)
         loop = _reconcile(loop, tick.wall, now, out)
         loop, restart = _restarting(loop, tick.wall, now, out)
@@ -417,7 +435,7 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
 def _wake_at(loop: LoopState, now: float) -> float:
     """When to step again if nothing happens: the earliest deadline the loop has, and at
     least every IDLE (a longer gap is how a pause is told from an idle loop)."""
-    cfg = loop.cfg
+    cfg = agreed(loop.cfg, loop.group.state)
     rep = loop.reporting
     wake = now + min(IDLE, pause_time(cfg) / 2)
     if now < rep.next_at < wake:
@@ -528,6 +546,33 @@ def _on_proposal(loop: LoopState, event: ProposalDone) -> LoopState:
 # --- reports --------------------------------------------------------------------------------
 
 
+def _maybe_layout(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
+    """Format 2: propose our own service layout (and timings) while the group's record of it
+    differs — at start-up and after a reload. Before our report, in the same step: the
+    group then never gives us a VIP of our previous config that this one no longer has."""
+    state = loop.group.state
+    if state.wire < 2 or not loop.group.info.ready or cfg_gone(loop):
+        return loop
+    if now - loop.layout_sent < LAYOUT_RETRY:
+        return loop
+    if loop.own is None or loop.own[0] is not loop.cfg:
+        loop = evolve(loop, own=(loop.cfg, own_layout(loop.cfg)))  # once per config
+    assert loop.own is not None
+    digest, specs, timings = loop.own[1]
+    held = state.layouts.get(loop.cfg.me)
+    if held is not None and (held.digest, held.services, held.timings) == (digest, specs, timings):
+        return loop
+    out.proposals.append(
+        Proposal(SetLayout(wall, loop.cfg.me, digest, specs, timings, loop.layout_note))
+    )
+    return evolve(loop, layout_sent=now)
+
+
+def cfg_gone(loop: LoopState) -> bool:
+    """Leaving, left or restarting: this member's layout no longer matters."""
+    return loop.stop.deadline is not None or loop.left or loop.restart is not None
+
+
 def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
     if loop.stop.deadline is not None or loop.left:
         return loop  # leaving or left: a report would make this member alive again
@@ -558,7 +603,7 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     )
     health = {name: value == "up" for name, value in loop.health.items()}
     out.proposals.append(
-        Proposal(Report(wall, cfg.me, loop.incarnation, seq, health), ReportTag(now))
+        Proposal(Report(wall, cfg.me, loop.incarnation, seq, health, WIRE_VERSION), ReportTag(now))
     )
     return evolve(loop, seq=seq, reporting=rep)
 
@@ -653,7 +698,7 @@ def reachable(loop: LoopState, now: float) -> bool:
 
 
 def _reachable(loop: LoopState, now: float) -> bool:
-    limit = reach_time(loop.cfg)
+    limit = reach_time(agreed(loop.cfg, loop.group.state))
     return now - loop.reporting.renewed_at < limit or now - loop.heard_at < limit
 
 
@@ -674,7 +719,7 @@ def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState
     if takeover_ends != loop.takeover_ends:
         loop = evolve(loop, takeover_ends=takeover_ends)
     inputs = inputs_for(
-        cfg,
+        agreed(cfg, state),
         state,
         loop.health,
         view,

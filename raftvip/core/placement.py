@@ -48,6 +48,7 @@ def place(
     pins: Mapping[str, str],
     current: Mapping[str, str],
     keep_only: frozenset[str] = frozenset(),
+    holders: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, Assignment]:
     """Owners for every VIP that has an eligible member.
 
@@ -57,6 +58,8 @@ def place(
     `keep_only`: eligible members that keep what they own but receive nothing new (a member
     restarting in place: its process is about to exit, and a VIP given to it then would be
     announced by nobody that can still withdraw it or confirm a handover).
+    `holders`: vip -> the members whose own config has it (a roll-out in progress); a VIP
+    goes only to those. None: every member has every VIP.
     """
     total_load: dict[str, int] = {}
     result: dict[str, Assignment] = {}
@@ -70,6 +73,7 @@ def place(
             current,
             total_load,
             keep_only,
+            holders,
         )
         for assignment in assigned.values():
             total_load[assignment.owner] = total_load.get(assignment.owner, 0) + 1
@@ -85,20 +89,27 @@ def _place_service(
     current: Mapping[str, str],
     total_load: Mapping[str, int],
     keep_only: frozenset[str] = frozenset(),
+    holders: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, Assignment]:
     owners: dict[str, Assignment] = {}
     if not eligible:
         return owners
     receivers = (eligible - keep_only) or eligible  # none left: better it than nobody
 
+    def has(member: str, vip: str) -> bool:
+        return holders is None or member in holders.get(vip, frozenset())
+
+    def can_own(member: str | None, vip: str) -> bool:
+        return member is not None and member in eligible and has(member, vip)
+
     def receives(member: str, vip: str) -> bool:
-        return member in receivers or current.get(vip) == member
+        return (member in receivers or current.get(vip) == member) and has(member, vip)
 
     def kept(vip: str) -> bool:
         """Owned by a member restarting in place: it stays there (no handover is possible
         while its process is being replaced)."""
         owner = current.get(vip)
-        return owner is not None and owner in keep_only and owner in eligible
+        return owner is not None and owner in keep_only and can_own(owner, vip)
 
     held: set[str] = set()  # VIPs that rebalancing must not move
 
@@ -112,17 +123,17 @@ def _place_service(
             owners[vip] = Assignment(owner, reason)
             held.add(vip)
             continue
-        if pinned is not None and pinned in eligible and receives(pinned, vip):
+        if pinned is not None and can_own(pinned, vip) and receives(pinned, vip):
             owners[vip] = Assignment(pinned, "pinned")
             held.add(vip)
             continue
         preferred = service.preferred.get(vip)
-        if preferred is None or preferred not in eligible or not receives(preferred, vip):
+        if preferred is None or not can_own(preferred, vip) or not receives(preferred, vip):
             continue
         owner = current.get(vip)
         if owner == preferred:
             owners[vip] = Assignment(preferred, "preferred")
-        elif owner is None or owner not in eligible:
+        elif owner is None or not can_own(owner, vip):
             owners[vip] = Assignment(preferred, "preferred" if owner is None else "failover")
         elif service.preempt and preferred in ready:
             owners[vip] = Assignment(preferred, "preempt")
@@ -132,7 +143,7 @@ def _place_service(
 
     for vip in service.vips:
         owner = current.get(vip)
-        if vip not in owners and owner is not None and owner in eligible:
+        if vip not in owners and owner is not None and can_own(owner, vip):
             owners[vip] = Assignment(owner, "sticky")
 
     load = {member: 0 for member in eligible}
@@ -145,7 +156,12 @@ def _place_service(
     for vip in service.vips:
         if vip in owners:
             continue
-        owner = least_loaded(receivers)
+        candidates = frozenset(m for m in receivers if has(m, vip)) or frozenset(
+            m for m in eligible if has(m, vip)
+        )
+        if not candidates:
+            continue  # no eligible member has it in its config (yet)
+        owner = least_loaded(candidates)
         owners[vip] = Assignment(owner, "initial" if current.get(vip) is None else "failover")
         load[owner] += 1
 
@@ -161,7 +177,11 @@ def _place_service(
             movable = [
                 v
                 for v in service.vips
-                if owners[v].owner == giver and v not in held and v not in service.preferred
+                if v in owners
+                and owners[v].owner == giver
+                and v not in held
+                and v not in service.preferred
+                and has(receiver, v)
             ]
             if not movable:
                 break

@@ -11,7 +11,14 @@ import traceback
 
 from raftvip.core.leader import LeaderBook, report_applied
 from raftvip.core.records import LogRecord
-from raftvip.core.state import ClusterState, CommandError, Report, apply, decode_command
+from raftvip.core.state import (
+    ClusterState,
+    CommandError,
+    Report,
+    apply,
+    decode_command,
+    refused,
+)
 
 
 def apply_entry(
@@ -22,7 +29,15 @@ def apply_entry(
     try:
         cmd = decode_command(payload)
     except CommandError as exc:
+        # Every member refuses it the same way: one that cannot decode it, and (`refused`)
+        # one that could but whose group does not speak its format yet.
         return state, book, (LogRecord(logging.ERROR, f"raft ignored a malformed command: {exc}"),)
+    why = refused(state, cmd)
+    if why is not None:
+        record = LogRecord(
+            logging.ERROR, f"raft refused command={type(cmd).__name__} at index {index}: {why}"
+        )
+        return state, book, (record,)
     try:
         new = apply(state, cmd, index=index)
     except Exception:

@@ -10,6 +10,7 @@ validates every field so that `apply` only ever sees well-typed values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,15 @@ import msgpack
 from raftvip.core.placement import Assignment, ServiceSpec, place
 from raftvip.core.values import evolve
 
-WIRE_VERSION = 1
+# The highest command format this build speaks. Each command carries the lowest format that
+# can decode it (`_MIN_FORMAT`): every format-1 command still says 1, so a member of an older
+# build applies it as before. A member reports its highest format in its reports; the leader
+# raises the group's format (`SetFormat`) once every member in the group has reported at
+# least that much, and nobody proposes a command of a higher format than the group's. A
+# command above the group's format is refused by every member in the same way (`apply`),
+# as a member that cannot decode it refuses it (replica.apply_entry): never a divergence,
+# never an exception in the replicated method. etcd's cluster version works the same way.
+WIRE_VERSION = 2
 MAX_EVENTS = 200
 
 
@@ -42,6 +51,8 @@ class MemberState:
     # the leader does not expire it for its dropped link until a deadline. Cleared by the
     # next process's first report, or by an expiry.
     restarting: bool = False
+    # The highest command format its process speaks (reports before format 2 carry none).
+    wire: int = 1
 
     def is_healthy(self, service: str) -> bool:
         return self.healthy.get(service, False)
@@ -70,6 +81,32 @@ class Takeover:
 
 
 @dataclass(frozen=True)
+class Timings:
+    """A member's own settings that the leader's expiry of it must agree with: the leader
+    expires each member with that member's replicated values, never with its own
+    (`leader.member_timings`), and a member fences with the smaller of its own and the
+    group's (`decide.fence_time`)."""
+
+    lease: float
+    report_interval: float
+    on_quorum_loss: str  # hold | withdraw
+    connection_timeout: float
+    disconnect_grace: float
+
+
+@dataclass(frozen=True)
+class MemberLayout:
+    """One member's own service layout, as it last proposed it (format 2): placement puts a
+    VIP only on members whose layout has it."""
+
+    digest: str
+    services: tuple[ServiceSpec, ...]
+    timings: Timings | None = None  # None: seeded when the group moved to format 2
+    ts: float = 0.0
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class ClusterState:
     version: int = 0  # number of state-changing commands applied
     services: tuple[ServiceSpec, ...] = ()
@@ -90,6 +127,10 @@ class ClusterState:
     # (every configured member eligible, or FORM_GRACE after the first), so that the first
     # placement is the final one instead of everything on the first member to report.
     formed: bool = True
+    # The command format the group uses (see WIRE_VERSION). From 2 on, `services` is the
+    # merge of `layouts` (`merge_layouts`), no longer the leader's own layout.
+    wire: int = 1
+    layouts: Mapping[str, MemberLayout] = field(default_factory=dict)
 
     def owner_of(self, vip: str) -> str | None:
         assignment = self.owners.get(vip)
@@ -143,6 +184,27 @@ class Report:
     incarnation: int
     seq: int
     health: Mapping[str, bool]
+    wire: int = 1  # the highest format the reporting process speaks
+
+
+@dataclass(frozen=True)
+class SetFormat:
+    """The leader raises the group's command format: every member has reported it."""
+
+    ts: float
+    version: int
+
+
+@dataclass(frozen=True)
+class SetLayout:
+    """`member`'s own service layout (at start-up, and after each reload)."""
+
+    ts: float
+    member: str
+    digest: str
+    services: tuple[ServiceSpec, ...]
+    timings: Timings
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,7 +280,19 @@ Command = (
     | Confirm
     | AddMember
     | RemoveMember
+    | SetFormat
+    | SetLayout
 )
+
+
+def command_format(cmd: Command) -> int:
+    """The lowest format that can decode `cmd` (what it carries as "v")."""
+    match cmd:
+        case SetFormat():
+            return cmd.version
+        case SetLayout():
+            return 2
+    return 1
 
 
 class CommandError(ValueError):
@@ -245,6 +319,7 @@ def encode_command(cmd: Command) -> bytes:
                 "inc": cmd.incarnation,
                 "seq": cmd.seq,
                 "health": dict(cmd.health),
+                "wire": cmd.wire,  # format 1 decoders ignore it
             }
         case Expire():
             body = {
@@ -268,7 +343,18 @@ def encode_command(cmd: Command) -> bytes:
             body = {"op": "add_member", "member": cmd.member, "address": cmd.address}
         case RemoveMember():
             body = {"op": "remove_member", "member": cmd.member}
-    body["v"] = WIRE_VERSION
+        case SetFormat():
+            body = {"op": "format", "version": cmd.version}
+        case SetLayout():
+            body = {
+                "op": "layout",
+                "member": cmd.member,
+                "digest": cmd.digest,
+                "services": [_spec_to_wire(s) for s in cmd.services],
+                "timings": _timings_to_wire(cmd.timings),
+                "summary": cmd.summary,
+            }
+    body["v"] = command_format(cmd)
     body["ts"] = float(cmd.ts)
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -281,8 +367,14 @@ def decode_command(payload: bytes) -> Command:
         raise CommandError(f"not msgpack: {exc}") from None
     if not isinstance(body, dict):
         raise CommandError("command is not a map")
-    if body.get("v") != WIRE_VERSION:
-        raise CommandError(f"unsupported command version {body.get('v')!r}")
+    version = body.get("v")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CommandError(f"unsupported command version {version!r}")
+    if version > WIRE_VERSION:
+        raise CommandError(
+            f"command format {version} is newer than this build's ({WIRE_VERSION}):"
+            " a member of a newer raftvip proposed it before the whole group spoke it"
+        )
     ts = _num(body, "ts")
     op = body.get("op")
     if op == "configure":
@@ -306,7 +398,10 @@ def decode_command(payload: bytes) -> Command:
             isinstance(k, str) and isinstance(v, bool) for k, v in health.items()
         ):
             raise CommandError("report.health: not a map of service -> bool")
-        return Report(ts, _str(body, "member"), _int(body, "inc"), _int(body, "seq"), health)
+        wire = body.get("wire", 1)
+        if isinstance(wire, bool) or not isinstance(wire, int) or wire < 1:
+            raise CommandError("report.wire: not a format number")
+        return Report(ts, _str(body, "member"), _int(body, "inc"), _int(body, "seq"), health, wire)
     if op == "expire":
         return Expire(
             ts,
@@ -335,7 +430,49 @@ def decode_command(payload: bytes) -> Command:
         return AddMember(ts, _str(body, "member"), _str(body, "address"))
     if op == "remove_member":
         return RemoveMember(ts, _str(body, "member"))
+    if op == "format":
+        return SetFormat(ts, _int(body, "version"))
+    if op == "layout":
+        services = body.get("services")
+        if not isinstance(services, list):
+            raise CommandError("layout.services: not a list")
+        summary = body.get("summary", "")
+        if not isinstance(summary, str):
+            raise CommandError("layout.summary: not a string")
+        return SetLayout(
+            ts,
+            _str(body, "member"),
+            _str(body, "digest"),
+            tuple(_spec_from_wire(s) for s in services),
+            _timings_from_wire(body.get("timings")),
+            summary,
+        )
     raise CommandError(f"unknown op {op!r}")
+
+
+def _timings_to_wire(t: Timings) -> dict[str, Any]:
+    return {
+        "lease": t.lease,
+        "report_interval": t.report_interval,
+        "on_quorum_loss": t.on_quorum_loss,
+        "connection_timeout": t.connection_timeout,
+        "disconnect_grace": t.disconnect_grace,
+    }
+
+
+def _timings_from_wire(body: Any) -> Timings:
+    if not isinstance(body, dict):
+        raise CommandError("layout.timings: not a map")
+    policy = _str(body, "on_quorum_loss")
+    if policy not in ("hold", "withdraw"):
+        raise CommandError(f"layout.timings.on_quorum_loss: {policy!r} is not hold or withdraw")
+    values = {
+        key: _num(body, key)
+        for key in ("lease", "report_interval", "connection_timeout", "disconnect_grace")
+    }
+    if not all(v > 0 for v in values.values()):
+        raise CommandError("layout.timings: every duration must be > 0")
+    return Timings(on_quorum_loss=policy, **values)
 
 
 def _num(body: Mapping[str, Any], key: str) -> float:
@@ -421,8 +558,160 @@ def apply(state: ClusterState, cmd: Command, index: int = 0) -> ClusterState:
     return new
 
 
+def refused(state: ClusterState, cmd: Command) -> str | None:
+    """Why every member refuses `cmd` (None: it applies): a command of a format that the
+    group does not speak yet (see WIRE_VERSION)."""
+    fmt = command_format(cmd)
+    if isinstance(cmd, SetFormat):
+        return None  # it carries the format it raises to; `_set_format` checks it
+    if fmt > state.wire:
+        return f"needs command format {fmt}, the group speaks {state.wire}"
+    return None
+
+
+def group_format_ready(state: ClusterState) -> int:
+    """The highest format every member of the group has reported (1 while one has not
+    reported at all)."""
+    reported = [state.members[n].wire if n in state.members else 1 for n in state.addresses]
+    return min(reported, default=1)
+
+
+def _set_format(state: ClusterState, cmd: SetFormat) -> ClusterState:
+    if not state.wire < cmd.version <= min(WIRE_VERSION, group_format_ready(state)):
+        return state
+    new = evolve(state, wire=cmd.version)
+    if state.wire < 2 <= cmd.version:
+        # Every member's layout starts as the one the group used so far (the leader's):
+        # nothing moves until a member proposes its own.
+        digest = layout_digest(state.services)
+        seeded = MemberLayout(digest, state.services, None, cmd.ts, "format 2")
+        new = evolve(new, layouts={name: seeded for name in state.addresses})
+    return _bump(new, [_event(state, cmd.ts, "config", "-", f"command format {cmd.version}")])
+
+
+def _set_layout(state: ClusterState, cmd: SetLayout) -> ClusterState:
+    if cmd.member not in state.addresses:
+        return state
+    layout = MemberLayout(cmd.digest, cmd.services, cmd.timings, cmd.ts, cmd.summary)
+    old = state.layouts.get(cmd.member)
+    if old is not None and (old.digest, old.services, old.timings) == (
+        layout.digest,
+        layout.services,
+        layout.timings,
+    ):
+        return state
+    layouts = {**state.layouts, cmd.member: layout}
+    detail = f"layout {cmd.digest}" + (f": {cmd.summary}" if cmd.summary else "")
+    return _relayout(state, layouts, cmd.ts, [_event(state, cmd.ts, "config", cmd.member, detail)])
+
+
+def _relayout(
+    state: ClusterState,
+    layouts: Mapping[str, MemberLayout],
+    ts: float,
+    events: list[Event],
+    new: ClusterState | None = None,
+) -> ClusterState:
+    """Format 2: the group's services are the merge of the members' layouts."""
+    base = new if new is not None else state
+    services = merge_layouts(layouts)
+    known_vips = {vip for s in services for vip in s.vips}
+    names = {s.name for s in services}
+    after = evolve(
+        base,
+        layouts=layouts,
+        services=services,
+        pins={vip: m for vip, m in base.pins.items() if vip in known_vips},
+        maintenance=frozenset(base.maintenance & names),
+    )
+    return _replace_and_place(state, after, ts, events)
+
+
+def layout_digest(services: tuple[ServiceSpec, ...]) -> str:
+    """A short stable digest of a service layout (what placement reads of a config)."""
+    canonical = msgpack.packb([_spec_to_wire(s) for s in services], use_bin_type=True)
+    return hashlib.sha256(canonical).hexdigest()[:12]
+
+
+def merge_layouts(layouts: Mapping[str, MemberLayout]) -> tuple[ServiceSpec, ...]:
+    """The group's services from its members' layouts; deterministic, whoever leads.
+
+    Services and VIPs: the union, in member-name order of first appearance. Where members
+    disagree on a setting, the one that moves nothing wins until they agree: `preempt` and
+    `rebalance` hold only if every member that has the service says so, `preempt_delay` is
+    the longest, and a VIP has a preferred owner only if every member that has the VIP
+    names the same one. A roll-out of a new setting therefore takes effect when its last
+    member has reloaded; a roll-out of a new VIP when its first has.
+    """
+    order: list[str] = []
+    by_name: dict[str, list[ServiceSpec]] = {}
+    for member in sorted(layouts):
+        for spec in layouts[member].services:
+            if spec.name not in by_name:
+                order.append(spec.name)
+                by_name[spec.name] = []
+            by_name[spec.name].append(spec)
+    merged: list[ServiceSpec] = []
+    for name in order:
+        specs = by_name[name]
+        vips: list[str] = []
+        for spec in specs:
+            vips.extend(v for v in spec.vips if v not in vips)
+        preferred: dict[str, str] = {}
+        for vip in vips:
+            named = {spec.preferred.get(vip) for spec in specs if vip in spec.vips}
+            if len(named) == 1:
+                only = next(iter(named))
+                if only is not None:
+                    preferred[vip] = only
+        merged.append(
+            ServiceSpec(
+                name=name,
+                vips=tuple(vips),
+                preferred=preferred,
+                preempt=all(s.preempt for s in specs),
+                preempt_delay=max(s.preempt_delay for s in specs),
+                rebalance=all(s.rebalance for s in specs),
+            )
+        )
+    return tuple(merged)
+
+
+def vip_holders(state: ClusterState) -> dict[str, frozenset[str]] | None:
+    """Format 2: vip -> the members whose own layout has it (placement puts it only there);
+    None before (every member has every VIP)."""
+    if state.wire < 2:
+        return None
+    holders: dict[str, set[str]] = {}
+    for member, layout in state.layouts.items():
+        for spec in layout.services:
+            for vip in spec.vips:
+                holders.setdefault(vip, set()).add(member)
+    return {vip: frozenset(members) for vip, members in holders.items()}
+
+
+def drift(state: ClusterState) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """(member -> layout digest, vip -> the members that have it, for the VIPs that only
+    some members have). Empty before format 2."""
+    if state.wire < 2:
+        return {}, {}
+    digests = {m: layout.digest for m, layout in sorted(state.layouts.items())}
+    holders = vip_holders(state) or {}
+    everyone = frozenset(state.layouts)
+    partial = {
+        vip: tuple(sorted(members)) for vip, members in holders.items() if members != everyone
+    }
+    return digests, partial
+
+
 def _apply(state: ClusterState, cmd: Command) -> ClusterState:
+    if refused(state, cmd) is not None:
+        return state
     match cmd:
+        case SetFormat():
+            return _set_format(state, cmd)
+        case SetLayout():
+            return _set_layout(state, cmd)
         case Configure():
             return _configure(state, cmd)
         case Form():
@@ -499,9 +788,11 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
                 members={n: m for n, m in state.members.items() if n != cmd.member},
                 pins={v: m for v, m in state.pins.items() if m != cmd.member},
             )
-            return _replace_and_place(
-                state, new, cmd.ts, [_event(state, cmd.ts, "membership", cmd.member, "removed")]
-            )
+            removed = [_event(state, cmd.ts, "membership", cmd.member, "removed")]
+            if state.wire >= 2:
+                layouts = {n: lay for n, lay in state.layouts.items() if n != cmd.member}
+                return _relayout(state, layouts, cmd.ts, removed, new)
+            return _replace_and_place(state, new, cmd.ts, removed)
     return state  # pragma: no cover - the match is exhaustive
 
 
@@ -525,6 +816,12 @@ def _configure(state: ClusterState, cmd: Configure) -> ClusterState:
     """The leader's service layout. Its member list only bootstraps an empty group: after
     that, membership changes through AddMember / RemoveMember (`raftvip members`)."""
     addresses = dict(state.addresses) or dict(cmd.addresses)
+    if state.wire >= 2:
+        # The services are the merge of the members' own layouts (SetLayout); a Configure
+        # (an older leader's) can only bootstrap the member list.
+        if addresses == dict(state.addresses):
+            return state
+        cmd = evolve(cmd, services=state.services)
     if cmd.services == state.services and addresses == dict(state.addresses):
         return state
     members = {name: m for name, m in state.members.items() if name in addresses}
@@ -586,6 +883,7 @@ def _report(state: ClusterState, cmd: Report) -> ClusterState:
         # A late report of the process that is restarting in place (sent before its flag)
         # keeps the flag; the next process (a new incarnation) clears it.
         restarting=old.restarting and old.alive and cmd.incarnation == old.incarnation,
+        wire=cmd.wire,
     )
     new = evolve(state, members={**state.members, cmd.member: member})
     if not events and all(_is_ready(old, s) == _is_ready(member, s) for s in state.services):
@@ -648,15 +946,18 @@ def _replace_and_place(
 ) -> ClusterState:
     current = {vip: a.owner for vip, a in old.owners.items()}
     eligible = eligible_sets(new)
+    holders = vip_holders(new)
     if not new.formed:
         owners: dict[str, Assignment] = {}  # forming: nothing yet
     elif not old.formed:
         # The group forms: every member present counts as ready (it was up while the group
         # formed; preempt_delay protects against members that flap after that).
-        owners = place(new.services, eligible, eligible, new.pins, current, _restarting(new))
+        owners = place(
+            new.services, eligible, eligible, new.pins, current, _restarting(new), holders
+        )
     else:
         owners = place(
-            new.services, eligible, _ready_sets(new), new.pins, current, _restarting(new)
+            new.services, eligible, _ready_sets(new), new.pins, current, _restarting(new), holders
         )
     for vip in _all_vips(new):
         before, after = old.owners.get(vip), owners.get(vip)
@@ -751,9 +1052,12 @@ def _bump(state: ClusterState, events: list[Event]) -> ClusterState:
 # --- snapshot -------------------------------------------------------------------------------
 
 
+SNAPSHOT_VERSION = 1  # extended by optional keys only, so that older builds can read it
+
+
 def state_to_wire(state: ClusterState) -> dict[str, Any]:
     return {
-        "v": WIRE_VERSION,
+        "v": SNAPSHOT_VERSION,
         "version": state.version,
         "services": [_spec_to_wire(s) for s in state.services],
         "addresses": dict(state.addresses),
@@ -768,6 +1072,7 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
                 "drained": m.drained,
                 "leaving": m.leaving,
                 "restarting": m.restarting,
+                "wire": m.wire,
             }
             for name, m in state.members.items()
         },
@@ -778,13 +1083,25 @@ def state_to_wire(state: ClusterState) -> dict[str, Any]:
         "takeovers": {v: [t.previous, t.cause, t.ts] for v, t in state.takeovers.items()},
         "events": [[e.version, e.time, e.kind, e.subject, e.detail, e.index] for e in state.events],
         "formed": state.formed,
+        # Optional keys (format 2): a format-1 reader ignores them, so "v" stays 1.
+        "wire": state.wire,
+        "layouts": {
+            name: {
+                "digest": lay.digest,
+                "services": [_spec_to_wire(s) for s in lay.services],
+                "timings": _timings_to_wire(lay.timings) if lay.timings else None,
+                "ts": lay.ts,
+                "summary": lay.summary,
+            }
+            for name, lay in state.layouts.items()
+        },
     }
 
 
 def state_from_wire(body: Any) -> ClusterState:
     """Inverse of `state_to_wire`; raises `CommandError` on a malformed snapshot."""
     try:
-        if body["v"] != WIRE_VERSION:
+        if body["v"] != SNAPSHOT_VERSION:
             raise CommandError(f"unsupported snapshot version {body['v']!r}")
         return ClusterState(
             version=int(body["version"]),
@@ -802,6 +1119,7 @@ def state_from_wire(body: Any) -> ClusterState:
                     drained=bool(m["drained"]),
                     leaving=bool(m["leaving"]),
                     restarting=bool(m.get("restarting", False)),
+                    wire=int(m.get("wire", 1)),
                 )
                 for name, m in body["members"].items()
             },
@@ -817,6 +1135,17 @@ def state_from_wire(body: Any) -> ClusterState:
                 Event(int(e[0]), float(e[1]), e[2], e[3], e[4], int(e[5])) for e in body["events"]
             ),
             formed=bool(body.get("formed", True)),
+            wire=int(body.get("wire", 1)),
+            layouts={
+                name: MemberLayout(
+                    digest=str(lay["digest"]),
+                    services=tuple(_spec_from_wire(s) for s in lay["services"]),
+                    timings=_timings_from_wire(lay["timings"]) if lay["timings"] else None,
+                    ts=float(lay["ts"]),
+                    summary=str(lay["summary"]),
+                )
+                for name, lay in body.get("layouts", {}).items()
+            },
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CommandError(f"malformed snapshot: {exc!r}") from None

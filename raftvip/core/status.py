@@ -10,7 +10,28 @@ from typing import Any
 from raftvip.config import Config
 from raftvip.core.decide import Decision, LocalHealth
 from raftvip.core.group import RaftInfo
-from raftvip.core.state import ClusterState
+from raftvip.core.leader import own_layout
+from raftvip.core.state import ClusterState, drift
+
+
+def config_drift(cfg: Config, state: ClusterState) -> tuple[bool, dict[str, str], set[str]]:
+    """(drift, member -> layout digest, members whose digest is not the most common one).
+
+    Drift: the members' own service layouts differ (a roll-out half done, or forgotten), or
+    this member's config is not yet the one the group holds for it (a reload in flight).
+    Before the group speaks format 2 nothing is known of the others: only this member's
+    digest, and no drift."""
+    mine = own_layout(cfg)[0]
+    digests, _partial = drift(state)
+    if not digests:
+        return False, {cfg.me: mine}, set()
+    counts: dict[str, int] = {}
+    for digest in digests.values():
+        counts[digest] = counts.get(digest, 0) + 1
+    common = max(sorted(counts), key=lambda d: counts[d])
+    odd = {name for name, digest in digests.items() if digest != common}
+    pending = digests.get(cfg.me, mine) != mine
+    return len(counts) > 1 or pending, digests, odd
 
 
 def build_status(
@@ -30,6 +51,8 @@ def build_status(
     for owner in state.owners.values():
         owned[owner.owner] = owned.get(owner.owner, 0) + 1
     members: dict[str, Any] = {}
+    drifting, digests, odd = config_drift(cfg, state)
+    _digests, partial = drift(state)
     # The replicated member list (it changes at run time), else the config's.
     for name, address in (dict(state.addresses) or dict(cfg.members)).items():
         m = state.members.get(name)
@@ -46,6 +69,9 @@ def build_status(
             "vips": owned.get(name, 0),
             "handing_over": sum(1 for keeper in state.handovers.values() if keeper == name),
             "connected": name == cfg.me or name in info.connected,
+            # its own service layout, as the group holds it ("" before format 2)
+            "config_digest": digests.get(name, ""),
+            "config_differs": name in odd,
         }
     vips: dict[str, Any] = {}
     for service in cfg.services:
@@ -66,6 +92,26 @@ def build_status(
                 "took_over_from": (
                     state.takeovers[vip].previous if vip in state.takeovers else None
                 ),
+                "known_to": list(partial[vip]) if vip in partial else None,
+            }
+    for group_service in state.services:
+        for vip in group_service.vips:
+            if vip in vips:
+                continue
+            # A VIP of the group that this member's config does not have (a roll-out).
+            assignment = state.owners.get(vip)
+            vips[vip] = {
+                "service": group_service.name,
+                "owner": assignment.owner if assignment else None,
+                "assigned_because": assignment.reason if assignment else None,
+                "preferred": group_service.preferred.get(vip),
+                "pinned": state.pins.get(vip),
+                "handover_from": state.handovers.get(vip),
+                "announced": False,
+                "reason": "not_in_config",
+                "path": None,
+                "took_over_from": None,
+                "known_to": list(partial.get(vip, ())),
             }
     return {
         "cluster": cfg.cluster.name,
@@ -80,6 +126,9 @@ def build_status(
         "no_quorum_for": round(quorum_lost_for, 3),
         "ready": info.ready,
         "on_quorum_loss": cfg.cluster.on_quorum_loss,
+        "format": state.wire,  # the command format the group speaks
+        "config_digest": own_layout(cfg)[0],  # this member's config, as it runs now
+        "config_drift": drifting,
         "members": members,
         "vips": vips,
         "services": {
@@ -112,9 +161,13 @@ def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
     for name, m in doc["members"].items():
         health = " ".join(f"{s}={'up' if ok else 'down'}" for s, ok in m["healthy"].items())
         lead = "*" if name == doc["leader"] else " "
+        config = ""
+        if doc.get("config_drift"):
+            differs = " DIFFERS" if m.get("config_differs") else ""
+            config = f"  config {m.get('config_digest') or '-'}{differs}"
         lines.append(
             f"{name + lead:<12} {m['address']:<22} {'yes' if m['alive'] else 'NO':<6} "
-            f"{'yes' if m['drained'] else 'no':<8} {m['vips']:>4}  {health}"
+            f"{'yes' if m['drained'] else 'no':<8} {m['vips']:>4}  {health}{config}"
         )
     lines += ["", f"{'VIP':<26} {'SERVICE':<12} {'OWNER':<10} {'PREFERRED':<10} ANNOUNCED HERE"]
     for vip, v in doc["vips"].items():
@@ -125,12 +178,24 @@ def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
         owner = v["owner"] or "-"
         if v.get("pinned"):
             owner += " (pin)"
+        if v.get("known_to") is not None:
+            here += f" [only in the config of {', '.join(v['known_to']) or 'no member'}]"
         lines.append(f"{vip:<26} {v['service']:<12} {owner:<10} {v['preferred'] or '-':<10} {here}")
     if doc.get("left"):
         lines += [
             "",
             f"{doc['member']} LEFT the group ({doc.get('leave_outcome')}): it announces "
             "nothing until its process restarts",
+        ]
+    if doc.get("config_drift"):
+        odd = [name for name, m in doc["members"].items() if m.get("config_differs")]
+        mine = doc["members"].get(doc["member"], {}).get("config_digest")
+        pending = bool(mine) and mine != doc.get("config_digest")
+        lines += [
+            "",
+            "CONFIG DRIFT: the members' service layouts differ"
+            + (f" ({', '.join(odd)} differ from the others)" if odd else "")
+            + (f"; this member runs {doc['config_digest']}, not yet committed" if pending else ""),
         ]
     maint = [name for name, s in doc["services"].items() if s["maintenance"]]
     if maint:
