@@ -129,6 +129,13 @@ def build_status(
         "format": state.wire,  # the command format the group speaks
         "config_digest": own_layout(cfg)[0],  # this member's config, as it runs now
         "config_drift": drifting,
+        # members whose own layout the group does not hold yet (format 2: seeded from the
+        # group's, until each proposes its own: not started since, or a reload in flight)
+        "layouts_pending": sorted(
+            name
+            for name in (state.addresses if state.wire >= 2 else ())
+            if name not in state.layouts or state.layouts[name].timings is None
+        ),
         "members": members,
         "vips": vips,
         "services": {

@@ -403,8 +403,19 @@ def _state_at(changes: list[Change], vip: str, when: float) -> bool:
 
 
 def settled(group: Group) -> bool:
-    """Past the cold start: every preferred owner announces its own VIP, and only it."""
-    return all(group.announcers(v) == {m} for v, m in group.preferred.items())
+    """Past the cold start: every preferred owner announces its own VIP, and only it, and
+    the group speaks format 2 with every member's own layout committed."""
+    if not all(group.announcers(v) == {m} for v, m in group.preferred.items()):
+        return False
+    for name, member in group.members.items():
+        if not member.running:
+            continue
+        try:
+            doc = group.status(name, timeout=2.0)
+        except ControlError:
+            return False
+        return bool(doc.get("format") == 2 and not doc.get("layouts_pending"))
+    return True
 
 
 def cli(
