@@ -5,6 +5,10 @@ proposal's outcome), the health workers (local health changed), the stdin reader
 neighbor events, shutdown, EOF), signals (a flag read at every iteration). The loop thread
 takes the events, steps the core with the clock's `now`, and carries out the effects: it
 alone writes to stdout (ExaBGP's channel), proposes, and logs what the core decided.
+
+A reload (`raftvip reload`, SIGHUP) is read, validated and diffed on the thread that asked
+(`Agent.reload`); the loop thread applies it: the core's `Reloaded`, then the shell's parts
+that follow the config (the leader's duties, extensions, the changed checkers).
 """
 
 from __future__ import annotations
@@ -403,7 +407,8 @@ class Agent:
                 raise self._refused(
                     [
                         f"the member's loop did not apply the reload within {RELOAD_WAIT:g}s "
-                        "(is it stopping? see its log); it may still apply it"
+                        "(is it stopping? see its log); it may still apply it: `raftvip reload "
+                        "--dry-run` shows what is left to apply"
                     ],
                     origin,
                 )
@@ -417,7 +422,9 @@ class Agent:
         try:
             return load_secret(new.cluster) != self._secret
         except SecretError:
-            return True  # load_config read it a moment ago: it is changing right now
+            # load_config could read it a moment ago: it is being changed right now. Refuse
+            # rather than guess; the next reload reads it again.
+            return True
 
     @staticmethod
     def _refused(lines: list[str], origin: str) -> ReloadRefused:

@@ -11,7 +11,7 @@
 - Leader duties (raftvip/core/leader.py, pure) run on the tick thread: grant every member a
   fresh lease when leadership is won, expire members whose lease lapsed or whose TCP link
   dropped (after a short grace), and propose this member's service layout when the
-  replicated one differs.
+  replicated one differs (the running config's: a reload swaps it, `reconfigure`).
 
 All pysyncobj callbacks run on its single tick thread; readers on other threads only ever see
 an immutable `ClusterState` reference.
