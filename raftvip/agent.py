@@ -5,6 +5,10 @@ proposal's outcome), the health workers (local health changed), the stdin reader
 neighbor events, shutdown, EOF), signals (a flag read at every iteration). The loop thread
 takes the events, steps the core with the clock's `now`, and carries out the effects: it
 alone writes to stdout (ExaBGP's channel), proposes, and logs what the core decided.
+
+A reload (`raftvip reload`, SIGHUP) is read, validated and diffed on the thread that asked
+(`Agent.reload`); the loop thread applies it: the core's `Reloaded`, then the shell's parts
+that follow the config (the leader's duties, extensions, the changed checkers).
 """
 
 from __future__ import annotations
@@ -18,30 +22,33 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 from raftvip.cluster import RaftCluster
-from raftvip.config import Config
+from raftvip.config import Config, load_config, load_secret
 from raftvip.control import ControlServer, RequestError
 from raftvip.core import loop as core
 from raftvip.core import operator
 from raftvip.core.decide import Decision
 from raftvip.core.exabgp import parse_stdin_line
 from raftvip.core.group import GroupObservation, RaftInfo
+from raftvip.core.reload import ConfigDiff, config_digest, diff_configs, with_restart_needed
 from raftvip.core.state import (
     ClusterState,
     Command,
     Confirm,
 )
 from raftvip.core.status import build_status
-from raftvip.health import CheckStatus, HealthMonitor, HealthState, ProbeResult
+from raftvip.errors import ConfigError, SecretError
+from raftvip.health import CheckStatus, HealthMonitor, HealthState, ProbeResult, carried_over
 
 log = logging.getLogger(__name__)
 
 MAX_STDIN_LINE = 64 * 1024
 RESOLVE_WAIT = 1.0  # an unknown outcome: how long the state may take to show the command
+RELOAD_WAIT = 5.0  # how long a reload waits for the loop to apply it
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Snapshot:
     left: bool = False  # `raftvip leave` is done
     leave_outcome: str | None = None
     restart_outcome: str | None = None  # `raftvip restart`: asked | exiting | refused: ...
+    cfg: Config | None = None  # the config these decisions were made with (reloads swap it)
 
 
 class Extension(Protocol):
@@ -85,6 +93,46 @@ class Extension(Protocol):
     def stop(self) -> None: ...
 
 
+@runtime_checkable
+class Reloadable(Protocol):
+    """An extension that follows a reload: `reload(cfg)` runs on the agent loop, before the
+    first `observe` of decisions made with `cfg` (it must not block)."""
+
+    def reload(self, cfg: Config) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What `Agent.reload` did: `lines` are `ConfigDiff.lines()`, one per change."""
+
+    applied: bool
+    dry_run: bool
+    lines: tuple[str, ...]
+    summary: str
+    digest: str  # `config_digest` of the file's layout
+    path: str
+
+
+class ReloadRefused(Exception):
+    """A reload that changes nothing: `lines` say why (every problem, or every key that
+    needs a restart), the first one a heading."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+@dataclass
+class _ReloadJob:
+    """A validated reload for the loop thread; the thread that asked waits on `done`."""
+
+    cfg: Config
+    diff: ConfigDiff
+    origin: str
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+
 _WAKE = None  # a queue item that only wakes the loop (the replicated state changed)
 
 
@@ -104,13 +152,21 @@ class Agent:
         inp: IO[bytes],
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        member: str | None = None,
     ) -> None:
+        """`member`: the `--member` the process was started with (a reload reads the file
+        with it again)."""
+        # The running config: read by any thread, replaced whole by a reload (`_reloaded`).
         self.cfg = cfg
+        self._secret = secret
+        self._member_override = member
+        self._reload_lock = threading.Lock()  # one reload at a time, from start to applied
+        self._sighup = False
         self._out = out
         self._inp = inp
         self._clock = clock
         self._wall = wall
-        self._events: queue.Queue[core.Event | None] = queue.Queue()
+        self._events: queue.Queue[core.Event | _ReloadJob | None] = queue.Queue()
         self.cluster = RaftCluster(cfg, secret)
         self._seen_state = self.cluster.state
         self.cluster.add_listener(self._on_state)
@@ -141,6 +197,7 @@ class Agent:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
+            signal.signal(signal.SIGHUP, self._on_sighup)
             for extension in self._extensions:
                 extension.start(self)
             until = self._take_restart_note()
@@ -184,10 +241,13 @@ class Agent:
         if self._signal is None:
             self._signal = signal.Signals(signum).name
 
+    def _on_sighup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._sighup = True  # a flag, as for the other signals; the loop starts the reload
+
     def _iterate(self) -> None:
         """Wait for an event or the core's timer, step through what arrived, then Tick."""
         timeout = max(0.0, self._wake_at - self._clock())
-        events: list[core.Event | None] = []
+        events: list[core.Event | _ReloadJob | None] = []
         try:
             events.append(self._events.get(timeout=timeout))
             while True:
@@ -195,8 +255,14 @@ class Agent:
         except queue.Empty:
             pass
         for event in events:
-            if event is not None:
+            if isinstance(event, _ReloadJob):
+                self._reloaded(event)
+            elif event is not None:
                 self._step(event)
+        if self._sighup:
+            self._sighup = False
+            # On its own thread: a reload waits for this loop to apply it.
+            threading.Thread(target=self._reload_on_sighup, name="reload", daemon=True).start()
         if self._signal is not None:
             self._step(core.StopRequested(self._signal))
         if self.cluster.fatal is not None:
@@ -290,6 +356,139 @@ class Agent:
         """Raft tick thread: hand a tagged proposal's outcome back to the loop."""
         return lambda _result, err: self._events.put(core.ProposalDone(tag, err))
 
+    # --- reloads ---
+
+    def reload(self, dry_run: bool = False, origin: str = "raftvip reload") -> ReloadOutcome:
+        """Re-read the file this process was started with and apply it in place (any thread
+        but the loop's): validated as `check-config` does, refused whole if a key changed
+        that needs a restart (`ReloadRefused`), else applied by the loop before this returns.
+        `dry_run`: only say what would change."""
+        with self._reload_lock:
+            current = self.cfg
+            try:
+                new = load_config(current.path, member=self._member_override)
+            except ConfigError as exc:
+                raise self._refused(
+                    [f"{current.path}: invalid configuration; nothing changed:", *exc.problems],
+                    origin,
+                ) from None
+            diff = diff_configs(current, new, self.cluster.state.addresses)
+            if self._secret_changed(new):
+                diff = with_restart_needed(
+                    diff,
+                    "cluster.secret_file: the secret changed: needs a restart (the Raft "
+                    "port's keys are derived from the secret when the process starts)",
+                )
+            if diff.restart_needed:
+                raise self._refused(
+                    [
+                        f"{current.path}: refused, nothing changed: these keys cannot change"
+                        " while the member runs (they need a restart):",
+                        *diff.restart_needed,
+                    ],
+                    origin,
+                )
+            outcome = ReloadOutcome(
+                applied=False,
+                dry_run=dry_run,
+                lines=tuple(diff.lines()),
+                summary=diff.summary(),
+                digest=config_digest(new),
+                path=current.path,
+            )
+            if dry_run or diff.empty:
+                return outcome
+            # Stopped here, before the loop sees the new config: whatever they reported until
+            # now reaches the loop first, and nothing of them after it.
+            self._monitor.retire(diff.checks_replaced)
+            job = _ReloadJob(new, diff, origin)
+            self._events.put(job)
+            if not job.done.wait(RELOAD_WAIT):
+                raise self._refused(
+                    [
+                        f"the member's loop did not apply the reload within {RELOAD_WAIT:g}s "
+                        "(is it stopping? see its log); it may still apply it: `raftvip reload "
+                        "--dry-run` shows what is left to apply"
+                    ],
+                    origin,
+                )
+            if job.error is not None:
+                raise self._refused([job.error], origin)
+            return ReloadOutcome(
+                True, False, outcome.lines, outcome.summary, outcome.digest, outcome.path
+            )
+
+    def _secret_changed(self, new: Config) -> bool:
+        try:
+            return load_secret(new.cluster) != self._secret
+        except SecretError:
+            # load_config could read it a moment ago: it is being changed right now. Refuse
+            # rather than guess; the next reload reads it again.
+            return True
+
+    @staticmethod
+    def _refused(lines: list[str], origin: str) -> ReloadRefused:
+        for line in lines:
+            log.warning("config reload (%s) refused: %s", origin, line)
+        return ReloadRefused(lines)
+
+    def _reloaded(self, job: _ReloadJob) -> None:
+        """Loop thread: the loop takes the new config, then the shell follows it — the
+        leader's duties, the extensions, the checkers of the services whose check changed."""
+        old = self.cfg
+        try:
+            self._step(core.Reloaded(job.cfg))
+            assert self._loop is not None
+            if self._loop.cfg is not job.cfg:
+                job.error = "the loop failed to take the new config (see the member's log)"
+                self._start_checks(old, job.diff)  # back to the old checks
+                return
+            self.cfg = job.cfg
+            self.cluster.reconfigure(job.cfg)
+            for extension in self._extensions:
+                if isinstance(extension, Reloadable):
+                    try:
+                        extension.reload(job.cfg)
+                    except Exception:
+                        log.exception("extension=%s reload failed", extension.name)
+            self._start_checks(job.cfg, job.diff)
+            for line in job.diff.lines():
+                log.info("config reload (%s): %s", job.origin, line)
+        except Exception:
+            log.exception("config reload failed")
+            job.error = "internal error while applying the reload (see the member's log)"
+        finally:
+            job.done.set()
+
+    def _start_checks(self, cfg: Config, diff: ConfigDiff) -> None:
+        """Start the checkers that `diff` retired, as `cfg` has them: a changed check goes
+        on from the loop's current verdict (`carried_over`), an added one from INIT."""
+        assert self._loop is not None
+        services = {s.name: s for s in cfg.services}
+        start = [
+            services[name]
+            for name in diff.checks_replaced
+            if name in services and services[name].check.kind != "none"
+        ]
+        health = self._loop.health
+        seeds = {
+            s.name: carried_over(health[s.name])
+            for s in start
+            if s.name in health and s.name not in diff.added_services
+        }
+        self._monitor.add(start, initial=seeds)
+
+    def _reload_on_sighup(self) -> None:
+        try:
+            outcome = self.reload(origin="SIGHUP")
+        except ReloadRefused:
+            return  # logged, line by line
+        except Exception:
+            log.exception("config reload (SIGHUP) failed")
+            return
+        if not outcome.applied:
+            log.info("config reload (SIGHUP): no change in %s", outcome.path)
+
     def _publish(self) -> None:
         loop = self._loop
         assert loop is not None
@@ -305,6 +504,7 @@ class Agent:
             left=loop.left,
             leave_outcome=loop.leave_outcome,
             restart_outcome=loop.restart[0] if loop.restart is not None else None,
+            cfg=loop.cfg,
         )
         with self._status_lock:
             self._snapshot = snapshot  # the status document is built on request
@@ -404,7 +604,7 @@ class Agent:
         if snap is None:
             raise RequestError("starting: no status yet")
         doc = build_status(
-            self.cfg,
+            snap.cfg or self.cfg,
             snap.state,
             snap.info,
             snap.decisions,
@@ -439,6 +639,8 @@ class Agent:
             return self.status()
         if op == "restart":
             return self._restart()
+        if op == "reload":
+            return self._reload_op(request)
         if op == "leave":
             self._events.put(core.LeaveRequested())
             return {"leaving": True}
@@ -469,6 +671,31 @@ class Agent:
         if op == "members_remove":
             return self._members_remove(_arg(request, "member"), bool(request.get("force")))
         raise RequestError(f"unknown op {op!r}")
+
+    def _reload_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`{"op": "reload", "path": FILE, "dry_run": bool}` -> what changed (see `reload`)."""
+        dry_run = request.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise RequestError("invalid 'dry_run' (expected true/false)")
+        path = _arg(request, "path")
+        if not _same_file(path, self.cfg.path):
+            raise RequestError(
+                f"this member runs with {os.path.abspath(self.cfg.path)}, not {path}: a reload "
+                "re-reads the file the member was started with (ExaBGP starts it with that file "
+                f"again); edit it and run `raftvip reload -c {os.path.abspath(self.cfg.path)}`"
+            )
+        try:
+            outcome = self.reload(dry_run=dry_run)
+        except ReloadRefused as exc:
+            raise RequestError(str(exc)) from None
+        return {
+            "applied": outcome.applied,
+            "dry_run": outcome.dry_run,
+            "changes": list(outcome.lines),
+            "summary": outcome.summary,
+            "digest": outcome.digest,
+            "path": os.path.abspath(outcome.path),
+        }
 
     def _restart(self) -> dict[str, Any]:
         """Ask the loop to restart in place; answer once the group has the flag (the process
@@ -553,6 +780,15 @@ class Agent:
         if failure is not None:
             raise RequestError(failure)
         return {"version": self.cluster.state.version}
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _arg(request: dict[str, Any], key: str) -> str:

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from functools import wraps
 from importlib import resources
@@ -19,10 +20,11 @@ import click
 from raftvip import __version__
 from raftvip.config import Config, load_config, load_secret
 from raftvip.control import request
-from raftvip.errors import ConfigError, RaftvipError
+from raftvip.errors import ConfigError, ControlError, RaftvipError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_CONFIG = "/etc/raftvip/raftvip.toml"
+RELOAD_TIMEOUT = 20.0  # the member answers once the loop has applied the reload
 
 config_option = click.option(
     "-c",
@@ -92,7 +94,7 @@ def run(config_path: str, member: str | None, log_level: str) -> None:
     for warning in next_hop_problems(cfg):
         logging.getLogger("raftvip").warning("config %s", warning)
 
-    agent = Agent(cfg, secret, out=sys.stdout, inp=sys.stdin.buffer)
+    agent = Agent(cfg, secret, out=sys.stdout, inp=sys.stdin.buffer, member=member)
     if cfg.zookeeper is not None:
         from raftvip.zkmirror import ZkMirror  # kazoo only with a [zookeeper] section
 
@@ -461,6 +463,65 @@ def restart(config_path: str, member: str | None, timeout: float) -> None:
         f"{cfg.me}: no new process answered within {timeout:g}s ({last_error}); "
         "the group fails over its VIPs 10 s after the restart began (see raftvip status)"
     )
+
+
+def _control_socket_of(config_path: str, member: str | None) -> str:
+    """The control socket named in a config file, even one with problems elsewhere (the
+    running member then lists them); when the file does not even say where the socket is,
+    its problems as `check-config` shows them (`ConfigError`)."""
+    try:
+        with open(config_path, "rb") as f:
+            document = tomllib.load(f)
+    except (OSError, ValueError):
+        document = {}
+    cluster = document.get("cluster")
+    sock = cluster.get("control_socket") if isinstance(cluster, dict) else None
+    if isinstance(sock, str) and sock:
+        return sock
+    return load_config(config_path, member=member).cluster.control_socket
+
+
+@main.command()
+@config_option
+@member_option
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@domain_errors
+def reload(config_path: str, member: str | None, dry_run: bool) -> None:
+    """Apply the changes of the config file to the running member, in place.
+
+    The member re-reads the file it runs with, validates it as `check-config` does, and
+    applies it without restarting Raft or ExaBGP: services, VIPs, announce attributes,
+    checks and placement settings change live. Keys that need a restart (cluster name,
+    member name, state_dir, [raft], ...) refuse the whole reload; [members] changes with
+    `raftvip members add/remove`. Prints one line per change once applied. SIGHUP to
+    `raftvip run` does the same.
+    """
+    sock = _control_socket_of(config_path, member)
+    path = os.path.abspath(config_path)
+    try:
+        result = request(
+            sock, {"op": "reload", "path": path, "dry_run": dry_run}, timeout=RELOAD_TIMEOUT
+        )
+    except ControlError as exc:
+        if str(exc).startswith("no control socket"):
+            raise click.ClickException(
+                f"{exc} (a changed cluster.control_socket needs a restart: the member still "
+                "listens on the old one)"
+            ) from None
+        raise
+    changes = result.get("changes", [])
+    for line in changes:
+        click.echo(line)
+    digest = result.get("digest")
+    count = f"{len(changes)} change{'' if len(changes) == 1 else 's'}"
+    if changes and dry_run:
+        click.echo(f"dry run: {count} would apply; nothing changed (layout digest {digest})")
+    elif changes:
+        click.echo(
+            f"reloaded {result.get('path')}: {result.get('summary')} (layout digest {digest})"
+        )
+    else:
+        click.echo("no change: the running member already has this configuration")
 
 
 @main.command()

@@ -11,7 +11,7 @@
 - Leader duties (raftvip/core/leader.py, pure) run on the tick thread: grant every member a
   fresh lease when leadership is won, expire members whose lease lapsed or whose TCP link
   dropped (after a short grace), and propose this member's service layout when the
-  replicated one differs.
+  replicated one differs (the running config's: a reload swaps it, `reconfigure`).
 
 All pysyncobj callbacks run on its single tick thread; readers on other threads only ever see
 an immutable `ClusterState` reference.
@@ -61,7 +61,9 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
         self._me = cfg.me
         self._state = ClusterState()
         self._on_state = on_state
-        self._specs = service_specs(cfg)
+        # The running config and its service layout, for the leader's duties: one value,
+        # swapped whole by a reload (`reconfigure`), read once per tick.
+        self._running = (cfg, service_specs(cfg))
         # Leader bookkeeping (tick thread only; every member tracks its links).
         self._book = LeaderBook(started_at=time.monotonic())
         self.transfer_requested = False  # set by any thread, acted on by the tick thread
@@ -102,6 +104,10 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
     @property
     def state(self) -> ClusterState:
         return self._state
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: the leader's next tick uses `cfg` and its service layout (any thread)."""
+        self._running = (cfg, service_specs(cfg))
 
     @replicated  # type: ignore[untyped-decorator]
     def submit(self, payload: bytes) -> None:
@@ -154,10 +160,11 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
             self.transferLeadership(callback=self._on_transfer)
         try:
             links = {name: bool(self.isNodeConnected(node)) for name, node in self._nodes.items()}
+            cfg, specs = self._running
             self._book, effects = leader_tick(
                 self._book,
-                self._cfg,
-                self._specs,
+                cfg,
+                specs,
                 self._state,
                 is_leader=bool(self._isLeader()),
                 term=int(self._getTerm()),
@@ -207,6 +214,12 @@ class RaftCluster:
         self._syncer: diskguard.JournalSyncer | None = None
         # Set (tick thread) when state_dir is full: the agent hands over and exits.
         self.fatal: str | None = None
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload changed the config in place (only keys that may change live differ)."""
+        self._cfg = cfg
+        if self._replica is not None:
+            self._replica.reconfigure(cfg)
 
     def add_listener(self, listener: Callable[[ClusterState], None]) -> None:
         """`listener(state)` runs on the Raft tick thread after each change: keep it cheap."""

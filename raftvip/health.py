@@ -47,8 +47,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from raftvip.config import CheckConfig, ServiceConfig
@@ -153,6 +153,18 @@ def enabled(status: CheckStatus) -> CheckStatus:
 def exited(status: CheckStatus) -> CheckStatus:
     """The monitor stopped: EXIT, terminal."""
     return replace(status, state=HealthState.EXIT, announcing=False)
+
+
+def carried_over(local: str) -> CheckStatus:
+    """The first status of a checker that replaces another one (a reload changed the check):
+    the verdict the member acts on now ("up", "down", "disabled"), so that the new check goes
+    on from there — `fall` failures to withdraw a service that is up, `rise` successes to
+    announce one that is down — instead of withdrawing it while it rises from INIT."""
+    if local == "up":
+        return CheckStatus(HealthState.UP, 0, 0, None, "carried over", 0.0, announcing=True)
+    if local == "disabled":
+        return CheckStatus(HealthState.DISABLED, 0, 0, None, "carried over", 0.0)
+    return CheckStatus(HealthState.DOWN, 0, 0, None, "carried over", 0.0)
 
 
 def next_interval(status: CheckStatus, check: CheckConfig) -> float:
@@ -284,12 +296,27 @@ OnChange = Callable[[str, CheckStatus], None]
 OnResult = Callable[[str, ProbeResult], None]
 
 
+@dataclass
+class _Worker:
+    """One service's checker: its thread, its stop signal and its latest status."""
+
+    service: ServiceConfig
+    status: CheckStatus
+    stopping: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    retired: bool = False  # replaced or removed by a reload: it reports nothing more
+
+
 class HealthMonitor:
     """One daemon thread per service running its check; reports state changes.
 
     `on_change(service, status)` runs in the worker thread after every state change (EXIT
     included, once the thread stops); `on_result(service, result)` after every probe. Both
     must be cheap (put on a queue); their exceptions are logged and swallowed.
+
+    A reload replaces the checkers of some services only (`retire`, then `add`); the other
+    threads run on untouched. Once `retire` has returned, the retired checkers call back no
+    more, even from a probe that was still running.
     """
 
     def __init__(
@@ -303,25 +330,61 @@ class HealthMonitor:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate service names: {', '.join(duplicates)}")
-        self._services = tuple(services)
         self._on_change = on_change
         self._on_result = on_result
         self._clock = clock
-        self._lock = threading.Lock()
-        self._statuses: dict[str, CheckStatus] = dict.fromkeys(names, INITIAL)
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()  # guards _workers and every worker's status
+        # Held while a worker records and reports a change, and while a worker is retired:
+        # after `retire` returns, nothing of the retired worker reaches the callbacks.
+        self._emit = threading.Lock()
+        self._workers: dict[str, _Worker] = {s.name: _Worker(s, INITIAL) for s in services}
+        self._threads: list[threading.Thread] = []  # every thread started, retired ones too
+        self._started = False
+        self._stopped = False
 
     def start(self) -> None:
         """Start one thread per service; each runs its first probe at once."""
-        if self._threads:
+        if self._started:
             raise RuntimeError("HealthMonitor already started")
-        for service in self._services:
-            thread = threading.Thread(
-                target=self._run, args=(service,), name=f"health-{service.name}", daemon=True
+        self._started = True
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            self._launch(worker)
+
+    def add(
+        self, services: Sequence[ServiceConfig], initial: Mapping[str, CheckStatus] | None = None
+    ) -> None:
+        """Start checkers for `services` (none of them may have one): each from its
+        `initial` status (default INITIAL, as at start), probing at once."""
+        if not self._started or self._stopped:
+            raise RuntimeError("HealthMonitor is not running")
+        seeds = initial or {}
+        workers = [_Worker(s, seeds.get(s.name, INITIAL)) for s in services]
+        with self._lock:
+            taken = sorted(w.service.name for w in workers if w.service.name in self._workers)
+            if taken or len({w.service.name for w in workers}) != len(workers):
+                raise ValueError(f"services already checked: {', '.join(taken) or 'duplicates'}")
+            for worker in workers:
+                self._workers[worker.service.name] = worker
+        for worker in workers:
+            log.info(
+                "service=%s health checker started (%s)",
+                worker.service.name,
+                worker.status.state.value,
             )
-            self._threads.append(thread)
-            thread.start()
+            self._launch(worker)
+
+    def retire(self, names: Collection[str]) -> None:
+        """Stop the checkers of `names` (unknown names are ignored) without waiting for a
+        probe in progress; they report nothing more (no EXIT either) and leave `snapshot`."""
+        with self._emit, self._lock:
+            for name in names:
+                worker = self._workers.pop(name, None)
+                if worker is not None:
+                    worker.retired = True
+                    worker.stopping.set()
+                    log.info("service=%s health checker stopped (reload)", name)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the threads; True when all ended within `timeout`.
@@ -329,61 +392,82 @@ class HealthMonitor:
         A thread in the middle of a probe ends when the probe does (bounded by its
         check's timeout); a sleeping thread ends at once.
         """
-        self._stopping.set()
+        self._stopped = True
+        with self._lock:
+            workers = list(self._workers.values())
+            threads = list(self._threads)
+        for worker in workers:
+            worker.stopping.set()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in self._threads)
+        return not any(thread.is_alive() for thread in threads)
 
     def snapshot(self) -> dict[str, CheckStatus]:
-        """A copy of every service's current status."""
+        """A copy of every current checker's status."""
         with self._lock:
-            return dict(self._statuses)
+            return {name: worker.status for name, worker in self._workers.items()}
 
-    def _run(self, service: ServiceConfig) -> None:
-        while not self._stopping.is_set():
+    def _launch(self, worker: _Worker) -> None:
+        thread = threading.Thread(
+            target=self._run, args=(worker,), name=f"health-{worker.service.name}", daemon=True
+        )
+        worker.thread = thread
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _run(self, worker: _Worker) -> None:
+        service = worker.service
+        while not worker.stopping.is_set():
             try:
-                self._check_once(service)
+                self._check_once(worker)
             except Exception:  # keep the check alive; a dead thread would freeze its state
                 log.exception("service=%s health check iteration failed", service.name)
-            wait = next_interval(self._status(service.name), service.check)
-            if self._stopping.wait(wait):
+            wait = next_interval(self._status(worker), service.check)
+            if worker.stopping.wait(wait):
                 break
-        self._update(service.name, exited(self._status(service.name)), "monitor stopped")
+        self._update(worker, exited(self._status(worker)), "monitor stopped")
 
-    def _check_once(self, service: ServiceConfig) -> None:
-        name, check = service.name, service.check
-        current = self._status(name)
+    def _check_once(self, worker: _Worker) -> None:
+        name, check = worker.service.name, worker.service.check
+        current = self._status(worker)
         if check.disable_file is not None and os.path.exists(check.disable_file):
-            self._update(name, disabled(current), f"disable file {check.disable_file} exists")
+            self._update(worker, disabled(current), f"disable file {check.disable_file} exists")
             return
         if current.state is HealthState.DISABLED:
-            current = self._update(name, enabled(current), "disable file removed")
+            current = self._update(worker, enabled(current), "disable file removed")
         result = run_probe(check, self._clock)
+        if worker.retired:
+            return
         self._notify("on_result", self._on_result, name, result)
         if not result.ok:
             log.debug("service=%s probe=failed detail=%r", name, result.detail)
         status = step(current, result.ok, check.rise, check.fall, result.detail, result.duration)
-        self._update(name, status, result.detail)
+        self._update(worker, status, result.detail)
 
-    def _status(self, name: str) -> CheckStatus:
+    def _status(self, worker: _Worker) -> CheckStatus:
         with self._lock:
-            return self._statuses[name]
+            return worker.status
 
-    def _update(self, name: str, status: CheckStatus, detail: str) -> CheckStatus:
-        # Only the service's own thread writes its entry, so old -> new is race-free.
-        with self._lock:
-            old = self._statuses[name]
-            self._statuses[name] = status
-        if old.state is not status.state:
-            log.info(
-                "service=%s health=%s->%s detail=%r",
-                name,
-                old.state.value,
-                status.state.value,
-                detail,
-            )
-            self._notify("on_change", self._on_change, name, status)
+    def _update(self, worker: _Worker, status: CheckStatus, detail: str) -> CheckStatus:
+        # Only the service's own thread writes its status, so old -> new is race-free.
+        name = worker.service.name
+        with self._emit:
+            if worker.retired:
+                return status
+            with self._lock:
+                old = worker.status
+                worker.status = status
+            if old.state is not status.state:
+                log.info(
+                    "service=%s health=%s->%s detail=%r",
+                    name,
+                    old.state.value,
+                    status.state.value,
+                    detail,
+                )
+                self._notify("on_change", self._on_change, name, status)
         return status
 
     @staticmethod

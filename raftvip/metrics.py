@@ -8,6 +8,7 @@ scrape time. deploy/grafana/raftvip.json is the dashboard built on these names.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -172,6 +173,30 @@ class Metrics:
             self.registry.register(ZookeeperCollector(zk.status))
         agent.add_probe_listener(self.on_probe)
         log.info("metrics listen=%s", self._listen)
+
+    def reload(self, cfg: Config) -> None:
+        """Follow a reload (agent.Reloadable): the series of removed VIPs and services go,
+        those of added ones appear at the next observation."""
+        vips = {vip: s.name for s in cfg.services for vip in s.vips}
+        for vip, service in self._service_of.items():
+            if vips.get(vip) != service:
+                for gauge in (self._owned, self._announced):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(vip, service)
+        names = {s.name for s in cfg.services}
+        for gone in {s.name for s in self._cfg.services} - names:
+            with contextlib.suppress(KeyError):
+                self._maintenance.remove(gone)
+            for member in self._cfg.members:
+                with contextlib.suppress(KeyError):
+                    self._healthy.remove(member, gone)
+        for spec in cfg.services:
+            if spec.check.kind != "none":
+                for result in ("success", "failure"):
+                    self._check_results.labels(spec.name, result)
+        self._cfg = cfg
+        self._service_of = vips
+        self._last_key = None  # refresh at the next observation
 
     def on_probe(self, service: str, result: ProbeResult) -> None:
         self._check_duration.labels(service).observe(result.duration)

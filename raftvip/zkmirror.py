@@ -210,6 +210,7 @@ class _Wake:
     scan: bool = False  # a maintenance watch fired
     lost: bool = False  # session expired: the ephemerals are gone
     stop: bool = False
+    reload: Config | None = None  # a reload changed the services (see ZkMirror.reload)
     zk_state: str = "LOST"
     changes: list[str] = field(default_factory=list)
 
@@ -275,10 +276,14 @@ class ZkMirror:
         log.info("zookeeper mirror starting hosts=%s", ",".join(self.zk.hosts))
 
     def observe(self, snapshot: Snapshot) -> None:
+        vip_paths = self.paths.vips
         ephemerals = frozenset(
-            self.paths.vips[vip]
+            vip_paths[vip]
             for vip, decision in snapshot.decisions.items()
-            if decision.announce and decision.reason == "owner" and vip in snapshot.announced
+            if decision.announce
+            and decision.reason == "owner"
+            and vip in snapshot.announced
+            and vip in vip_paths  # a VIP of a config that a reload has just replaced
         )
         flags = replicated_flags(snapshot)
         leader = snapshot.info.is_leader
@@ -293,6 +298,30 @@ class ZkMirror:
         with self._cond:
             self._wake.desired = desired  # only the latest matters
             self._cond.notify()
+
+    def reload(self, cfg: Config) -> None:
+        """A reload changed the member's services (the agent loop, before it observes
+        decisions made with `cfg`): VIP nodes follow the new VIPs at once; the worker then
+        forgets the maintenance nodes of removed services and watches those of new ones.
+        [zookeeper] itself needs a restart, so the templates are the same."""
+        self.paths = Paths.of(cfg, self.zk)
+        with self._cond:
+            self._wake.reload = cfg
+            self._cond.notify()
+
+    def _reloaded(self, cfg: Config) -> None:
+        """Worker: drop what was seen of services that are gone (their node is no edge to
+        commit), then scan the new set of maintenance nodes."""
+        services = {s.name for s in cfg.services}
+
+        def kept(flag: Flag) -> bool:
+            return flag[0] == "drain" or flag[1] in services
+
+        with self._cond:
+            if self._seen is not None:
+                self._seen = frozenset(f for f in self._seen if kept(f))
+            self._intents = {f: i for f, i in self._intents.items() if kept(f)}
+            self.cfg = cfg
 
     @property
     def connected(self) -> bool:
@@ -407,7 +436,15 @@ class ZkMirror:
 
     def _has_work(self) -> bool:
         w = self._wake
-        return bool(w.stop or w.sync or w.scan or w.lost or w.changes or w.desired is not None)
+        return bool(
+            w.stop
+            or w.sync
+            or w.scan
+            or w.lost
+            or w.changes
+            or w.desired is not None
+            or w.reload is not None
+        )
 
     def _wait_time(self) -> float:
         now = time.monotonic()
@@ -423,6 +460,9 @@ class ZkMirror:
         now = time.monotonic()
         for change in wake.changes:
             self._log_state(change)
+        if wake.reload is not None:
+            self._reloaded(wake.reload)
+            wake.scan = True
         if wake.lost:
             with self._cond:
                 self._held.clear()  # the session is gone, and its ephemerals with it
@@ -535,7 +575,7 @@ class ZkMirror:
             return
         force = force or not self._was_leader
         self._was_leader = True
-        doc = state_document(self.cfg, desired.snapshot)
+        doc = state_document(desired.snapshot.cfg or self.cfg, desired.snapshot)
         if doc == self._written and not force:
             return
         if doc == self._denied_doc and not force:
@@ -647,7 +687,8 @@ class ZkMirror:
     def _flag_path(self, flag: Flag) -> str:
         kind, subject = flag
         if kind == "maintenance":
-            return self.paths.maintenance[subject]
+            # (a service a reload removed, until the worker has forgotten its flags)
+            return self.paths.maintenance.get(subject, f"<maintenance node of {subject}>")
         parents = sorted(set(self.paths.maintenance.values()))
         return ",".join(f"{parent}/{subject}" for parent in parents)
 

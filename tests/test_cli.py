@@ -184,3 +184,16 @@ def test_check_config_notes_a_takeover_margin_that_defaults_to_zero(tmp_path: Pa
     assert result.stderr.startswith(
         "note: service[0].announce.takeover_margin: 0 (the local AS is unknown)"
     )
+
+
+def test_reload_without_a_running_member_says_where_it_looked(tmp_path: Path) -> None:
+    group = Group(tmp_path, size=3)
+    config = group.members["lb1"].config
+    result = raftvip("reload", "-c", str(config))
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"no control socket at '{tmp_path / 'lb1.sock'}'" in result.stderr
+    assert "a changed cluster.control_socket needs a restart" in result.stderr
+    # A file that does not even say where the socket is: its problems, as check-config's.
+    config.write_text(config.read_text().replace("[cluster]", "[cluster"))
+    broken = raftvip("reload", "-c", str(config))
+    assert broken.returncode == 1 and "invalid TOML" in broken.stderr

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from raftvip.health import (
     HealthMonitor,
     HealthState,
     ProbeResult,
+    carried_over,
     disabled,
     enabled,
     exited,
@@ -603,3 +605,86 @@ def test_announcing_is_latched_like_healthcheck_py(results: list[bool], announci
     assert current.announcing is announcing
     assert not disabled(current).announcing
     assert not exited(current).announcing
+
+
+# --- reload: replacing some checkers --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("local", "results", "states", "announcing"),
+    [
+        ("up", [True], [S.UP], True),  # the new check agrees: nothing changes
+        ("up", [False], [S.FALLING], True),  # one failure is not a verdict
+        ("up", [False, False, False], [S.FALLING, S.FALLING, S.DOWN], False),
+        ("down", [True, True], [S.RISING, S.RISING], False),
+        ("down", [True, True, True], [S.RISING, S.RISING, S.UP], True),
+        ("disabled", [True], [S.DISABLED], False),
+    ],
+)
+def test_a_carried_over_status_goes_on_from_the_verdict_of_the_old_check(
+    local: str, results: list[bool], states: list[HealthState], announcing: bool
+) -> None:
+    current = carried_over(local)
+    assert current.announcing is (local == "up")
+    seen = []
+    for ok in results:
+        current = step(current, ok, rise=3, fall=3)
+        seen.append(current.state)
+    assert seen == states
+    assert current.announcing is announcing
+
+
+def test_retire_and_add_replace_only_the_named_checkers(tmp_path: Path) -> None:
+    changed, changed_ok, _ = file_service(tmp_path, "changed")
+    kept, kept_ok, _ = file_service(tmp_path, "kept")
+    gone, gone_ok, _ = file_service(tmp_path, "gone")
+    for path in (changed_ok, kept_ok, gone_ok):
+        path.touch()
+    seen = Recorder()
+    monitor = HealthMonitor([changed, kept, gone], seen.on_change, seen.on_result)
+    monitor.start()
+    try:
+        for name in ("changed", "kept", "gone"):
+            wait_state(monitor, name, S.UP)
+        kept_thread = [t for t in threading.enumerate() if t.name == "health-kept"]
+        before = {name: seen.states(name) for name in ("changed", "kept", "gone")}
+        monitor.retire(["changed", "gone", "never-checked"])
+        assert set(monitor.snapshot()) == {"kept"}
+        # The new check of "changed" fails; it starts from the old verdict (up).
+        failing = replace(changed, check=replace(changed.check, target="false"))
+        monitor.add([failing], initial={"changed": carried_over("up")})
+        assert monitor.snapshot()["changed"].state is S.UP
+        wait_state(monitor, "changed", S.DOWN)
+        with pytest.raises(ValueError, match="already checked: kept"):
+            monitor.add([kept])
+        assert [t for t in threading.enumerate() if t.name == "health-kept"] == kept_thread
+        assert seen.states("kept") == before["kept"]  # untouched, still UP
+        assert monitor.snapshot()["kept"].state is S.UP
+        # The replacement went UP -> FALLING -> DOWN: never through INIT or RISING (which
+        # the agent would have turned into a withdraw right after the reload).
+        assert seen.states("changed")[len(before["changed"]) :] == [S.FALLING, S.DOWN]
+        assert seen.states("gone") == before["gone"]  # no EXIT, nothing after the retire
+    finally:
+        assert monitor.stop(timeout=5.0)
+    assert set(monitor.snapshot()) == {"kept", "changed"}
+    assert not any(t.name.startswith("health-") for t in threading.enumerate())
+
+
+def test_a_retired_checker_reports_nothing_even_from_a_probe_in_progress(tmp_path: Path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    # The probe signals that it runs, then waits until the test lets it fail.
+    target = f"touch {started}; while [ ! -f {release} ]; do sleep 0.01; done; exit 1"
+    check = CheckConfig(kind="command", target=target, interval=0.1, rise=1, fall=1, timeout=5.0)
+    service = ServiceConfig(name="apex", vips=("10.0.0.1",), check=check)
+    seen = Recorder()
+    monitor = HealthMonitor([service], seen.on_change, seen.on_result)
+    monitor.start()
+    try:
+        assert _eventually(started.exists)
+        monitor.retire(["apex"])
+        release.touch()  # the probe in progress now fails: a DOWN nobody must hear of
+        assert _eventually(lambda: not any(t.name == "health-apex" for t in threading.enumerate()))
+    finally:
+        assert monitor.stop()
+    assert seen.changes == [] and seen.results == []
+    assert monitor.snapshot() == {}

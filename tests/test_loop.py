@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from raftvip.config import Config
 from raftvip.core import loop as core
 from raftvip.core.decide import REASONS, fence_time, pause_time
 from raftvip.core.exabgp import parse_stdin_line
@@ -909,3 +910,163 @@ def test_a_restart_during_a_confirmed_handover_exits_without_its_route() -> None
     assert driver.loop.exit_code == 0
     assert driver.announced() == set()
     assert not any("not confirmed" in m for m in driver.messages())
+
+
+# --- reload ---------------------------------------------------------------------------------
+
+RELOAD_STATE_VIPS = {
+    "apex": ("10.0.0.1", "10.0.0.2", "10.0.0.4", "10.0.0.5"),
+    "web": ("10.0.1.1",),
+    "dns": ("10.0.2.1",),
+}
+RELOAD_PREFERRED = {
+    "10.0.0.1": "lb1",
+    "10.0.0.2": "lb2",
+    "10.0.0.4": "lb1",
+    "10.0.0.5": "lb1",
+    "10.0.1.1": "lb1",
+    "10.0.2.1": "lb1",
+}
+
+
+def reload_state() -> ClusterState:
+    """The group's layout (the leader's) has every VIP of the old and the new config of lb1,
+    each on its preferred owner; every member is healthy for every service."""
+    services = tuple(
+        ServiceSpec(name, vips, {v: RELOAD_PREFERRED[v] for v in vips})
+        for name, vips in RELOAD_STATE_VIPS.items()
+    )
+    healthy = dict.fromkeys(RELOAD_STATE_VIPS, True)
+    return group_state(
+        services=services,
+        members={name: member(name, incarnation=0, healthy=healthy) for name in ADDRESSES},
+        owners={v: Assignment(m, "preferred") for v, m in RELOAD_PREFERRED.items()},
+    )
+
+
+def reload_config(
+    apex: tuple[str, ...] = ("10.0.0.1", "10.0.0.2", "10.0.0.4"),
+    web_med: int = 100,
+    apex_check: str | None = "true",
+    dns: bool | None = None,
+    web: bool = True,
+) -> Config:
+    """lb1's config: apex (checked by `apex_check`, None: no check) and web; `dns`: also a
+    service dns, checked (True) or not (False)."""
+    apex_service = service("apex", apex, checked=apex_check is not None)
+    if apex_check is not None:
+        apex_service = replace(apex_service, check=replace(apex_service.check, target=apex_check))
+    services = [apex_service]
+    if web:
+        web_service = service("web", ("10.0.1.1",))
+        services.append(replace(web_service, announce=replace(web_service.announce, med=web_med)))
+    if dns is not None:
+        services.append(service("dns", ("10.0.2.1",), checked=dns))
+    return make_config(services=services)
+
+
+def reload_started(cfg: Config | None = None) -> LoopDriver:
+    driver = LoopDriver(cfg or reload_config(), reload_state())
+    for name in driver.loop.health:
+        driver.set_health(name, "up")
+    driver.run(1.0)
+    return driver
+
+
+def test_a_reload_withdraws_removed_vips_and_re_announces_changed_ones_in_place() -> None:
+    driver = reload_started()
+    assert driver.announced() == {"10.0.0.1", "10.0.0.4", "10.0.1.1"}
+    before = len(driver.exabgp.lines)
+    effects = driver.send(
+        core.Reloaded(reload_config(apex=("10.0.0.1", "10.0.0.2", "10.0.0.5"), web_med=200))
+    )
+    assert effects.wake_at == driver.clock.now  # at once, not at the next idle wake-up
+    assert effects.lines == ()  # the lines come with the next Tick
+    driver.tick()
+    assert driver.exabgp.lines[before:] == [
+        "withdraw route 10.0.0.4/32 next-hop self",
+        "announce route 10.0.0.5/32 next-hop self med 100 community [ 65001:100 ]",
+        # The new MED replaces the old path (BGP implicit withdraw): no withdraw before it.
+        "announce route 10.0.1.1/32 next-hop self med 200 community [ 65001:100 ]",
+    ]
+    assert driver.announced() == {"10.0.0.1", "10.0.0.5", "10.0.1.1"}
+    assert driver.loop.cfg.service_of("10.0.0.4") is None
+    assert "10.0.0.4" not in driver.reasons()
+    driver.run(1.0)
+    # 10.0.0.1 was never touched: announced once, at start-up, and never withdrawn since.
+    assert [line for line in driver.exabgp.lines if "10.0.0.1/" in line] == [
+        "withdraw route 10.0.0.1/32 next-hop self",
+        "announce route 10.0.0.1/32 next-hop self med 100 community [ 65001:100 ]",
+    ]
+    assert any("config reloaded: 3 changes" in m for m in driver.messages())
+
+
+def test_a_reload_that_changes_nothing_the_routes_carry_writes_nothing() -> None:
+    driver = reload_started()
+    before = len(driver.exabgp.lines)
+    driver.send(core.Reloaded(reload_config(apex_check="true && true")))
+    driver.run(1.0)
+    assert driver.exabgp.lines[before:] == []
+    assert driver.announced() == {"10.0.0.1", "10.0.0.4", "10.0.1.1"}
+
+
+def test_a_changed_check_keeps_the_service_s_health_until_its_new_checker_decides() -> None:
+    driver = reload_started()
+    driver.auto_commit = False
+    reports = len([p for p in driver.proposals if isinstance(p.cmd, Report)])
+    driver.send(core.Reloaded(reload_config(apex_check="test -f /run/apex.ok")))
+    driver.tick()
+    assert driver.loop.health == {"apex": "up", "web": "up"}
+    assert driver.reason("10.0.0.1") == "owner" and "10.0.0.1" in driver.announced()
+    # Health unchanged: no extra report.
+    assert len([p for p in driver.proposals if isinstance(p.cmd, Report)]) == reports
+    driver.set_health("apex", "down")  # the new checker's verdict
+    driver.tick()
+    assert driver.reason("10.0.0.1") == "unhealthy"
+    assert driver.announced() == {"10.0.1.1"}
+
+
+def test_a_check_removed_by_a_reload_leaves_the_service_always_up() -> None:
+    driver = reload_started()
+    driver.auto_commit = False  # the group keeps the VIPs on lb1 meanwhile
+    driver.set_health("apex", "down")
+    driver.tick()
+    assert "10.0.0.1" not in driver.announced()
+    driver.send(core.Reloaded(reload_config(apex_check=None)))
+    driver.tick()
+    assert driver.loop.health["apex"] == "up"
+    assert {"10.0.0.1", "10.0.0.4"} <= driver.announced()
+
+
+@pytest.mark.parametrize(("checked", "health"), [(True, "down"), (False, "up")])
+def test_an_added_service_starts_at_the_health_start_gives_it(checked: bool, health: str) -> None:
+    driver = reload_started()
+    driver.auto_commit = False
+    driver.send(core.Reloaded(reload_config(dns=checked)))
+    driver.tick()
+    assert driver.loop.health == {"apex": "up", "web": "up", "dns": health}
+    assert core.start(reload_config(dns=checked), 1)[0].health["dns"] == health
+    # The group hears about the new service in the next report, at once.
+    report = [p.cmd for p in driver.pending if isinstance(p.cmd, Report)][-1]
+    assert report.health == {"apex": True, "web": True, "dns": health == "up"}
+    # The group gives lb1 its preferred VIP of dns (after that report and preempt_delay).
+    owners = {**driver.state.owners, "10.0.2.1": Assignment("lb1", "preferred")}
+    driver.update(version=driver.state.version + 1, owners=owners)
+    driver.tick()
+    assert driver.reason("10.0.2.1") == ("owner" if health == "up" else "unhealthy")
+    assert ("10.0.2.1" in driver.announced()) == (health == "up")
+    if checked:
+        driver.set_health("dns", "up")
+        driver.tick()
+        assert "10.0.2.1" in driver.announced()
+
+
+def test_a_removed_service_is_withdrawn_and_its_late_health_verdicts_are_ignored() -> None:
+    driver = reload_started()
+    driver.send(core.Reloaded(reload_config(web=False)))
+    driver.tick()
+    assert driver.loop.health == {"apex": "up"}
+    assert driver.announced() == {"10.0.0.1", "10.0.0.4"}
+    effects = driver.send(core.HealthChanged("web", "down", "queued before the reload"))
+    assert effects == core.NO_EFFECTS
+    assert driver.loop.health == {"apex": "up"}

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,43 @@ def test_maintenance_znode_edges_commit_and_veto_off(
     wait_until(lambda: len(agent.commits) == 2, 2)
     assert isinstance(agent.commits[1], SetMaintenance) and agent.commits[1].on is False
     assert mirror.maintenance_veto("apex", on=False) is None
+
+
+def test_a_reload_moves_vip_nodes_and_maintenance_watches_to_the_new_services(
+    tmp_path: Path, zk: ZooKeeper, client: KazooClient, started: list[ZkMirror]
+) -> None:
+    cfg = write_config(tmp_path, zk_section(zk, "r"))
+    agent = RecordingAgent()
+    mirror = start(ZkMirror(cfg), agent, started)
+    mirror.observe(snapshot(cfg, owned=("10.20.0.1",), maintenance=("apex",)))
+    wait_until(lambda: mirror.connected, 10)
+    apex_node, web_node = "/r/exabgp/maintenance/apex", "/r/exabgp/maintenance/web"
+    client.create(apex_node, makepath=True)  # apex is in maintenance, replicated as such
+    client.create(web_node, makepath=True)  # web is not configured yet: nobody watches it
+    wait_until(lambda: mirror.status()["maintenance_nodes"] == [apex_node], 5)
+    wait_until(lambda: set(tree(client, "/r/exabgp/service/apex")) == {"10.20.0.1"}, 5)
+    assert agent.commits == []
+
+    # The reload replaces apex by web (10.20.9.1, owned and announced here).
+    web = replace(cfg.services[0], name="web", vips=("10.20.9.1",), preferred={})
+    new = replace(cfg, services=(web,))
+    mirror.reload(new)
+    mirror.observe(
+        replace(
+            snapshot(cfg, maintenance=("apex",), version=2),
+            decisions={"10.20.9.1": Decision(True, "owner")},
+            announced=frozenset({"10.20.9.1"}),
+            cfg=new,
+        )
+    )
+    wait_until(lambda: set(tree(client, "/r/exabgp/service/web")) == {"10.20.9.1"}, 5)
+    wait_until(lambda: tree(client, "/r/exabgp/service/apex") == {}, 5)
+    wait_until(lambda: mirror.status()["maintenance_nodes"] == [web_node], 5)
+    wait_until(lambda: bool(agent.commits), 5)
+    # web's node is now watched and committed; apex's is forgotten, not taken for a deletion.
+    assert [(c.service, c.on) for c in agent.commits if isinstance(c, SetMaintenance)] == [
+        ("web", True)
+    ]
 
 
 def test_follower_leaves_the_commit_to_the_leader_for_a_grace_period(

@@ -38,6 +38,7 @@ from raftvip.core.group import EMPTY_GROUP, GroupObservation
 from raftvip.core.leader import RESTART_DEADLINE, own_layout
 from raftvip.core.placement import ServiceSpec
 from raftvip.core.records import LogRecord
+from raftvip.core.reload import diff_configs, health_after_reload, initial_health
 from raftvip.core.state import (
     WIRE_VERSION,
     ClusterState,
@@ -120,6 +121,14 @@ class RestartRequested:
 
 
 @dataclass(frozen=True)
+class Reloaded:
+    """`raftvip reload` or SIGHUP: `cfg` replaces the running config in place. The shell has
+    validated it and refused any change that needs a restart (`core.reload.diff_configs`)."""
+
+    cfg: Config
+
+
+@dataclass(frozen=True)
 class ReportTag:
     """A report of ours, sent at `sent` (monotonic)."""
 
@@ -153,6 +162,7 @@ Event = (
     | StopRequested
     | LeaveRequested
     | RestartRequested
+    | Reloaded
     | ProposalDone
 )
 
@@ -313,7 +323,7 @@ def start(
     earlier run must not linger) — unless this process replaces one that restarted in place
     (`restart_until`: the wall time until which its note holds), whose routes ExaBGP keeps:
     then nothing until this member has caught up with the group."""
-    health = {s.name: ("up" if s.check.kind == "none" else "down") for s in cfg.services}
+    health = {s.name: initial_health(s) for s in cfg.services}
     loop = LoopState(cfg=cfg, incarnation=incarnation, health=health)
     if restart_until is not None:
         return evolve(loop, restart_until=restart_until, resync_pending=True), Effects()
@@ -370,6 +380,8 @@ def step(loop: LoopState, event: Event, now: float) -> tuple[LoopState, Effects]
                 return loop, NO_EFFECTS
             stop = evolve(loop.stop, reason="raftvip leave", stay=True)
             return evolve(loop, stop=stop), NO_EFFECTS
+        case Reloaded():
+            return _reloaded(loop, event.cfg, now)
         case ProposalDone():
             return _on_proposal(loop, event), NO_EFFECTS
     return loop, NO_EFFECTS  # pragma: no cover - the match is exhaustive
@@ -460,7 +472,35 @@ def _wake_at(loop: LoopState, now: float) -> float:
     return min([wake, *(t for t in later if t > now)])
 
 
+def _reloaded(loop: LoopState, cfg: Config, now: float) -> tuple[LoopState, Effects]:
+    """Swap the config in place and decide again at once (`decided` is the cache key of
+    decisions made with the old config). The next Tick's plan withdraws removed VIPs that we
+    announce and re-announces those whose attributes changed (an implicit withdraw: no
+    withdraw in between); every other route stays as ExaBGP has it."""
+    out = _Out()
+    diff = diff_configs(loop.cfg, cfg, loop.group.state.addresses)
+    health = health_after_reload(loop.cfg, cfg, loop.health)
+    out.log(logging.INFO, f"member={cfg.me} config reloaded: {diff.summary()}")
+    reporting = loop.reporting
+    if health != loop.health:
+        reporting = evolve(reporting, due=True)  # the group's view of our services changed
+    loop = evolve(
+        loop,
+        cfg=cfg,
+        health=health,
+        decided=None,
+        reporting=reporting,
+        # the next step proposes our new layout (format 2), saying what changed, at once
+        layout_note=diff.summary(),
+        layout_sent=-float("inf"),
+    )
+    return loop, out.effects(wake_at=now)
+
+
 def _on_health(loop: LoopState, event: HealthChanged) -> tuple[LoopState, Effects]:
+    if event.service not in loop.health:
+        # A verdict about a service that a reload removed, queued before the reload.
+        return loop, NO_EFFECTS
     if loop.health.get(event.service) == event.local:
         return loop, NO_EFFECTS
     out = _Out()

@@ -11,6 +11,7 @@ validates every field so that `apply` only ever sees well-typed values.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -628,9 +629,27 @@ def _relayout(
 
 
 def layout_digest(services: tuple[ServiceSpec, ...]) -> str:
-    """A short stable digest of a service layout (what placement reads of a config)."""
-    canonical = msgpack.packb([_spec_to_wire(s) for s in services], use_bin_type=True)
-    return hashlib.sha256(canonical).hexdigest()[:12]
+    """A stable 16-hex-digit digest of a service layout, as placement reads it.
+
+    sha256 of a canonical JSON of, per service in order: name, VIPs (in order), preferred
+    owners (sorted), preempt, preempt_delay, rebalance. Order counts because placement's
+    does (services are placed in order, VIPs too). Announce attributes and checks are not
+    in a layout: they are each member's own and do not move VIPs. Two configs with the same
+    digest give the group the same layout (`reload.config_digest`).
+    """
+    layout = [
+        {
+            "name": s.name,
+            "vips": list(s.vips),
+            "preferred": dict(sorted(s.preferred.items())),
+            "preempt": s.preempt,
+            "preempt_delay": float(s.preempt_delay),
+            "rebalance": s.rebalance,
+        }
+        for s in services
+    ]
+    text = json.dumps(["raftvip-layout-1", layout], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def merge_layouts(layouts: Mapping[str, MemberLayout]) -> tuple[ServiceSpec, ...]:

@@ -127,6 +127,7 @@ class Group:
         env: Mapping[str, str] | None = None,
         takeover_margin: int | None = None,
         hold_time: int | None = None,
+        extra_services: str = "",
     ) -> None:
         """`router`: (address, port, AS) of a BGP router the members' ExaBGPs peer with;
         member lbN then speaks from its own 127.0.0.x address as AS 65010 + N.
@@ -135,7 +136,8 @@ class Group:
         sessions with the next hop `lab_ipv6_next_hop(<member address>)`.
         `env`: extra environment variables for every member process.
         `takeover_margin`: written to `[service.announce]` (None: the default, 1 with a
-        `router`). `hold_time`: the `[exabgp]` neighbor's hold-time (None: ExaBGP's)."""
+        `router`). `hold_time`: the `[exabgp]` neighbor's hold-time (None: ExaBGP's).
+        `extra_services`: TOML of more `[[service]]` tables, the same in every member's file."""
         self.root = root
         self.env = dict(env or {})
         self.members: dict[str, Member] = {}
@@ -202,6 +204,7 @@ backup_prepend = {backup_prepend}
 {self._exabgp_section(router, addresses[name], index, hold_time)}
 {f"[zookeeper]{chr(10)}{zookeeper}" if zookeeper else ""}
 {self._metrics_section(addresses[name])}
+{extra_services}
 """
             )
             self.members[name] = Member(
