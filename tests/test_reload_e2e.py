@@ -2,9 +2,8 @@
 announce attributes and checks in place; untouched VIPs never move and never go dark.
 
 Members are real processes (raftvip/testing/group.py) whose stdout a SpeakerStub reads and
-acks as ExaBGP would; every route line is timestamped there. Until members replicate their own
-layouts, the group places VIPs by the leader's: a test whose assertion depends on the group's
-layout reloads every member (or the leader) — noted where so.
+acks as ExaBGP would; every route line is timestamped there. Each member's own layout is
+replicated (format 2): a VIP is placed only on members whose config has it, whoever leads.
 """
 
 from __future__ import annotations
@@ -13,14 +12,16 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from raftvip.errors import ControlError
 from raftvip.testing.group import Group, cli, longest_gap, settled
 from raftvip.testing.routewatch import Best, RouteWatch
-from raftvip.testing.wait import wait_until
+from raftvip.testing.wait import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -106,11 +107,12 @@ def announced_line(group: Group, member: str, vip: str) -> str:
         return stub.announced.get(vip, "")
 
 
-def best_of(group: Group, vips: list[str]) -> Best:
-    """What a router would see: each VIP's one announcer (several: joined with '+')."""
+def best_of(group: Group, vips: list[str], frozen: bool = False) -> Best:
+    """What a router would see: each VIP's one announcer (several: joined with '+').
+    `frozen`: a frozen (SIGSTOP) member's routes count: its ExaBGP keeps them."""
     best: Best = {}
     for vip in vips:
-        announcers = sorted(group.announcers(vip))
+        announcers = sorted(group.announcers(vip, include_dead=frozen))
         best[vip] = "+".join(announcers) if announcers else None
     return best
 
@@ -125,9 +127,7 @@ def test_reload_changes_vips_med_and_check_in_place_and_never_touches_the_rest(
     start = time.monotonic()
     watched = [*untouched, *WEB_VIPS]
     with RouteWatch.running(lambda: best_of(group3, watched), interval=0.005) as watch:
-        # The group's layout is the leader's until members replicate their own: reload every
-        # member, the leader last. (With per-member layouts, ADDED is announced by lb2 as soon
-        # as lb2 itself has reloaded, and REMOVED by nobody once lb3 has.)
+        # The leader last (test_a_rolling_roll_out_... covers the other orders).
         for name in sorted(group3.members, key=lambda n: n == leader):
             new_layout(group3, name)
             result = cli(group3, name, "reload")
@@ -167,6 +167,122 @@ def test_reload_changes_vips_med_and_check_in_place_and_never_touches_the_rest(
         # The new apex check went on from the old one's verdict: the service never went down.
         assert "service=apex health checker started (UP)" in log
         assert "local_health=down" not in log
+
+
+def drift_gauge(group: Group, name: str) -> float:
+    with urllib.request.urlopen(group.metrics_url(name), timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("raftvip_config_drift "):
+                return float(line.split()[1])
+    raise AssertionError("no raftvip_config_drift")
+
+
+def change_leader(group: Group) -> str:
+    """Freeze the leader for 0.4 s until the others have elected another (election timeouts
+    0.2-0.5 s: it may take a few tries); the old leader's name. 0.4 s stays below a pause
+    (a gap of 0.85 s between two steps of its loop, which steps at least every 0.4 s): it
+    neither withdraws nor is expired."""
+    old = group.leader()
+    assert old is not None
+    others = [n for n in group.members if n != old]
+    for _ in range(10):
+        group.stop_signal(old)
+        try:
+            deadline = time.monotonic() + 0.4
+            while time.monotonic() < deadline:
+                if group.status(others[0], 0.5)["leader"] not in (None, old):
+                    break
+                time.sleep(0.02)
+        except ControlError:
+            pass
+        finally:
+            group.cont(old)
+        try:
+            seen = wait_until(lambda: leaders_seen(group), 5)
+        except WaitTimeout:
+            continue
+        if old not in seen:
+            return old
+        time.sleep(1.0)  # the old leader kept it: let it settle, freeze it again
+    raise AssertionError(f"{old} kept the leadership through 10 freezes of 0.4 s")
+
+
+def leaders_seen(group: Group) -> set[str] | None:
+    """The one leader every member names, as a set (None while they disagree or one names
+    none)."""
+    seen = {group.status(n, 2.0).get("leader") for n in group.members}
+    return {str(s) for s in seen} if len(seen) == 1 and None not in seen else None
+
+
+def digests(group: Group, via: str) -> dict[str, str]:
+    return {n: m["config_digest"] for n, m in group.status(via)["members"].items()}
+
+
+def test_a_rolling_roll_out_with_a_leader_change_moves_only_what_it_changes(
+    tmp_path: Path,
+) -> None:
+    """Member by member (lb2 first: the new VIP is for it), a leader change in the middle:
+    ADDED is announced as soon as lb2 has reloaded, REMOVED until the last member drops it;
+    drift shows half-way (status, --json, /metrics) and clears at the end; the leader change
+    changes no layout; the VIPs in both configs never go dark and never move."""
+    group = Group(tmp_path, size=3, vips_per_member=2, rise=2, extra_services=WEB, metrics=True)
+    try:
+        group.start_all()
+        wait_until(lambda: settled(group) and web_settled(group), SETTLE)
+        untouched = [v for v in group.vips if v != REMOVED]
+        owners = {v: next(iter(group.announcers(v))) for v in [*untouched, *WEB_VIPS]}
+        removed_owner = next(iter(group.announcers(REMOVED)))
+        watched = [*untouched, *WEB_VIPS]
+        start = time.monotonic()
+        with RouteWatch.running(lambda: best_of(group, watched, True), interval=0.005) as watch:
+            new_layout(group, "lb2")
+            assert cli(group, "lb2", "reload").returncode == 0
+            wait_until(lambda: group.announcers(ADDED) == {"lb2"}, 10)
+            # Half-way: drift everywhere, REMOVED still in two members' configs.
+            assert group.announcers(REMOVED) == {removed_owner}
+            wait_until(lambda: group.status("lb1")["config_drift"], 5)
+            doc = group.status("lb1")
+            assert doc["members"]["lb2"]["config_differs"] is True
+            assert doc["vips"][ADDED]["known_to"] == ["lb2"]
+            assert doc["vips"][ADDED]["reason"] == "not_in_config"
+            assert sorted(doc["vips"][REMOVED]["known_to"]) == ["lb1", "lb3"]
+            text = cli(group, "lb3", "status").stdout
+            assert "CONFIG DRIFT" in text and "lb2 differ" in text
+            wait_until(lambda: all(drift_gauge(group, n) == 1.0 for n in group.members), 10)
+            before = digests(group, "lb1")
+            assert len(set(before.values())) == 2
+            # A leader change: the leader frozen for less than a pause (nothing moves).
+            change_leader(group)
+            assert digests(group, "lb1") == before  # the layout did not follow the leader
+            assert group.announcers(ADDED) == {"lb2"}
+            for name in ("lb3", "lb1"):
+                new_layout(group, name)
+                assert cli(group, name, "reload").returncode == 0
+                if name == "lb3":
+                    time.sleep(0.5)  # REMOVED is still in lb1's config: still announced
+                    assert len(group.announcers(REMOVED)) == 1
+            wait_until(lambda: not group.announcers(REMOVED), 10)
+            wait_until(lambda: not group.status("lb2")["config_drift"], 10)
+        end = time.monotonic()
+        assert watch.samples and not watch.errors
+        for vip in watched:
+            lines = route_lines(group, start, vip)
+            assert watch.owners_seen(vip) == [owners[vip]], (vip, lines)
+            assert watch.longest_dark(vip) == 0.0, (vip, lines, group.stderr(owners[vip]))
+            assert longest_gap(group, vip, start, end) == 0.0, (vip, lines)
+        assert group.announcers(ADDED) == {"lb2"}
+        doc = group.status("lb3")
+        assert doc["vips"][ADDED]["known_to"] is None and REMOVED not in doc["vips"]
+        assert len(set(digests(group, "lb3").values())) == 1
+        wait_until(lambda: all(drift_gauge(group, n) == 0.0 for n in group.members), 10)
+        reloads = [
+            e
+            for e in doc["events"]
+            if e["kind"] == "config" and e["detail"].startswith("layout ") and "VIP" in e["detail"]
+        ]
+        assert {e["subject"] for e in reloads} == set(group.members), reloads
+    finally:
+        group.close()
 
 
 @pytest.mark.parametrize("kind", ["invalid values", "invalid TOML"])
