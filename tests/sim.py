@@ -89,6 +89,9 @@ FULL_RESTART_BOUND = 1.0  # ... every VIP is announced this long after the first
 FULL_RESTART_BOUND_WITHDRAW = 1.1
 HANDOVER_MAX = 1.0  # the longest two primary announcers may overlap in a handover
 MAX_MOVES = 6  # owner changes per VIP per episode
+EXTRA = "10.0.99.1"  # the VIP a roll-out adds (`a_reload`)
+ROLLOUT_MED = 200  # and the MED it gives every VIP (100 before)
+ROLLOUTS = 0.35  # the share of schedules with a roll-out racing their faults
 COMPACT_AFTER = 40  # entries a node keeps before it compacts its log into a snapshot
 PROCESS = 0.001  # a member's reaction time to an event (its loop waking up)
 CHECK_EVERY = 0.1  # invariants are checked after every change, and at least this often
@@ -1105,6 +1108,8 @@ class Schedule:
     preempt_delay: float
     actions: list[tuple[float, str, tuple[Any, ...]]]
     end: float
+    # a roll-out, member by member: (when, member, "new" | "old"), also among `actions`
+    rollout: tuple[tuple[float, str, str], ...] = ()
 
 
 class Sim:
@@ -1142,14 +1147,28 @@ class Sim:
             )
             for name in self.names
         }
+        # A roll-out (`a_reload`): the new config adds EXTRA (preferred: the member that
+        # reloads first) and changes every VIP's MED; a roll-back returns to `cfgs`.
+        first = schedule.rollout[0][1] if schedule.rollout else self.names[0]
+        new_svc = replace(
+            svc,
+            vips=(*svc.vips, EXTRA),
+            preferred={**svc.preferred, EXTRA: first},
+            announce=replace(svc.announce, med=ROLLOUT_MED),
+        )
+        self.new_cfgs = {name: replace(self.cfgs[name], services=(new_svc,)) for name in self.names}
+        self.rollout_start: float | None = None
+        self.rollout_owners: dict[str, str | None] = {}
+        self.rollout_done: tuple[float, str] | None = None  # (when, "new" | "old")
         # An owner's path, or the same path while handing over (with GRACEFUL_SHUTDOWN)
         self.primary = {
             v: {
-                announce_line(route_for(v, svc.announce, handover=h, takeover=t))
+                announce_line(route_for(v, a, handover=h, takeover=t))
+                for a in (svc.announce, new_svc.announce)
                 for h in (False, True)
                 for t in (False, True)
             }
-            for v in vips
+            for v in (*vips, EXTRA)
         }
         self.holders: dict[str, set[str]] = {v: set() for v in vips}
         self.routed: dict[str, set[str]] = {v: set() for v in vips}
@@ -1404,6 +1423,7 @@ class Sim:
         if not quiet:
             return
         committed = self.committed_state()
+        self.check_rollout(committed)
         # 3: flags are what the operator was told (once no command awaits its answer)
         if self.unknown_outcome and not self.in_flight:
             self.unknown_outcome = False
@@ -1610,7 +1630,9 @@ class Sim:
         if not m.running or m.paused or m.loop is None:
             return
         self.respawn[name] = delay
-        owned = {v for v, a in self.committed_state().owners.items() if a.owner == name}
+        owned = {  # EXTRA is checked by (15): a roll-out may leave it on this member alone
+            v for v, a in self.committed_state().owners.items() if a.owner == name and v != EXTRA
+        }
         self.planned = ("restart", name, owned, self.sched.now, m.loop.incarnation)
         m.events.append(core.RestartRequested())
         m.wake()
@@ -1621,7 +1643,9 @@ class Sim:
         self.disturb()
         if not m.running or m.paused or m.loop is None:
             return
-        owned = {v for v, a in self.committed_state().owners.items() if a.owner == name}
+        owned = {  # EXTRA is checked by (15): a roll-out may leave it on this member alone
+            v for v, a in self.committed_state().owners.items() if a.owner == name and v != EXTRA
+        }
         self.planned = ("leave", name, owned, self.sched.now, m.loop.incarnation)
         m.events.append(core.LeaveRequested())
         m.wake()
@@ -1711,6 +1735,56 @@ class Sim:
         self.net.cuts.clear()
         self.net.changed()
         self.disturb()
+
+    def a_reload(self, name: str, variant: str) -> None:
+        """`raftvip reload` on `name` after its file changed to the new (or old) config. Not
+        a disturbance: a roll-out must keep every invariant as if nothing happened."""
+        m = self.members[name]
+        cfg = self.new_cfgs[name] if variant == "new" else self.cfgs[name]
+        rollout = self.schedule.rollout
+        if self.rollout_start is None:
+            self.rollout_start = self.now
+            quiet = self.now - self.disturbed >= self.bound
+            committed = self.committed_state()
+            # what the roll-out must not move (judged only when it starts on a quiet group)
+            self.rollout_owners = (
+                {v: committed.owner_of(v) for v in self.vips} if quiet and committed.formed else {}
+            )
+        if (rollout[-1][1], rollout[-1][2]) == (name, variant) and self.now >= rollout[-1][0]:
+            self.rollout_done = (self.now, variant)
+        m.cfg, m.specs = cfg, service_specs(cfg)  # its file: a restart reads it too
+        if m.running and m.loop is not None:
+            m.events.append(core.Reloaded(cfg))
+            m.wake()
+
+    def check_rollout(self, committed: ClusterState) -> None:
+        """15: a roll-out moves no VIP present in both configs (while nothing else happens),
+        and once done and the group quiet, EXTRA is announced by exactly its owner (new) or
+        by nobody (old)."""
+        if self.rollout_start is None or self.disturbed > self.rollout_start:
+            return
+        for vip, before in self.rollout_owners.items():
+            now = committed.owner_of(vip)
+            if now != before:
+                self.violation(f"(15) the roll-out moved {vip}: {before} -> {now}")
+        if self.rollout_done is None or self.now - self.rollout_done[0] < BOUND:
+            return
+        carriers = sorted(
+            n
+            for n, m in self.members.items()
+            if m.exabgp_up and m.pipe.rib.get(EXTRA) in self.primary[EXTRA]
+        )
+        if "apex" in committed.maintenance:
+            if carriers:
+                self.violation(f"(15) {EXTRA} announced by {carriers} under maintenance")
+        elif self.rollout_done[1] == "new":
+            owner = committed.owner_of(EXTRA)
+            if owner is None or carriers != [owner]:
+                self.violation(
+                    f"(15) after the roll-out {EXTRA} is owned by {owner}, announced by {carriers}"
+                )
+        elif carriers or committed.owner_of(EXTRA) is not None:
+            self.violation(f"(15) after the roll-back {EXTRA} is still announced by {carriers}")
 
     def a_health(self, name: str, ok: bool) -> None:
         self.members[name].set_health("apex", ok)
@@ -1940,6 +2014,20 @@ def make_schedule(seed: int) -> Schedule:
         actions.append((cleanup + 0.1, "command", (names[0], "drain", target, False)))
     if maintenance or drained:
         t = max(t, cleanup + 0.1 + BOUND + 0.4)
+    # A rolling config change racing the faults, from its own generator (the schedules of
+    # the seeds without one stay what they were): the new config member by member, then
+    # maybe the old one again.
+    roll = random.Random(seed * 104729 + 11)
+    rollout: list[tuple[float, str, str]] = []
+    if roll.random() < ROLLOUTS:
+        when = roll.uniform(1.3, max(1.4, t - 1.0))
+        for variant in ("new", "old") if roll.random() < 0.5 else ("new",):
+            for name in roll.sample(names, size):
+                rollout.append((when, name, variant))
+                when += roll.uniform(0.05, 0.8)
+            when += roll.uniform(0.0, BOUND)
+        actions += [(w, "reload", (n, v)) for w, n, v in rollout]
+        t = max(t, when + BOUND + 0.5)
     actions.sort(key=lambda a: a[0])
     return Schedule(
         seed=seed,
@@ -1949,6 +2037,7 @@ def make_schedule(seed: int) -> Schedule:
         preempt_delay=rng.choice((0.5, 1.0)),
         actions=actions,
         end=t,
+        rollout=tuple(rollout),
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from raftvip.config import Config
 from raftvip.core import decide, loop
 from tests import sim
 
@@ -76,3 +77,19 @@ def test_a_stale_ack_does_not_move_the_leaders_next_index_back() -> None:
 
 def test_seed_3761_a_leave_whose_transfer_target_had_lost_entries() -> None:
     assert sim.run_seed(3761).ok
+
+
+def test_the_simulator_finds_a_reload_that_forgets_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schedules with a roll-out (`a_reload`, about a third of them) catch a reload that does
+    not keep the services' health: VIPs go dark (1) or move (15) during the roll-out."""
+    from raftvip.core import reload
+
+    def forgetful(old: object, new: Config, health: object) -> dict[str, str]:
+        return {s.name: reload.initial_health(s) for s in new.services}
+
+    monkeypatch.setattr(loop, "health_after_reload", forgetful)
+    failures = [o for o in (sim.run_seed(s) for s in range(1, 40)) if not o.ok]
+    assert failures
+    lines: list[str] = []
+    sim.print_failure(failures[0], lines.append)
+    assert "FAULT reload" in "\n".join(lines)
