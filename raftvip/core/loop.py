@@ -610,7 +610,8 @@ def _maybe_layout(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
 
 def cfg_gone(loop: LoopState) -> bool:
     """Leaving, left or restarting: this member's layout no longer matters."""
-    return loop.stop.deadline is not None or loop.left or loop.restart is not None
+    restarting = loop.restart is not None and loop.restart[0] in ("asked", "leading")
+    return loop.stop.deadline is not None or loop.left or restarting
 
 
 def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
