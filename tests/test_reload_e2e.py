@@ -355,6 +355,12 @@ def test_sighup_reloads_the_file_the_process_was_started_with(group3: Group) -> 
     assert route_lines(group3, start, "10.40.0.1")["lb1"] == [
         "announce route 10.40.0.1/32 next-hop self med 250"
     ]
+    # Nothing else was written: every other VIP kept its path, on its owner.
+    others = {
+        n: [x for x in lines if "10.40.0.1/" not in x]
+        for n, lines in route_lines(group3, start).items()
+    }
+    assert others == {n: [] for n in group3.members}
     assert lb1.running
     log = group3.stderr("lb1")
     assert "config reload (SIGHUP): service web: announce.med 150 -> 250" in log
