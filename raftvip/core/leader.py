@@ -6,8 +6,12 @@ propose:
 
 - when leadership is won, every member gets a fresh lease (the new leader has not seen any
   report yet, and must not expire members for its own lack of history);
-- `Configure` with this member's service layout while the replicated one differs;
-- `Expire` for a member whose lease lapsed (`lease` since its last report was applied here:
+- `Configure` with this member's service layout while the replicated one differs, in a
+  group still on command format 1 (from format 2 on, every member proposes its own layout,
+  `SetLayout`, and the group's is their merge); `SetFormat` once every member has reported
+  a higher format than the group's;
+- `Expire` (with the expired member's own replicated timings, `member_timings`) for a
+  member whose lease lapsed (`lease` since its last report was applied here:
   a hung process) or, faster, whose TCP link dropped `disconnect_grace` ago (a crashed
   process) or never came up since this process started (a full-group restart), with the
   withdraw-mode rule of `fenced_by`;
@@ -77,7 +81,7 @@ def timings_of(cfg: Config) -> Timings:
     )
 
 
-def own_layout(cfg: Config, summary: str = "") -> tuple[str, tuple[ServiceSpec, ...], Timings]:
+def own_layout(cfg: Config) -> tuple[str, tuple[ServiceSpec, ...], Timings]:
     """(digest, services, timings) as this member proposes them in its `SetLayout`."""
     specs = service_specs(cfg)
     return layout_digest(specs), specs, timings_of(cfg)
