@@ -223,6 +223,25 @@ def test_a_removed_vip_stays_until_the_last_member_drops_it_and_its_pin_goes_wit
     assert all("10.0.0.3" not in s.vips for s in state.services)
 
 
+def test_a_vip_added_to_a_loaded_member_moves_no_other_vip() -> None:
+    """Rebalancing would give one of lb2's VIPs to a less loaded member once lb2 also owns
+    the new ones: a config change moves only what it changes (seed 2868 of the simulator).
+    The VIPs the roll-out adds are spread as members that have them reload."""
+    state = format2_group()
+    state = run(state, *(layout_cmd(cfg_for(n)) for n in NAMES))
+    before = owners(state)
+    more = ("10.0.0.7", "10.0.0.8", "10.0.0.9")  # no preferred owners
+    new = (*OLD, *more)
+    state = run(state, layout_cmd(cfg_for("lb2", vips=new)))
+    assert {v: owners(state)[v] for v in OLD} == before  # lb2 has 4 VIPs, the others 1
+    assert {owners(state)[v] for v in more} == {"lb2"}
+    for name in ("lb1", "lb3"):
+        state = run(state, layout_cmd(cfg_for(name, vips=new), ts=30.0))
+        assert {v: owners(state)[v] for v in OLD} == before
+    # the added VIPs were spread as the others reloaded: 2 VIPs each
+    assert sorted(owners(state).values()) == ["lb1", "lb1", "lb2", "lb2", "lb3", "lb3"]
+
+
 def test_a_vip_dropped_by_its_owner_moves_to_a_member_that_still_has_it() -> None:
     state = format2_group()
     owner = state.owner_of("10.0.0.1")

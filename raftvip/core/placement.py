@@ -49,6 +49,7 @@ def place(
     current: Mapping[str, str],
     keep_only: frozenset[str] = frozenset(),
     holders: Mapping[str, frozenset[str]] | None = None,
+    may_move: frozenset[str] | None = None,
 ) -> dict[str, Assignment]:
     """Owners for every VIP that has an eligible member.
 
@@ -60,6 +61,9 @@ def place(
     announced by nobody that can still withdraw it or confirm a handover).
     `holders`: vip -> the members whose own config has it (a roll-out in progress); a VIP
     goes only to those. None: every member has every VIP.
+    `may_move`: the only VIPs rebalancing may move (None: any). A config change passes the
+    VIPs a roll-out is adding: giving a loaded member a new VIP must not move one that every
+    member had away from it (the next failure, join or drain rebalances as usual).
     """
     total_load: dict[str, int] = {}
     result: dict[str, Assignment] = {}
@@ -74,6 +78,7 @@ def place(
             total_load,
             keep_only,
             holders,
+            may_move,
         )
         for assignment in assigned.values():
             total_load[assignment.owner] = total_load.get(assignment.owner, 0) + 1
@@ -90,6 +95,7 @@ def _place_service(
     total_load: Mapping[str, int],
     keep_only: frozenset[str] = frozenset(),
     holders: Mapping[str, frozenset[str]] | None = None,
+    may_move: frozenset[str] | None = None,
 ) -> dict[str, Assignment]:
     owners: dict[str, Assignment] = {}
     if not eligible:
@@ -182,6 +188,7 @@ def _place_service(
                 and v not in held
                 and v not in service.preferred
                 and has(receiver, v)
+                and (may_move is None or v in may_move)
             ]
             if not movable:
                 break

@@ -612,8 +612,12 @@ def _relayout(
     ts: float,
     events: list[Event],
     new: ClusterState | None = None,
+    rebalance: bool = False,
 ) -> ClusterState:
-    """Format 2: the group's services are the merge of the members' layouts."""
+    """Format 2: the group's services are the merge of the members' layouts. A config
+    change moves only what it changes: rebalancing may move only the VIPs a roll-out is
+    adding (not in every member's layout before this change), never one every member had
+    (see `place`). `rebalance`: as any placement (a member removed)."""
     base = new if new is not None else state
     services = merge_layouts(layouts)
     known_vips = {vip for s in services for vip in s.vips}
@@ -625,7 +629,12 @@ def _relayout(
         pins={vip: m for vip, m in base.pins.items() if vip in known_vips},
         maintenance=frozenset(base.maintenance & names),
     )
-    return _replace_and_place(state, after, ts, events)
+    movable = None
+    if not rebalance:
+        everyone = frozenset(state.layouts)
+        before = vip_holders(state) or {}
+        movable = frozenset(v for v in known_vips if before.get(v, frozenset()) != everyone)
+    return _replace_and_place(state, after, ts, events, movable=movable)
 
 
 def layout_digest(services: tuple[ServiceSpec, ...]) -> str:
@@ -810,7 +819,7 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
             removed = [_event(state, cmd.ts, "membership", cmd.member, "removed")]
             if state.wire >= 2:
                 layouts = {n: lay for n, lay in state.layouts.items() if n != cmd.member}
-                return _relayout(state, layouts, cmd.ts, removed, new)
+                return _relayout(state, layouts, cmd.ts, removed, new, rebalance=True)
             return _replace_and_place(state, new, cmd.ts, removed)
     return state  # pragma: no cover - the match is exhaustive
 
@@ -962,6 +971,7 @@ def _replace_and_place(
     ts: float,
     events: list[Event],
     cause: str = "expired",
+    movable: frozenset[str] | None = None,
 ) -> ClusterState:
     current = {vip: a.owner for vip, a in old.owners.items()}
     eligible = eligible_sets(new)
@@ -975,9 +985,9 @@ def _replace_and_place(
             new.services, eligible, eligible, new.pins, current, _restarting(new), holders
         )
     else:
-        owners = place(
-            new.services, eligible, _ready_sets(new), new.pins, current, _restarting(new), holders
-        )
+        ready = _ready_sets(new)
+        keep = _restarting(new)
+        owners = place(new.services, eligible, ready, new.pins, current, keep, holders, movable)
     for vip in _all_vips(new):
         before, after = old.owners.get(vip), owners.get(vip)
         if (before.owner if before else None) != (after.owner if after else None):
