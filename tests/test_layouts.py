@@ -88,6 +88,28 @@ def format2_group() -> ClusterState:
     return state
 
 
+def lead(
+    state: ClusterState,
+    cfg: Config,
+    now: float,
+    book: LeaderBook | None = None,
+    links: dict[str, bool] | None = None,
+) -> tuple[LeaderBook, list[Command]]:
+    """One tick of `cfg.me`'s leader duties at `now` (its wall clock reads the same)."""
+    book, effects = leader_tick(
+        book or LeaderBook(started_at=0.0),
+        cfg,
+        service_specs(cfg),
+        state,
+        is_leader=True,
+        term=2,
+        links=links or {},
+        now=now,
+        wall=now,
+    )
+    return book, list(effects.proposals)
+
+
 def owners(state: ClusterState) -> dict[str, str]:
     return {vip: a.owner for vip, a in state.owners.items()}
 
@@ -102,23 +124,11 @@ def test_the_group_moves_to_format_2_only_once_every_member_reported_it() -> Non
         state = run(state, Report(1.0, name, 1, 1, {"apex": True}, 2))
     state = run(state, Report(1.0, "lb3", 1, 1, {"apex": True}))  # an older build: no "wire"
     assert run(state, SetFormat(2.0, 2)).wire == 1  # refused: lb3 speaks only format 1
-    book, effects = leader_tick(
-        LeaderBook(started_at=0.0),
-        cfg,
-        service_specs(cfg),
-        state,
-        is_leader=True,
-        term=1,
-        links={},
-        now=5.0,
-        wall=5.0,
-    )
-    assert not [c for c in effects.proposals if isinstance(c, SetFormat)]
+    book, proposals = lead(state, cfg, 5.0)
+    assert not [c for c in proposals if isinstance(c, SetFormat)]
     state = run(state, Report(3.0, "lb3", 2, 1, {"apex": True}, 2))  # lb3 upgraded
-    _, effects = leader_tick(
-        book, cfg, service_specs(cfg), state, is_leader=True, term=1, links={}, now=7.0, wall=7.0
-    )
-    (raise_it,) = [c for c in effects.proposals if isinstance(c, SetFormat)]
+    _, proposals = lead(state, cfg, 7.0, book)
+    (raise_it,) = [c for c in proposals if isinstance(c, SetFormat)]
     assert raise_it.version == 2
     before = owners(state)
     state = run(state, raise_it)
@@ -134,18 +144,8 @@ def test_a_synthetic_newer_member_keeps_the_group_at_the_lowest_format() -> None
     state = run(state, Report(20.0, "lb3", 2, 1, {"apex": True}, 3))  # lb3 speaks format 3
     assert state.members["lb3"].wire == 3
     cfg = cfg_for("lb1")
-    _, effects = leader_tick(
-        LeaderBook(started_at=0.0),
-        cfg,
-        service_specs(cfg),
-        state,
-        is_leader=True,
-        term=1,
-        links={},
-        now=30.0,
-        wall=30.0,
-    )
-    assert not [c for c in effects.proposals if isinstance(c, SetFormat)]  # min is 2
+    _, proposals = lead(state, cfg, 30.0)
+    assert not [c for c in proposals if isinstance(c, SetFormat)]  # min is 2
     # A format-3 command proposed anyway (a buggy newer member) is refused by this build the
     # same way on every member, logged, and the group goes on.
     future = msgpack.packb({"v": 3, "ts": 31.0, "op": "teleport", "vip": "10.0.0.1"})
@@ -273,18 +273,8 @@ def test_the_groups_layout_does_not_depend_on_who_leads() -> None:
     state = run(state, layout_cmd(cfg_for("lb1", vips=(*OLD, "10.0.0.9"))))
     for leader in NAMES:
         cfg = cfg_for(leader)  # lb2 and lb3 still run the old config
-        _, effects = leader_tick(
-            LeaderBook(started_at=0.0),
-            cfg,
-            service_specs(cfg),
-            state,
-            is_leader=True,
-            term=3,
-            links={},
-            now=40.0,
-            wall=40.0,
-        )
-        assert not [c for c in effects.proposals if isinstance(c, Configure)]
+        _, proposals = lead(state, cfg, 40.0)
+        assert not [c for c in proposals if isinstance(c, Configure)]
     # An older leader's Configure (format 1) changes nothing of the services at format 2.
     assert run(state, Configure(41.0, service_specs(cfg_for("lb3")), {})).services == (
         state.services
@@ -333,18 +323,8 @@ def test_the_leader_expires_a_member_with_that_members_own_lease() -> None:
     expired: list[tuple[float, str]] = []
     for tenth in range(0, 40):
         now = 100.0 + tenth / 10
-        book, effects = leader_tick(
-            book,
-            leader,
-            service_specs(leader),
-            state,
-            is_leader=True,
-            term=2,
-            links={"lb2": True, "lb3": True},
-            now=now,
-            wall=now,
-        )
-        expired += [(now, c.member) for c in effects.proposals if isinstance(c, Expire)]
+        book, proposals = lead(state, leader, now, book, {"lb2": True, "lb3": True})
+        expired += [(now, c.member) for c in proposals if isinstance(c, Expire)]
     first = {m: t for t, m in reversed(expired)}
     assert first["lb3"] == pytest.approx(101.6)  # lb3's lease: the leader's 1.5 s
     assert first["lb2"] == pytest.approx(103.1)  # lb2's own 3 s, not the leader's 1.5 s
@@ -372,18 +352,8 @@ def test_a_hold_leader_waits_for_a_withdraw_members_fence() -> None:
     # connection_timeout after lb2's last report, although its own policy is "hold".
     book = replace(book, was_connected=frozenset({"lb2", "lb3"}), down_since={"lb2": 40.0})
     cfg = cfg_for("lb1")
-    _, effects = leader_tick(
-        book,
-        cfg,
-        service_specs(cfg),
-        state,
-        is_leader=True,
-        term=2,
-        links={"lb2": False, "lb3": True},
-        now=100.5,
-        wall=100.5,
-    )
-    assert not [c for c in effects.proposals if isinstance(c, Expire) and c.member == "lb2"]
+    _, proposals = lead(state, cfg, 100.5, book, {"lb2": False, "lb3": True})
+    assert not [c for c in proposals if isinstance(c, Expire) and c.member == "lb2"]
 
 
 # --- the loop proposes its layout; status shows drift --------------------------------------

@@ -76,43 +76,18 @@ def build_status(
     vips: dict[str, Any] = {}
     for service in cfg.services:
         for vip in service.vips:
-            assignment = state.owners.get(vip)
             decision = decisions.get(vip, Decision(False, "starting"))
-            vips[vip] = {
-                "service": service.name,
-                "owner": assignment.owner if assignment else None,
-                "assigned_because": assignment.reason if assignment else None,
-                "preferred": service.preferred.get(vip),
-                "pinned": state.pins.get(vip),
-                "handover_from": state.handovers.get(vip),
-                "announced": decision.announce,
-                "reason": decision.reason,
-                # an owner's path: "takeover form until T UTC: took over from lb1 after ..."
-                "path": decision.form.describe() if decision.form is not None else None,
-                "took_over_from": (
-                    state.takeovers[vip].previous if vip in state.takeovers else None
-                ),
-                "known_to": list(partial[vip]) if vip in partial else None,
-            }
+            vips[vip] = _vip_entry(state, service.name, service.preferred, vip, decision)
+            vips[vip]["known_to"] = list(partial[vip]) if vip in partial else None
     for group_service in state.services:
         for vip in group_service.vips:
-            if vip in vips:
-                continue
-            # A VIP of the group that this member's config does not have (a roll-out).
-            assignment = state.owners.get(vip)
-            vips[vip] = {
-                "service": group_service.name,
-                "owner": assignment.owner if assignment else None,
-                "assigned_because": assignment.reason if assignment else None,
-                "preferred": group_service.preferred.get(vip),
-                "pinned": state.pins.get(vip),
-                "handover_from": state.handovers.get(vip),
-                "announced": False,
-                "reason": "not_in_config",
-                "path": None,
-                "took_over_from": None,
-                "known_to": list(partial.get(vip, ())),
-            }
+            if vip not in vips:
+                # A VIP of the group that this member's config does not have (a roll-out).
+                not_here = Decision(False, "not_in_config")
+                vips[vip] = _vip_entry(
+                    state, group_service.name, group_service.preferred, vip, not_here
+                )
+                vips[vip]["known_to"] = list(partial.get(vip, ()))
     return {
         "cluster": cfg.cluster.name,
         "member": cfg.me,
@@ -154,6 +129,29 @@ def build_status(
             for e in state.events[-events:]
         ],
         "time": now,
+    }
+
+
+def _vip_entry(
+    state: ClusterState,
+    service: str,
+    preferred: Mapping[str, str],
+    vip: str,
+    decision: Decision,
+) -> dict[str, Any]:
+    assignment = state.owners.get(vip)
+    return {
+        "service": service,
+        "owner": assignment.owner if assignment else None,
+        "assigned_because": assignment.reason if assignment else None,
+        "preferred": preferred.get(vip),
+        "pinned": state.pins.get(vip),
+        "handover_from": state.handovers.get(vip),
+        "announced": decision.announce,
+        "reason": decision.reason,
+        # an owner's path: "takeover form until T UTC: took over from lb1 after ..."
+        "path": decision.form.describe() if decision.form is not None else None,
+        "took_over_from": state.takeovers[vip].previous if vip in state.takeovers else None,
     }
 
 
