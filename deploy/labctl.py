@@ -53,7 +53,7 @@ from raftvip.errors import RaftvipError
 from raftvip.exabgp_config import default_run_command, render_exabgp_config
 from raftvip.testing.bgplab import Bird, BirdPath, BirdPeer, ExaBGP, LabError, exabgp_binary
 from raftvip.testing.routewatch import RouteWatch
-from raftvip.testing.wait import wait_until
+from raftvip.testing.wait import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("raftvip", "healthcheck")
@@ -1059,7 +1059,7 @@ hold_time = {t.hold_time} }}]
 
         try:
             wait_until(back, timeout=WAIT, what=f"{vip} to return to {lb}", interval=0.01)
-        except LabError as exc:
+        except (LabError, WaitTimeout) as exc:
             doc = self.group_status(state)
             owner = doc["vips"][vip] if doc is not None else "no member answers"
             raise LabError(
@@ -1487,7 +1487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return _run(args)
-    except (LabError, RaftvipError, ValueError) as exc:
+    except (LabError, RaftvipError, ValueError, WaitTimeout) as exc:
         print(f"deploy/lab: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `deploy/lab status | head`
