@@ -9,6 +9,7 @@
     deploy/lab stop lb2 [--no-leave]              a planned stop (raftvip leave + SIGTERM)
     deploy/lab restart lb2 [--kill]               raftvip replaced in place (an upgrade)
     deploy/lab lifecycle --trials 5               both, measured, side by side with before
+    deploy/lab reload [--back]                    a config change rolled out LB by LB, watched
     deploy/lab down                               stop everything the lab started
 
 Rack k: LB `lbk` on 127.0.1.k (AS 6501k: a real ExaBGP whose `process` is `raftvip run`, Raft
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import errno
 import http.server
 import json
@@ -41,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ from raftvip.errors import RaftvipError
 from raftvip.exabgp_config import default_run_command, render_exabgp_config
 from raftvip.testing.bgplab import Bird, BirdPath, BirdPeer, ExaBGP, LabError, exabgp_binary
 from raftvip.testing.routewatch import RouteWatch
-from raftvip.testing.wait import wait_until
+from raftvip.testing.wait import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("raftvip", "healthcheck")
@@ -207,6 +209,61 @@ def check_ports(topology: Topology) -> None:
                         "need root (sudo deploy/lab ...)"
                     ) from None
                 raise LabError(f"{address}:{port} ({what}): cannot bind: {exc}") from None
+
+
+# ------------------------------------------------------------------ service apex's layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Service apex as an LB's raftvip.toml has it: the lab's own (`up`) or the one the
+    `reload` step rolls out."""
+
+    vips: tuple[str, ...]
+    preferred: tuple[tuple[str, str], ...]  # (VIP, LB), in config order
+    med: int
+    check_by_command: bool  # False: `http = URL`; True: the same GET by curl, a `command`
+
+
+def lab_layout(t: Topology) -> Layout:
+    """What `up` writes: every VIP, 10.20.255.k preferring lbk, MED 100, an HTTP check."""
+    return Layout(
+        vips=tuple(t.vips),
+        preferred=tuple((t.vip(rack), t.lb(rack)) for rack in t.rack_numbers),
+        med=100,
+        check_by_command=False,
+    )
+
+
+BEFORE = "before the roll-out"  # the label of a roll-out's first stage
+# After an LB's reload, the time its new check gets to fail before the next LB is reloaded:
+# the lab's check (interval 0.2 s, fast_interval 0.1 s, timeout 0.2 s) needs at most about
+# 0.7 s for `fall` (2) failures, then the group hears of it.
+CHECK_DECIDES = 1.2
+RELOAD_ADDED_VIP = "10.20.255.10"  # beside 10.20.255.1-9 (rack k's VIP is 10.20.255.k)
+RELOAD_MED = 200
+
+
+def reload_layout(t: Topology) -> Layout:
+    """The lab's layout after `deploy/lab reload`: the last rack's VIP removed, a VIP added
+    that prefers lb1 (the LB reloaded first), MED 100 -> 200 (`service.announce.med`: every
+    VIP of apex that stays carries it), and the HTTP check replaced by the same GET by curl."""
+    own = lab_layout(t)
+    removed = t.vip(t.racks)
+    return Layout(
+        vips=(*(v for v in own.vips if v != removed), RELOAD_ADDED_VIP),
+        preferred=(*(p for p in own.preferred if p[0] != removed), (RELOAD_ADDED_VIP, t.lb(1))),
+        med=RELOAD_MED,
+        check_by_command=True,
+    )
+
+
+def probe_command(url: str) -> str:
+    """A shell command that succeeds when `url` answers 2xx (curl, else this Python)."""
+    if shutil.which("curl"):
+        return f"curl -sf --max-time 1 {url}"
+    probe = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=1)"
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)}"
 
 
 # ------------------------------------------------------------------ processes by PID only
@@ -382,6 +439,228 @@ class SeedResult:
     failover: Failover
 
 
+@dataclass(frozen=True)
+class VipView:
+    """One VIP at the aggregation router: its best path, and that path's MED as the LB's ToR
+    received it. A ToR passes no MED on to the aggregation router (another AS: BIRD zeroes a
+    received MED on export over eBGP), so `agg_med` stays None and `tor_med` is the MED."""
+
+    lb: str | None  # the LB the best path leads to (None: no route)
+    as_path: tuple[int, ...] = ()
+    via: str | None = None  # the ToR address the aggregation router learned it from
+    agg_med: int | None = None
+    tor: str | None = None  # that LB's ToR
+    tor_med: int | None = None  # the MED of the LB's path at its ToR
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The lab at one point of a roll-out: before it, after one LB's reload, or after it."""
+
+    label: str  # "before the roll-out", "after lb1's reload", "after the roll-out"
+    view: dict[str, VipView]  # the VIPs of both layouts, old ones first
+    drift: bool  # `raftvip status --json` of `status_lb`: config_drift
+    status_lb: str
+    status_config: str  # its raftvip.toml
+    status_lines: tuple[str, ...]  # its `raftvip status` lines about drift
+    digest: str  # the layout digest `status_lb` runs
+    lb: str | None = None  # the LB reloaded (None: before or after the roll-out)
+    config: str = ""  # its raftvip.toml
+    edit: tuple[str, ...] = ()  # the lines of that file the edit changed: "-old", "+new"
+    output: tuple[str, ...] = ()  # what `raftvip reload` printed
+    began: float = 0.0  # time.monotonic() when `raftvip reload` started...
+    returned: float = 0.0  # ...and when it returned
+
+
+@dataclass(frozen=True)
+class Moment:
+    """When the aggregation router saw something, relative to the last reload begun before."""
+
+    lb: str | None  # None: before the first reload began
+    after_start: float  # seconds after that `raftvip reload` started
+    after_return: float  # ...and after it returned (< 0: it had not yet)
+
+    def describe(self) -> str:
+        if self.lb is None:
+            return "before the first reload"
+        if self.after_return < 0:
+            return (
+                f"{self.after_start * 1000:.0f} ms after {self.lb}'s `raftvip reload` started "
+                "(before it returned)"
+            )
+        return f"{self.after_return * 1000:.0f} ms after {self.lb}'s `raftvip reload` returned"
+
+
+@dataclass(frozen=True)
+class VipTrace:
+    """One VIP's best path at the aggregation router in every sample of a roll-out."""
+
+    owners: tuple[str, ...]  # the LBs that carried it, in order, repeats collapsed
+    moved_at: tuple[float, ...]  # when each move from one LB to the next was seen
+    dark: tuple[tuple[float, float], ...]  # intervals without a best path (RouteWatch's)
+    first_seen: float | None  # the first sample with a best path
+    gone_at: float | None  # the first sample without one after the last with one (None:
+    # there at the end)
+
+    @classmethod
+    def of(cls, watch: RouteWatch, vip: str) -> VipTrace:
+        seen = [when for when, best in watch.samples if best.get(vip) is not None]
+        moved_at: list[float] = []
+        last: str | None = None
+        for when, best in watch.samples:
+            lb = best.get(vip)
+            if lb is not None and last is not None and lb != last:
+                moved_at.append(when)
+            last = lb or last
+        gone_at = None
+        if seen and watch.samples[-1][1].get(vip) is None:
+            gone_at = next(when for when, _best in watch.samples if when > seen[-1])
+        return cls(
+            owners=tuple(watch.owners_seen(vip)),
+            moved_at=tuple(moved_at),
+            dark=tuple(watch.dark_intervals(vip)),
+            first_seen=seen[0] if seen else None,
+            gone_at=gone_at,
+        )
+
+    @property
+    def gaps(self) -> tuple[tuple[float, float], ...]:
+        """Intervals without a path once it had appeared, other than its final going."""
+        first = self.first_seen
+        return tuple(
+            (start, end)
+            for start, end in self.dark
+            if first is not None and start > first and start != self.gone_at
+        )
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """`Lab.reload`: a config change rolled out one LB at a time, as the network saw it."""
+
+    back: bool  # rolled the lab's own layout back in
+    old: Layout
+    new: Layout
+    order: tuple[str, ...]  # the LBs, in the order they were reloaded
+    stages: tuple[Stage, ...]  # before, one per LB of `order`, after
+    traces: dict[str, VipTrace]  # every VIP of both layouts
+    samples: int  # aggregation-router polls taken
+    sampler_errors: tuple[str, ...] = ()
+    # Why the roll-out stopped before the last LB (a refused reload, a lab that did not
+    # settle); the LBs after it were not reloaded.
+    stopped: str | None = None
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """The VIPs in both layouts: they must never lose their path nor move."""
+        return tuple(v for v in self.old.vips if v in self.new.vips)
+
+    @property
+    def added(self) -> tuple[str, ...]:
+        return tuple(v for v in self.new.vips if v not in self.old.vips)
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        return tuple(v for v in self.old.vips if v not in self.new.vips)
+
+    @property
+    def before(self) -> Stage:
+        return self.stages[0]
+
+    @property
+    def after(self) -> Stage:
+        return self.stages[-1]
+
+    @property
+    def steps(self) -> tuple[Stage, ...]:
+        return self.stages[1:-1]
+
+    def moment(self, when: float) -> Moment:
+        begun = [s for s in self.steps if s.began <= when]
+        if not begun:
+            return Moment(None, 0.0, 0.0)
+        return Moment(begun[-1].lb, when - begun[-1].began, when - begun[-1].returned)
+
+    def appeared(self, vip: str) -> Moment | None:
+        first = self.traces[vip].first_seen
+        return None if first is None else self.moment(first)
+
+    def disappeared(self, vip: str) -> Moment | None:
+        gone = self.traces[vip].gone_at
+        return None if gone is None else self.moment(gone)
+
+    def med_changed_with(self, vip: str) -> str | None:
+        """The LB whose reload brought `vip`'s new MED to the network (None: it never came)."""
+        return next(
+            (s.lb for s in self.steps if s.view[vip].tor_med == self.new.med),
+            None,
+        )
+
+    def problems(self) -> list[str]:
+        """Every promise of a rolling change that the aggregation router saw broken."""
+        found: list[str] = []
+        if self.stopped:
+            found.append(
+                f"the roll-out stopped: {self.stopped}; the lab is left half-way (`deploy/lab "
+                "down` and `deploy/lab up` start afresh)"
+            )
+        if self.samples == 0:
+            found.append("no sample of the aggregation router was taken")
+        if self.sampler_errors:
+            found.append(
+                f"{len(self.sampler_errors)} polls of the aggregation router failed "
+                f"(first: {self.sampler_errors[0]}): what they missed is unknown"
+            )
+        for vip in self.kept:
+            trace, was = self.traces[vip], self.before.view[vip].lb
+            if trace.dark:
+                longest = max(end - start for start, end in trace.dark)
+                found.append(
+                    f"{vip} (in both configs) had no path at the aggregation router "
+                    f"{len(trace.dark)} time(s), for up to {longest * 1000:.1f} ms"
+                )
+            if trace.owners != ((was,) if was else ()):
+                when = f" (first {self.moment(trace.moved_at[0]).describe()})"
+                found.append(
+                    f"{vip} (in both configs) moved: {' -> '.join(trace.owners) or 'nowhere'}"
+                    + (when if trace.moved_at else "")
+                )
+            med = self.after.view[vip].tor_med
+            if med != self.new.med and not self.stopped:
+                found.append(f"{vip}: MED {med} after the roll-out, expected {self.new.med}")
+        first, last = self.order[0], self.order[-1]
+        for vip in self.added:
+            appeared, trace = self.appeared(vip), self.traces[vip]
+            expected = dict(self.new.preferred).get(vip)
+            if appeared is None:
+                found.append(f"{vip} (added) never appeared at the aggregation router")
+            elif appeared.lb != first:
+                found.append(
+                    f"{vip} (added) appeared {appeared.describe()}, not with {first}'s "
+                    "reload (the first LB whose config has it)"
+                )
+            if trace.gaps or trace.gone_at is not None:
+                found.append(f"{vip} (added) lost its path after it had appeared")
+            if self.after.view[vip].lb != expected and not self.stopped:
+                found.append(
+                    f"{vip} (added) is on {self.after.view[vip].lb or 'no LB'} after the "
+                    f"roll-out, not on {expected} (its preferred LB)"
+                )
+        for vip in self.removed:
+            gone, trace = self.disappeared(vip), self.traces[vip]
+            if gone is None:
+                if not self.stopped:
+                    found.append(f"{vip} (removed) is still at the aggregation router")
+            elif gone.lb != last:
+                found.append(
+                    f"{vip} (removed) disappeared {gone.describe()}, not with {last}'s "
+                    "reload (the last LB whose config had it)"
+                )
+            if trace.gaps:
+                found.append(f"{vip} (removed) lost its path before the last LB dropped it")
+        return found
+
+
 class Lab:
     """One lab in `lab_dir`; every method works from a fresh process (state is on disk)."""
 
@@ -464,12 +743,15 @@ class Lab:
         ]
         return Bird(self.dir / "agg", t.agg_address, peers, name="agg")
 
-    def best_lbs(self, routes: dict[str, list[BirdPath]] | None = None) -> dict[str, str | None]:
-        """VIP -> the LB the aggregation router's best path leads to (None: no route)."""
+    def best_lbs(
+        self, routes: dict[str, list[BirdPath]] | None = None, vips: Sequence[str] | None = None
+    ) -> dict[str, str | None]:
+        """VIP -> the LB the aggregation router's best path leads to (None: no route), for
+        `vips` (default: the lab's own, 10.20.255.1-3)."""
         t = self.topology
         routes = self.agg().routes() if routes is None else routes
         best: dict[str, str | None] = {}
-        for vip in t.vips:
+        for vip in t.vips if vips is None else vips:
             paths = [p for p in routes.get(f"{vip}/32", []) if p.best and p.reachable]
             best[vip] = t.lb_of_path(paths[0]) if paths else None
         return best
@@ -489,22 +771,34 @@ class Lab:
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
-        members = "\n".join(
-            f'{t.lb(r)} = "{t.lb_address(r)}:{t.raft_port}"' for r in t.rack_numbers
-        )
-        vips = ", ".join(f'"{v}"' for v in t.vips)
-        preferred = ", ".join(f'"{t.vip(r)}" = "{t.lb(r)}"' for r in t.rack_numbers)
         for rack in t.rack_numbers:
             lb_dir = self.dir / f"lb{rack}"
             lb_dir.mkdir(parents=True, exist_ok=True)
             (lb_dir / "health").write_text("ok\n")
-            self.config_path(rack).write_text(
-                f"""\
+            self.config_path(rack).write_text(self.config_text(t, rack, lab_layout(t)))
+            self._write_healthcheck_config(t, rack)
+
+    def config_text(self, t: Topology, rack: int, layout: Layout) -> str:
+        """lbN's raftvip.toml with service apex laid out as `layout` (the same text for the
+        same layout: `reload` tells the lab's own file from its changed one by it)."""
+        lb_dir = self.dir / f"lb{rack}"
+        members = "\n".join(
+            f'{t.lb(r)} = "{t.lb_address(r)}:{t.raft_port}"' for r in t.rack_numbers
+        )
+        vips = ", ".join(f'"{v}"' for v in layout.vips)
+        preferred = ", ".join(f'"{vip}" = "{lb}"' for vip, lb in layout.preferred)
+        url = f"http://{t.lb_address(rack)}:{t.health_port}/healthcheck"
+        check = (
+            f"command = {json.dumps(probe_command(url))}"  # a TOML basic string
+            if layout.check_by_command
+            else f'http = "{url}"'
+        )
+        return f"""\
 # lb{rack} of the raftvip lab (generated by deploy/labctl.py)
 [cluster]
 name = "lab"
 member = "{t.lb(rack)}"
-secret_file = "{secret}"
+secret_file = "{self.dir / "secret"}"
 state_dir = "{lb_dir / "state"}"
 control_socket = "{lb_dir / "raftvip.sock"}"
 lease = 1.5
@@ -520,7 +814,7 @@ preempt = true
 preempt_delay = 2
 
 [service.check]
-http = "http://{t.lb_address(rack)}:{t.health_port}/healthcheck"
+{check}
 interval = 0.2
 fast_interval = 0.1
 rise = 2
@@ -529,7 +823,7 @@ timeout = 0.2
 
 [service.announce]
 next_hop = "self"
-med = 100
+med = {layout.med}
 backup_prepend = {t.backup_prepend}
 takeover_margin = {t.takeover_margin}
 
@@ -538,19 +832,13 @@ neighbors = [{{ address = "{t.tor_address(rack)}", peer_as = {t.tor_as(rack)}, \
 local_address = "{t.lb_address(rack)}", local_as = {t.lb_as(rack)}, port = {t.bgp_port}, \
 hold_time = {t.hold_time} }}]
 """
-            )
-            self._write_healthcheck_config(t, rack)
 
     def _write_healthcheck_config(self, t: Topology, rack: int) -> None:
         """The seed's healthcheck-apex.conf: same VIPs everywhere, rotated so LB k has MED 100
         on its own VIP (healthcheck adds 1 per further --ip)."""
         order = [t.vip(1 + (rack - 1 + i) % t.racks) for i in range(t.racks)]
         url = f"http://{t.lb_address(rack)}:{t.health_port}/healthcheck"
-        if shutil.which("curl"):
-            command = f"curl -sf --max-time 1 {url}"
-        else:  # curl is not everywhere; the same probe in Python
-            probe = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=1)"
-            command = f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)}"
+        command = probe_command(url)
         lines = [
             f"name = {SERVICE}",
             "interval = 1",
@@ -831,7 +1119,12 @@ hold_time = {t.hold_time} }}]
             f"  {'VIP':<15} {'BEST -> LB':<{lb_w}} {'AS PATH':<{path_w}} {'VIA':<12} {'MED':<5} "
             "OTHER PATHS",
         ]
-        for vip in t.vips:
+        # The lab's VIPs, then any other the router holds (`deploy/lab reload` adds one).
+        held = sorted(
+            (prefix.removesuffix("/32") for prefix in routes if prefix.endswith("/32")),
+            key=socket.inet_aton,
+        )
+        for vip in [*t.vips, *(v for v in held if v not in t.vips)]:
             paths = routes.get(f"{vip}/32", [])
             best = next((p for p in paths if p.best), None)
             others = [p for p in paths if p is not best]
@@ -926,6 +1219,7 @@ hold_time = {t.hold_time} }}]
             raise LabError("fail/heal time raftvip's failover: start the lab in raftvip mode")
         if kind not in FAULTS:
             raise LabError(f"fault {kind!r}: one of {', '.join(FAULTS)}")
+        self._require_lab_layout(state, "fail")
         rack = self._rack(state, lb)
         if lb in state.faults:
             raise LabError(f"{lb} is already failed ({state.faults[lb]}): `deploy/lab heal {lb}`")
@@ -1059,7 +1353,7 @@ hold_time = {t.hold_time} }}]
 
         try:
             wait_until(back, timeout=WAIT, what=f"{vip} to return to {lb}", interval=0.01)
-        except LabError as exc:
+        except (LabError, WaitTimeout) as exc:
             doc = self.group_status(state)
             owner = doc["vips"][vip] if doc is not None else "no member answers"
             raise LabError(
@@ -1087,6 +1381,7 @@ hold_time = {t.hold_time} }}]
         state = self.running()
         if state.mode != "raftvip":
             raise LabError("stop/restart are raftvip's: start the lab in raftvip mode")
+        self._require_lab_layout(state, "stop/restart")
         rack = self._rack(state, lb)
         if lb in state.faults:
             raise LabError(f"{lb} is failed ({state.faults[lb]}): `deploy/lab heal {lb}` first")
@@ -1196,6 +1491,7 @@ hold_time = {t.hold_time} }}]
     def lifecycle(self, trials: int) -> dict[str, list[Planned]]:
         """`trials` of each planned operation, each measured on the aggregation router."""
         results: dict[str, list[Planned]] = {kind: [] for kind in LIFECYCLE_KINDS}
+        self._require_lab_layout(self.running(), "lifecycle")
         t = self.running().topology
         for trial in range(trials):
             victim = t.lb_names[trial % len(t.lb_names)]
@@ -1213,6 +1509,293 @@ hold_time = {t.hold_time} }}]
                 results[kind].append(result)
                 out(f"  {kind:<30} #{trial + 1:<3} {_planned_line(result)}")
         return results
+
+    # ------------------------------------------------------------------- reload step
+
+    def layouts(self, state: LabState) -> dict[str, Layout | None]:
+        """LB -> the layout its raftvip.toml has: the lab's own (`up`), the one `reload`
+        rolls out, or None (neither: edited otherwise)."""
+        t = state.topology
+        known = (lab_layout(t), reload_layout(t))
+        found: dict[str, Layout | None] = {}
+        for rack in t.rack_numbers:
+            text = self.config_path(rack).read_text()
+            found[t.lb(rack)] = next(
+                (layout for layout in known if self.config_text(t, rack, layout) == text), None
+            )
+        return found
+
+    def _require_lab_layout(self, state: LabState, what: str) -> None:
+        """LabError when an LB runs the layout of `deploy/lab reload`: `what` (fail, stop,
+        bench...) expects every VIP of the lab's own layout on its preferred LB."""
+        changed = reload_layout(state.topology)
+        ran = [lb for lb, layout in self.layouts(state).items() if layout == changed]
+        if ran:
+            raise LabError(
+                f"{', '.join(ran)} run{'s' if len(ran) == 1 else ''} the layout of "
+                f"`deploy/lab reload` ({describe_change(lab_layout(state.topology), changed)}); "
+                f"{what} works on the lab's own: `deploy/lab reload --back` first"
+            )
+
+    def reload(
+        self, *, back: bool = False, on_stage: Callable[[Stage], None] | None = None
+    ) -> ReloadResult:
+        """Roll `reload_layout` out over the LBs, one at a time (`back`: the lab's own layout
+        back in): edit each LB's raftvip.toml, `raftvip reload -c` it, wait until the
+        network and the group show the change, while the aggregation router is polled all
+        along. `on_stage` gets each stage as it is reached (before, per LB, after)."""
+        state = self.running()
+        t = state.topology
+        if state.mode != "raftvip":
+            raise LabError("reload is raftvip's: start the lab in raftvip mode")
+        if t.racks < 2:
+            raise LabError(f"reload needs 2 racks or more (one VIP stays), the lab has {t.racks}")
+        if state.faults:
+            lb, kind = next(iter(state.faults.items()))
+            raise LabError(f"{lb} is failed ({kind}): `deploy/lab heal {lb}` first")
+        old, new, order = rollout(t, back=back)
+        self._check_rollout_start(state, old, new, back)
+        vips = [*old.vips, *(v for v in new.vips if v not in old.vips)]
+        everywhere = dict.fromkeys(t.lb_names, old)
+        self._settle(
+            lambda: self._pending(state, vips, everywhere, spread=True),
+            "the lab to settle before the roll-out",
+        )
+        stages: list[Stage] = []
+
+        def reached(stage: Stage) -> None:
+            stages.append(stage)
+            if on_stage is not None:
+                on_stage(stage)
+
+        agg = self.agg(t)
+        with RouteWatch.running(lambda: self.best_lbs(agg.routes(), vips), interval=POLL) as watch:
+            reached(self._stage(state, BEFORE, vips, order[0]))
+            running = dict(everywhere)
+            stopped: str | None = None
+            for lb in order:
+                rack = t.rack_of(lb)
+                path = self.config_path(rack)
+                was = path.read_text()
+                text = self.config_text(t, rack, new)
+                _write_atomically(path, text)
+                began = time.monotonic()
+                try:
+                    said = self._raftvip(rack, "reload")
+                except LabError as exc:
+                    _write_atomically(path, was)  # the file says again what lbN runs
+                    stopped = f"{exc} ({path} is restored)"
+                    break
+                returned = time.monotonic()
+                running[lb] = new
+                try:
+                    self._settle(
+                        lambda: self._pending(state, vips, running, spread=False),
+                        f"the network and the group to show {lb}'s reload",
+                    )
+                except LabError as exc:
+                    stopped = f"after {lb}'s reload: {exc}"
+                stopped = stopped or self._healthy_after_reload(state, lb, returned)
+                reached(
+                    dataclasses.replace(
+                        self._stage(state, f"after {lb}'s reload", vips, lb),
+                        lb=lb,
+                        config=str(path),
+                        edit=changed_lines(was, text),
+                        output=tuple(said.splitlines()),
+                        began=began,
+                        returned=returned,
+                    )
+                )
+                if stopped:
+                    break
+            time.sleep(0.5)  # whatever would follow the last reload (nothing should)
+            reached(self._stage(state, "after the roll-out", vips, order[-1]))
+        return ReloadResult(
+            back=back,
+            old=old,
+            new=new,
+            order=order,
+            stages=tuple(stages),
+            traces={vip: VipTrace.of(watch, vip) for vip in vips},
+            samples=len(watch.samples),
+            sampler_errors=tuple(watch.errors),
+            stopped=stopped,
+        )
+
+    def _healthy_after_reload(self, state: LabState, lb: str, returned: float) -> str | None:
+        """Once `lb`'s new check has had time to fail (CHECK_DECIDES), is `lb` still alive
+        and healthy in the group? None if so, else why the roll-out must stop there: the
+        next LB would take the same change (a canary, one LB at a time)."""
+        time.sleep(max(0.0, returned + CHECK_DECIDES - time.monotonic()))
+        try:
+            doc = wait_until(
+                lambda: self.group_status(state), timeout=WAIT, what="a member to answer"
+            )
+        except WaitTimeout as exc:
+            return f"after {lb}'s reload: {exc}"
+        member = doc["members"].get(lb)
+        down = [name for name, ok in (member or {}).get("healthy", {}).items() if not ok]
+        if member is not None and member["alive"] and not down:
+            return None
+        up = member is not None and member["alive"]
+        what = f"unhealthy ({', '.join(down)} down)" if up else "not alive"
+        return (
+            f"{lb} is {what} in the group {CHECK_DECIDES:g} s after its reload (its new check "
+            f"fails? see {self.dir / lb / 'exabgp.log'})"
+        )
+
+    def _check_rollout_start(self, state: LabState, old: Layout, new: Layout, back: bool) -> None:
+        """Every LB's file has `old`, and every member runs its file."""
+        t = state.topology
+        layouts = self.layouts(state)
+        odd = [lb for lb, layout in layouts.items() if layout is None]
+        if odd:
+            files = ", ".join(str(self.config_path(t.rack_of(lb))) for lb in odd)
+            raise LabError(
+                f"{files}: neither the lab's own config nor the one `deploy/lab reload` "
+                "writes (edited by hand?); restore it, or start afresh with `deploy/lab down` "
+                "and `deploy/lab up`"
+            )
+        at_new = [lb for lb, layout in layouts.items() if layout == new]
+        if len(at_new) == len(layouts):
+            raise LabError(
+                "nothing to roll back: every LB runs the lab's own layout (`deploy/lab reload` "
+                "rolls the change out)"
+                if back
+                else "every LB runs the changed layout already: `deploy/lab reload --back` "
+                "rolls it back, then `deploy/lab reload` can run again"
+            )
+        if at_new:
+            rest = [lb for lb in layouts if lb not in at_new]
+            ours, changed = "the lab's own layout", "the changed layout"
+            raise LabError(
+                f"{', '.join(at_new)} run {ours if back else changed} and {', '.join(rest)} "
+                f"{changed if back else ours} (an interrupted roll-out?): start afresh with "
+                "`deploy/lab down` and `deploy/lab up`"
+            )
+        for rack in t.rack_numbers:
+            said = self._raftvip(rack, "reload", "--dry-run")
+            if not said.startswith("no change"):
+                raise LabError(
+                    f"lb{rack} does not run what {self.config_path(rack)} says (`raftvip "
+                    f"reload --dry-run` prints: {said.splitlines()[0]} ...): reload it, or "
+                    "start afresh with `deploy/lab down` and `deploy/lab up`"
+                )
+
+    def _settle(self, pending: Callable[[], str | None], what: str) -> None:
+        """Wait until `pending` returns None; LabError with its last answer after WAIT."""
+        last: list[str | None] = [None]
+
+        def settled() -> bool:
+            last[0] = pending()
+            return last[0] is None
+
+        try:
+            wait_until(settled, timeout=WAIT, what=what, interval=0.02)
+        except WaitTimeout as exc:
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            raise LabError(f"{exc}: {last[0] or 'no answer'}{cause}") from None
+
+    def _pending(
+        self, state: LabState, vips: Sequence[str], running: Mapping[str, Layout], *, spread: bool
+    ) -> str | None:
+        """What still differs from a lab whose LB `lb` runs `running[lb]` (None: nothing):
+        the group holds every member's layout, drifts exactly while the layouts differ and
+        places each VIP where the aggregation router's best path leads, on an LB whose
+        config has the VIP, announced with that config's MED; a VIP no config has is gone.
+        `spread`: also every member alive and healthy and each VIP on its preferred LB."""
+        t = state.topology
+        doc = self.group_status(state)
+        if doc is None:
+            return "no member answers on its control socket"
+        if doc.get("layouts_pending"):
+            return f"the group does not hold the layout of {', '.join(doc['layouts_pending'])}"
+        drift = len(set(running.values())) > 1
+        if bool(doc.get("config_drift")) != drift:
+            return f"raftvip status says config_drift {doc.get('config_drift')}, expected {drift}"
+        if spread:
+            if not doc.get("has_quorum") or not doc.get("leader"):
+                return "the group has no quorum or no leader"
+            for name, member in doc["members"].items():
+                if not member["alive"] or not all(member["healthy"].values()):
+                    return f"{name} is not alive and healthy in the group"
+        view = self.view(t, vips)
+        for vip in vips:
+            holders = [lb for lb in t.lb_names if vip in running[lb].vips]
+            seen = view[vip].lb
+            if not holders:
+                if seen is not None:
+                    return f"{vip} is still at the aggregation router (via {seen})"
+                continue
+            if seen is None:
+                return f"{vip} has no path at the aggregation router ({', '.join(holders)} have it)"
+            owner = doc["vips"].get(vip, {}).get("owner")
+            if owner != seen:
+                return f"{vip}: the group gives it to {owner}, the best path leads to {seen}"
+            if seen not in holders:
+                return f"{vip} is on {seen}, whose config does not have it"
+            if view[vip].tor_med != running[seen].med:
+                return (
+                    f"{vip}: MED {view[vip].tor_med} at {view[vip].tor}, {seen}'s config "
+                    f"says {running[seen].med}"
+                )
+            preferred = dict(running[seen].preferred).get(vip)
+            if spread and seen != preferred:
+                return f"{vip} is on {seen}, not on its preferred LB {preferred}"
+        return None
+
+    def view(self, t: Topology, vips: Sequence[str]) -> dict[str, VipView]:
+        """VIP -> its best path at the aggregation router, and the MED of that LB's path at
+        the LB's ToR."""
+        routes = self.agg(t).routes()
+        tor_routes: dict[int, dict[str, list[BirdPath]]] = {}
+        views: dict[str, VipView] = {}
+        for vip in vips:
+            best = next((p for p in routes.get(f"{vip}/32", []) if p.best and p.reachable), None)
+            if best is None:
+                views[vip] = VipView(None)
+                continue
+            lb = t.lb_of_path(best)
+            tor, tor_med = None, None
+            if lb is not None:
+                rack = t.rack_of(lb)
+                if rack not in tor_routes:
+                    tor_routes[rack] = self.tor(rack, t).routes()
+                tor = f"tor{rack}"
+                tor_med = next(
+                    (p.med for p in tor_routes[rack].get(f"{vip}/32", []) if p.protocol == lb),
+                    None,
+                )
+            views[vip] = VipView(lb, best.as_path, best.from_peer, best.med, tor, tor_med)
+        return views
+
+    def _stage(
+        self,
+        state: LabState,
+        label: str,
+        vips: Sequence[str],
+        status_lb: str,
+    ) -> Stage:
+        """The aggregation router's view now, and the drift `raftvip status` of `status_lb`
+        shows (its --json, and the lines about drift of the same text `raftvip status`
+        prints)."""
+        view = self.view(state.topology, vips)
+        doc = json.loads(self._raftvip(state.topology.rack_of(status_lb), "status", "--json"))
+        lines = tuple(
+            line
+            for line in render_status(doc).splitlines()
+            if "CONFIG DRIFT" in line or "[only in the config of" in line
+        )
+        return Stage(
+            label=label,
+            view=view,
+            drift=bool(doc.get("config_drift")),
+            status_lb=status_lb,
+            status_config=str(self.config_path(state.topology.rack_of(status_lb))),
+            status_lines=lines,
+            digest=str(doc.get("config_digest", "")),
+        )
 
     # ------------------------------------------------------------------------ seed
 
@@ -1309,6 +1892,7 @@ hold_time = {t.hold_time} }}]
     def bench(self, trials: int, kinds: Sequence[str]) -> dict[str, list[Failover]]:
         """`trials` faults of each kind, each measured on the aggregation router."""
         results: dict[str, list[Failover]] = {kind: [] for kind in kinds}
+        self._require_lab_layout(self.running(), "bench")
         t = self.running().topology
         for kind in kinds:
             for trial in range(trials):
@@ -1374,6 +1958,138 @@ def lifecycle_table(results: dict[str, list[Planned]], trials: int) -> str:
         "  (a stop moves the stopped LB's VIP once; it moves back after `heal`, not counted)"
     )
     lines.append(f"  reproduce: sudo deploy/lab lifecycle --trials {trials}")
+    return "\n".join(lines)
+
+
+def rollout(t: Topology, *, back: bool = False) -> tuple[Layout, Layout, tuple[str, ...]]:
+    """(from, to, LB order) of `deploy/lab reload`: lb1 first, which the added VIP prefers,
+    and last the LB of the removed VIP, which keeps it until then; `back` the reverse."""
+    if back:
+        return reload_layout(t), lab_layout(t), tuple(reversed(t.lb_names))
+    return lab_layout(t), reload_layout(t), tuple(t.lb_names)
+
+
+def describe_change(old: Layout, new: Layout) -> str:
+    """`+10.20.255.10 (preferred lb1), -10.20.255.3, MED 100 -> 200, check ...` (one line)."""
+    preferred = dict(new.preferred)
+    parts = [
+        f"+{vip}" + (f" (preferred {preferred[vip]})" if vip in preferred else "")
+        for vip in new.vips
+        if vip not in old.vips
+    ]
+    parts += [f"-{vip}" for vip in old.vips if vip not in new.vips]
+    if old.med != new.med:
+        parts.append(f"MED {old.med} -> {new.med}")
+    if old.check_by_command != new.check_by_command:
+        kinds = ("an HTTP GET", "the same GET by curl (a command)")
+        parts.append(f"check: {kinds[old.check_by_command]} -> {kinds[new.check_by_command]}")
+    return ", ".join(parts)
+
+
+def changed_lines(before: str, after: str) -> tuple[str, ...]:
+    """The lines an edit changed, as `-old` / `+new` (a diff without context)."""
+    return tuple(
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), n=0, lineterm="")
+        if not line.startswith(("---", "+++", "@@"))
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A member that reads the file in the middle of the write sees the old or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def stage_text(stage: Stage, agg: str) -> str:
+    """A stage of a roll-out as `deploy/lab reload` prints it; `agg` names the router."""
+    lines: list[str] = []
+    if stage.lb is not None:
+        lines.append(f"== {stage.lb}: edit {stage.config}")
+        lines += [f"  {line}" for line in stage.edit]
+        lines.append(f"$ raftvip reload -c {stage.config}")
+        lines += [f"  {line}" for line in stage.output]
+        took = f" (`raftvip reload` returned after {stage.returned - stage.began:.2f} s)"
+    else:
+        took = ""
+    lines.append(f"{stage.label}{took}: aggregation router {agg}")
+    lines.append(
+        f"  {'VIP':<15} {'BEST -> LB':<11} {'AS PATH':<13} {'VIA':<12} {'MED':<5} "
+        "MED AT THE LB'S TOR"
+    )
+    for vip, view in stage.view.items():
+        if view.lb is None and not view.as_path:
+            lines.append(f"  {vip:<15} (no route)")
+            continue
+        tor = "-" if view.tor_med is None else str(view.tor_med)
+        lines.append(
+            f"  {vip:<15} {view.lb or '?':<11} {' '.join(map(str, view.as_path)):<13} "
+            f"{view.via or '-':<12} {'-' if view.agg_med is None else view.agg_med:<5} "
+            f"{tor} ({view.tor or '?'})"
+        )
+    status = f"$ raftvip status -c {stage.status_config}"
+    if stage.status_lines:
+        lines.append(f"{status}   (its lines about drift)")
+        lines += [f"  {line}" for line in stage.status_lines]
+    else:
+        lines.append(f"{status}   no CONFIG DRIFT: every member runs layout {stage.digest}")
+    return "\n".join(lines)
+
+
+def reload_summary(result: ReloadResult) -> str:
+    """Per VIP, what the aggregation router saw during the roll-out, then the verdict."""
+    last = result.steps[-1].lb if result.steps else result.order[0]
+    lines = [
+        f"the roll-out at the aggregation router ({result.samples} polls, from before "
+        f"{result.order[0]}'s reload to 0.5 s after {last}'s):"
+    ]
+    for vip in result.kept:
+        trace, before, after = result.traces[vip], result.before.view[vip], result.after.view[vip]
+        if trace.owners == (before.lb,):
+            where = f"always on {before.lb}"
+        else:
+            where = f"MOVED: {' -> '.join(trace.owners) or 'nowhere'}"
+        if trace.dark:
+            longest = max(end - start for start, end in trace.dark) * 1000
+            dark = f"WITHOUT A PATH {len(trace.dark)} time(s), up to {longest:.1f} ms"
+        else:
+            dark = "never without a path"
+        if after.lb is None:
+            med = "no path after the roll-out"
+        elif after.tor != before.tor:
+            med = f"MED {before.tor_med} at {before.tor} -> {after.tor_med} at {after.tor}"
+        else:
+            med = f"MED at {after.tor} {before.tor_med} -> {after.tor_med}"
+            changed = result.med_changed_with(vip)
+            if changed and before.tor_med != after.tor_med:
+                med += f" with {changed}'s reload"
+        lines.append(f"  {vip:<15} in both configs: {where}, {dark}; {med}")
+    for vip in result.added:
+        appeared = result.appeared(vip)
+        if appeared is None:
+            lines.append(f"  {vip:<15} added: NEVER APPEARED")
+            continue
+        owners = " -> ".join(result.traces[vip].owners)
+        lines.append(f"  {vip:<15} added: appeared via {owners}, {appeared.describe()}")
+    for vip in result.removed:
+        gone = result.disappeared(vip)
+        owners = " -> ".join(result.traces[vip].owners)
+        if gone is None:
+            lines.append(f"  {vip:<15} removed: STILL THERE (via {owners})")
+            continue
+        lines.append(f"  {vip:<15} removed: via {owners}; gone {gone.describe()}")
+    problems = result.problems()
+    lines.append("")
+    if problems:
+        lines.append("reload: FAILED:")
+        lines += [f"  {problem}" for problem in problems]
+    else:
+        again = "deploy/lab reload" if result.back else "deploy/lab reload --back"
+        lines.append(
+            "reload: OK: no VIP in both configs lost its path or moved; the added one came "
+            f"with the first LB's reload, the removed one went with the last's (next: {again})"
+        )
     return "\n".join(lines)
 
 
@@ -1475,6 +2191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_life = sub.add_parser("lifecycle", help="planned stops and restarts, measured")
     p_life.add_argument("--trials", type=int, default=5)
+    p_reload = sub.add_parser(
+        "reload", help="a config change rolled out one LB at a time, watched by the network"
+    )
+    p_reload.add_argument(
+        "--back", action="store_true", help="roll the lab's own config back in (to repeat)"
+    )
     sub.add_parser("down", help="stop everything the lab started")
     p_health = sub.add_parser("health-server", help=argparse.SUPPRESS)
     p_health.add_argument("address")
@@ -1487,7 +2209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return _run(args)
-    except (LabError, RaftvipError, ValueError) as exc:
+    except (LabError, RaftvipError, ValueError, WaitTimeout) as exc:
         print(f"deploy/lab: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `deploy/lab status | head`
@@ -1529,10 +2251,52 @@ def _run(args: argparse.Namespace) -> int:
         lab.restart(args.lb, in_place=not args.kill)
     elif command == "lifecycle":
         _lifecycle(lab, args.trials)
+    elif command == "reload":
+        return _reload(lab, args.back)
     elif command == "down":
         lab.down()
     elif command == "bench":
         _bench(lab, args.trials, args.kind or list(BENCH_KINDS))
+    return 0
+
+
+def _reload(lab: Lab, back: bool) -> int:
+    started_here = lab.load() is None
+    if started_here and back:
+        raise LabError(
+            f"no lab is running in {lab.dir}: `reload --back` rolls back a `deploy/lab reload` "
+            "on a running lab"
+        )
+    if started_here:
+        out(f"no lab running in {lab.dir}: starting one (it is taken down at the end)")
+        lab.up("raftvip", quiet=True)
+    try:
+        t = lab.running().topology
+        old, new, order = rollout(t, back=back)
+        agg = f"agg {t.agg_address} AS {t.agg_as} (`show route all`, best paths):"
+
+        def show(stage: Stage) -> None:
+            if stage.label == BEFORE:  # the checks have passed: say what comes
+                out(
+                    f"reload{' --back' if back else ''}: {describe_change(old, new)}; "
+                    f"one LB at a time: {', '.join(order)}"
+                )
+                out(
+                    "(a ToR passes no MED on to the aggregation router, another AS: its MED "
+                    "column stays '-'; the last column is the MED of the LB's path at its ToR)"
+                )
+            out(f"\n{stage_text(stage, agg)}")
+
+        result = lab.reload(back=back, on_stage=show)
+    finally:
+        if started_here:
+            lab.down(quiet=True)
+    out("")
+    out(reload_summary(result))
+    problems = result.problems()
+    if problems:
+        print(f"deploy/lab: error: reload: {problems[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

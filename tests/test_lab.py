@@ -17,13 +17,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.labctl import Lab, LabState, Proc, Topology, alive, check_ports, children, main
+from deploy.labctl import (
+    RELOAD_ADDED_VIP,
+    Lab,
+    LabState,
+    Proc,
+    ReloadResult,
+    Stage,
+    Topology,
+    VipTrace,
+    VipView,
+    alive,
+    check_ports,
+    children,
+    lab_layout,
+    main,
+    reload_layout,
+    rollout,
+)
 from raftvip.testing.bgplab import LabError, exabgp_binary
+from raftvip.testing.routewatch import Best, RouteWatch
 from tests.exabgp_versions import EXABGP_VERSIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,6 +269,195 @@ def test_backup_paths_at_the_aggregation_router(tmp_path: Path, lab_factory: lis
     assert without_best == 0 and samples > 5
     for proc in procs:
         assert not alive(proc)
+
+
+@needs_bird
+@pytest.mark.slow
+def test_reload_rolls_a_change_out_lb_by_lb_and_back(
+    tmp_path: Path, lab_factory: list[Lab]
+) -> None:
+    """`deploy/lab reload`: a VIP added (preferred lb1), lb3's VIP removed, the MED and the
+    check changed, one LB at a time with `raftvip reload`. At the aggregation router the VIPs
+    in both configs never lose their path nor move, the added one comes with lb1's reload and
+    stays on lb1, the removed one goes with lb3's; `raftvip status` drifts half-way only.
+    `reload --back` restores the lab's own layout, so the step can run again."""
+    _require_bird()
+    lab_dir = tmp_path / "lab"
+    t = Topology(prefix="127.67", bgp_port=BGP_PORT)
+    lab = Lab(lab_dir, t)
+    lab_factory.append(lab)
+    lab.up(quiet=True)
+    seen: list[str] = []
+
+    result = lab.reload(on_stage=lambda stage: seen.append(stage.label))
+
+    assert seen == [
+        "before the roll-out",
+        "after lb1's reload",
+        "after lb2's reload",
+        "after lb3's reload",
+        "after the roll-out",
+    ]
+    assert result.order == ("lb1", "lb2", "lb3") and result.stopped is None
+    assert result.kept == (t.vip(1), t.vip(2))
+    assert (result.added, result.removed) == ((RELOAD_ADDED_VIP,), (t.vip(3),))
+    assert result.problems() == []
+    assert result.samples > 100 and result.sampler_errors == ()
+    for rack, vip in enumerate(result.kept, start=1):
+        trace = result.traces[vip]
+        assert trace.owners == (t.lb(rack),) and trace.dark == ()  # never moved, never dark
+        before, after = result.before.view[vip], result.after.view[vip]
+        assert before.lb == after.lb == t.lb(rack)
+        # The new MED reached the network with that LB's own reload. The ToR is where it
+        # shows: a ToR passes no MED on to the aggregation router (another AS).
+        assert (before.tor_med, after.tor_med) == (100, 200)
+        assert after.agg_med is None
+        assert result.med_changed_with(vip) == t.lb(rack)
+    added, removed = result.appeared(RELOAD_ADDED_VIP), result.disappeared(t.vip(3))
+    assert added is not None and added.lb == "lb1"
+    assert result.traces[RELOAD_ADDED_VIP].owners == ("lb1",)
+    assert result.after.view[RELOAD_ADDED_VIP].lb == "lb1"
+    assert removed is not None and removed.lb == "lb3"
+    assert result.traces[t.vip(3)].owners == ("lb3",)  # it never moved before it went
+    assert result.after.view[t.vip(3)].lb is None
+    routes = lab.agg().routes()
+    assert f"{t.vip(3)}/32" not in routes and f"{RELOAD_ADDED_VIP}/32" in routes
+    # Every reload printed its changes; status drifted while the layouts differed.
+    first = result.steps[0]
+    assert f"service apex: VIP {RELOAD_ADDED_VIP} added" in first.output
+    assert "service apex: announce.med 100 -> 200 (announced VIPs re-announced in place)" in (
+        first.output
+    )
+    assert any(line.startswith("service apex: check http ") for line in first.output)
+    assert "+med = 200" in first.edit
+    assert [stage.drift for stage in result.stages] == [False, True, True, False, False]
+    assert any(
+        RELOAD_ADDED_VIP in line and "[only in the config of lb1]" in line
+        for line in first.status_lines
+    )
+    assert any(line.startswith("CONFIG DRIFT") for line in first.status_lines)
+    assert result.after.status_lines == ()
+    assert RELOAD_ADDED_VIP in lab.agg_table(lab.running())  # `deploy/lab status` shows it
+
+    # The changed layout stays until rolled back: the step refuses to run twice, and the
+    # commands that expect the lab's own layout say what to do.
+    with pytest.raises(LabError, match="reload --back"):
+        lab.reload()
+    with pytest.raises(LabError, match="reload --back"):
+        lab.fail("lb2", "crash", quiet=True)
+
+    assert main(["--lab-dir", str(lab_dir), "reload", "--back"]) == 0
+    assert lab.layouts(lab.running()) == dict.fromkeys(t.lb_names, lab_layout(t))
+    assert lab.spread()
+    assert f"{RELOAD_ADDED_VIP}/32" not in lab.agg().routes()
+    with pytest.raises(LabError, match="nothing to roll back"):
+        lab.reload(back=True)
+
+
+def _rollout_seen(change: dict[str, Callable[[float], str | None]]) -> ReloadResult:
+    """A forward roll-out (lb1, lb2, lb3 reloaded at 1.0, 2.0, 3.0 s, each returning 0.2 s
+    later) whose aggregation router was polled every 10 ms from 0.5 s to 4 s and saw each
+    VIP where the lab puts it, except where `change` says otherwise."""
+    t = Topology()
+    old, new, order = rollout(t)
+    removed, added = t.vip(3), RELOAD_ADDED_VIP
+    expected: dict[str, Callable[[float], str | None]] = {
+        t.vip(1): lambda now: "lb1",
+        t.vip(2): lambda now: "lb2",
+        removed: lambda now: "lb3" if now < 3.1 else None,
+        added: lambda now: "lb1" if now >= 1.1 else None,
+        **change,
+    }
+    watch = RouteWatch(lambda: {})
+    for tick in range(50, 400):
+        now = tick / 100
+        best: Best = {vip: where(now) for vip, where in expected.items()}
+        watch.samples.append((now, best))
+
+    def view(now: float, med: int) -> dict[str, VipView]:
+        return {vip: VipView(where(now), tor_med=med) for vip, where in expected.items()}
+
+    def stage(label: str, now: float, med: int, lb: str | None = None) -> Stage:
+        return Stage(
+            label,
+            view(now, med),
+            False,
+            "lb1",
+            "",
+            (),
+            "",
+            lb=lb,
+            began=now - 0.25,
+            returned=now - 0.05,
+        )
+
+    steps = [stage(f"after {lb}'s reload", 1.25 + i, 200, lb) for i, lb in enumerate(order)]
+    return ReloadResult(
+        back=False,
+        old=old,
+        new=new,
+        order=order,
+        stages=(stage("before the roll-out", 0.5, 100), *steps, stage("after", 3.99, 200)),
+        traces={vip: VipTrace.of(watch, vip) for vip in expected},
+        samples=len(watch.samples),
+    )
+
+
+def test_a_clean_roll_out_has_no_problems() -> None:
+    result = _rollout_seen({})
+    assert result.problems() == []
+    added, removed = result.appeared(RELOAD_ADDED_VIP), result.disappeared("10.20.255.3")
+    assert added is not None and added.lb == "lb1" and 0.09 < added.after_start < 0.11
+    assert removed is not None and removed.lb == "lb3" and removed.after_return < 0
+
+
+@pytest.mark.parametrize(
+    ("vip", "where", "problem"),
+    [
+        (
+            "10.20.255.2",
+            lambda now: None if 2.1 <= now < 2.13 else "lb2",
+            "10.20.255.2 (in both configs) had no path at the aggregation router 1 time(s)",
+        ),
+        (
+            "10.20.255.1",
+            lambda now: "lb2" if now >= 3.5 else "lb1",
+            "10.20.255.1 (in both configs) moved: lb1 -> lb2 (first 300 ms after lb3's",
+        ),
+        (
+            "10.20.255.3",
+            lambda now: "lb3" if now < 2.1 else None,
+            "10.20.255.3 (removed) disappeared 100 ms after lb2's `raftvip reload` started "
+            "(before it returned), not with lb3's reload",
+        ),
+        (
+            RELOAD_ADDED_VIP,
+            lambda now: "lb1" if now >= 2.1 else None,
+            f"{RELOAD_ADDED_VIP} (added) appeared 100 ms after lb2's `raftvip reload` started",
+        ),
+        (
+            RELOAD_ADDED_VIP,
+            lambda now: "lb1" if 1.1 <= now < 2.5 else None,
+            f"{RELOAD_ADDED_VIP} (added) lost its path after it had appeared",
+        ),
+    ],
+)
+def test_a_roll_out_that_breaks_a_promise_names_it(
+    vip: str, where: Callable[[float], str | None], problem: str
+) -> None:
+    problems = _rollout_seen({vip: where}).problems()
+    assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_the_reload_layout_changes_what_the_step_says() -> None:
+    t = Topology()
+    own, changed = lab_layout(t), reload_layout(t)
+    assert set(own.vips) - set(changed.vips) == {t.vip(3)}
+    assert set(changed.vips) - set(own.vips) == {RELOAD_ADDED_VIP}
+    assert dict(changed.preferred)[RELOAD_ADDED_VIP] == "lb1"
+    assert (own.med, changed.med) == (100, 200)
+    assert (own.check_by_command, changed.check_by_command) == (False, True)
+    assert rollout(t, back=True) == (changed, own, ("lb3", "lb2", "lb1"))
 
 
 def test_down_after_a_crashed_up_kills_what_was_recorded(tmp_path: Path) -> None:
