@@ -199,7 +199,11 @@ def render_status(doc: Mapping[str, Any], events: bool = False) -> str:
         lines += [
             "",
             "CONFIG DRIFT: the members' service layouts differ"
-            + (f" ({', '.join(odd)} differ from the others)" if odd else "")
+            + (
+                f" ({', '.join(odd)} {'differs' if len(odd) == 1 else 'differ'} from the others)"
+                if odd
+                else ""
+            )
             + (f"; this member runs {doc['config_digest']}, not yet committed" if pending else ""),
         ]
     maint = [name for name, s in doc["services"].items() if s["maintenance"]]
