@@ -55,6 +55,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgpack
+
 from raftvip.config import Config, QuorumLossPolicy
 from raftvip.core import loop as core
 from raftvip.core import operator
@@ -66,11 +68,13 @@ from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
     ClusterState,
     Command,
+    Report,
     SetDrain,
     SetMaintenance,
     SetPin,
     encode_command,
 )
+from raftvip.core.values import evolve
 from raftvip.pysyncobj_patches import PreVoteRequest, VoterView, prevote_answer
 from raftvip.testing.config import make_config, service
 from raftvip.testing.exabgp import FakeExabgp
@@ -92,6 +96,7 @@ MAX_MOVES = 6  # owner changes per VIP per episode
 EXTRA = "10.0.99.1"  # the VIP a roll-out adds (`a_reload`)
 ROLLOUT_MED = 200  # and the MED it gives every VIP (100 before)
 ROLLOUTS = 0.35  # the share of schedules with a roll-out racing their faults
+NEWER_FORMAT = 3  # what a synthetic member of a newer build reports (`Sim(newer=...)`)
 COMPACT_AFTER = 40  # entries a node keeps before it compacts its log into a snapshot
 PROCESS = 0.001  # a member's reaction time to an event (its loop waking up)
 CHECK_EVERY = 0.1  # invariants are checked after every change, and at least this often
@@ -893,6 +898,7 @@ class SimMember:
         self.logs: list[str] = []
         self.minority_since: float | None = None
         self.minority_rib: set[str] = set()
+        self.newer = False  # a synthetic member of a newer build (`Sim(newer=...)`)
 
     def wall(self) -> float:
         return self.sim.now + self.wall_offset
@@ -1055,7 +1061,14 @@ class SimMember:
             callback = None
             if proposal.tag is not None:
                 callback = self._callback(proposal.tag)
-            self.raft.propose(encode_command(proposal.cmd), callback)
+            cmd = proposal.cmd
+            if self.newer and isinstance(cmd, Report):
+                cmd = evolve(cmd, wire=NEWER_FORMAT)  # a build that speaks a newer format
+            self.raft.propose(encode_command(cmd), callback)
+            if self.newer and isinstance(cmd, Report) and self.sim.rng.random() < 0.2:
+                # ... and, wrongly, proposes a command of it before the group speaks it
+                future = {"v": NEWER_FORMAT, "ts": self.wall(), "op": "teleport", "to": self.name}
+                self.raft.propose(msgpack.packb(future), None)
         if effects.transfer_leadership:
             self.raft.transfer_leadership()
 
@@ -1113,7 +1126,7 @@ class Schedule:
 
 
 class Sim:
-    def __init__(self, schedule: Schedule, trace: bool = False) -> None:
+    def __init__(self, schedule: Schedule, trace: bool = False, newer: str | None = None) -> None:
         self.schedule = schedule
         self.rng = random.Random(schedule.seed * 7919 + 17)
         self.sched = Scheduler()
@@ -1177,6 +1190,8 @@ class Sim:
         for name in self.names:
             self.members[name] = SimMember(self, name, self.cfgs[name])
         self.expected = Expected()
+        if newer is not None:
+            self.members[newer].newer = True
         self.respawn: dict[str, float] = {}  # member -> when ExaBGP has its next process up
         self.planned: tuple[str, str, set[str], float, int] | None = None  # 12, 13
         self.planned_until: float | None = None
@@ -2055,9 +2070,9 @@ class Outcome:
     logs: dict[str, list[str]]
 
 
-def run_seed(seed: int, trace: bool = False) -> Outcome:
+def run_seed(seed: int, trace: bool = False, newer: str | None = None) -> Outcome:
     schedule = make_schedule(seed)
-    sim = Sim(schedule, trace=trace)
+    sim = Sim(schedule, trace=trace, newer=newer)
     try:
         sim.run()
     except Violation as exc:

@@ -93,3 +93,24 @@ def test_the_simulator_finds_a_reload_that_forgets_health(monkeypatch: pytest.Mo
     lines: list[str] = []
     sim.print_failure(failures[0], lines.append)
     assert "FAULT reload" in "\n".join(lines)
+
+
+def test_a_synthetic_newer_member_neither_raises_the_format_nor_splits_the_group() -> None:
+    """lb2 runs a "newer build": it reports format 3 and now and then proposes a format-3
+    command too early. Every member refuses those the same way, the group stays at format 2
+    and keeps every invariant, and members that applied as far hold the same state."""
+    refused = 0
+    for seed in range(1, 31):
+        group = sim.Sim(sim.make_schedule(seed), newer="lb2")
+        group.run()  # raises Violation on a broken invariant
+        committed = group.committed_state()
+        assert committed.wire == 2 and committed.members["lb2"].wire == sim.NEWER_FORMAT
+        by_index: dict[int, object] = {}
+        for m in group.members.values():
+            assert by_index.setdefault(m.raft.applied, m.raft.state) == m.raft.state
+        refused += sum(
+            "command format 3 is newer than this build" in line
+            for m in group.members.values()
+            for line in m.logs
+        )
+    assert refused > 0
