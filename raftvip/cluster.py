@@ -10,8 +10,10 @@
   that was cut off rejoins as a follower instead of forcing an election.
 - Leader duties (raftvip/core/leader.py, pure) run on the tick thread: grant every member a
   fresh lease when leadership is won, expire members whose lease lapsed or whose TCP link
-  dropped (after a short grace), and propose this member's service layout when the
-  replicated one differs (the running config's: a reload swaps it, `reconfigure`).
+  dropped (after a short grace), raise the group's command format once every member speaks
+  it, and, in a group still on format 1, propose this member's service layout when the
+  replicated one differs (the running config's: a reload swaps it, `reconfigure`; from
+  format 2 on every member's loop proposes its own, `SetLayout`).
 
 All pysyncobj callbacks run on its single tick thread; readers on other threads only ever see
 an immutable `ClusterState` reference.
