@@ -228,7 +228,7 @@ class Metrics:
         if key == self._last_key and now - self._last_refresh < REFRESH:
             return
         self._last_key, self._last_refresh = key, now
-        self._drift.set(1 if config_drift(self._cfg, state)[0] else 0)
+        self._drift.set(1 if config_drift(self._cfg, state).drifting else 0)
         for name in dict(state.addresses) or self._cfg.members:
             m = state.members.get(name)
             self._alive.labels(name).set(1 if m and m.alive else 0)

@@ -64,6 +64,7 @@ from raftvip.core.decide import fence_time
 from raftvip.core.exabgp import announce_line, route_for
 from raftvip.core.group import GroupObservation, RaftInfo
 from raftvip.core.leader import LeaderBook, leader_tick, service_specs, snapshot_loaded
+from raftvip.core.reload import initial_health
 from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
     ClusterState,
@@ -922,9 +923,7 @@ class SimMember:
             until = None  # Agent._take_restart_note: too old
         self.loop, effects = core.start(self.cfg, incarnation, restart_until=until)
         self.events = []
-        self.local = {
-            s.name: ("up" if s.check.kind == "none" else "down") for s in self.cfg.services
-        }
+        self.local = {s.name: initial_health(s) for s in self.cfg.services}
         self._carry_out(effects)
         self.raft.boot()
         self.sim.net.reset_member(self.name)

@@ -265,7 +265,7 @@ def test_a_roll_out_over_every_member_moves_no_vip_present_before_and_after() ->
             assert state.owner_of(vip) == before[vip]
         assert state.owner_of("10.0.0.9") is not None
     assert state.owner_of("10.0.0.3") is None
-    assert config_drift(cfg_for("lb1", vips=new_vips), state)[0] is False
+    assert config_drift(cfg_for("lb1", vips=new_vips), state).drifting is False
 
 
 def test_the_groups_layout_does_not_depend_on_who_leads() -> None:
@@ -408,5 +408,5 @@ def test_a_reload_not_yet_committed_is_drift_too() -> None:
     state = format2_group()
     for name in NAMES:
         state = run(state, layout_cmd(cfg_for(name)))
-    assert config_drift(cfg_for("lb1"), state)[0] is False
-    assert config_drift(cfg_for("lb1", vips=OLD[:2]), state)[0] is True
+    assert config_drift(cfg_for("lb1"), state).drifting is False
+    assert config_drift(cfg_for("lb1", vips=OLD[:2]), state).drifting is True

@@ -600,7 +600,7 @@ def _maybe_layout(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     assert loop.own is not None
     digest, specs, timings = loop.own[1]
     held = state.layouts.get(loop.cfg.me)
-    if held is not None and (held.digest, held.services, held.timings) == (digest, specs, timings):
+    if held is not None and held.holds(digest, specs, timings):
         return loop
     out.proposals.append(
         Proposal(SetLayout(wall, loop.cfg.me, digest, specs, timings, loop.layout_note))

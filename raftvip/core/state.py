@@ -106,6 +106,10 @@ class MemberLayout:
     ts: float = 0.0
     summary: str = ""
 
+    def holds(self, digest: str, services: tuple[ServiceSpec, ...], timings: Timings) -> bool:
+        """Whether this is already that layout (`ts` and `summary` aside)."""
+        return (self.digest, self.services, self.timings) == (digest, services, timings)
+
 
 @dataclass(frozen=True)
 class ClusterState:
@@ -595,11 +599,7 @@ def _set_layout(state: ClusterState, cmd: SetLayout) -> ClusterState:
         return state
     layout = MemberLayout(cmd.digest, cmd.services, cmd.timings, cmd.ts, cmd.summary)
     old = state.layouts.get(cmd.member)
-    if old is not None and (old.digest, old.services, old.timings) == (
-        layout.digest,
-        layout.services,
-        layout.timings,
-    ):
+    if old is not None and old.holds(cmd.digest, cmd.services, cmd.timings):
         return state
     layouts = {**state.layouts, cmd.member: layout}
     detail = f"layout {cmd.digest}" + (f": {cmd.summary}" if cmd.summary else "")
@@ -646,17 +646,8 @@ def layout_digest(services: tuple[ServiceSpec, ...]) -> str:
     in a layout: they are each member's own and do not move VIPs. Two configs with the same
     digest give the group the same layout (`reload.config_digest`).
     """
-    layout = [
-        {
-            "name": s.name,
-            "vips": list(s.vips),
-            "preferred": dict(sorted(s.preferred.items())),
-            "preempt": s.preempt,
-            "preempt_delay": float(s.preempt_delay),
-            "rebalance": s.rebalance,
-        }
-        for s in services
-    ]
+    # sort_keys orders `preferred` too; a duration is a float whatever the config said
+    layout = [{**_spec_to_wire(s), "preempt_delay": float(s.preempt_delay)} for s in services]
     text = json.dumps(["raftvip-layout-1", layout], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

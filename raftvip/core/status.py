@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from raftvip.config import Config
@@ -14,24 +15,31 @@ from raftvip.core.leader import own_layout
 from raftvip.core.state import ClusterState, drift
 
 
-def config_drift(cfg: Config, state: ClusterState) -> tuple[bool, dict[str, str], set[str]]:
-    """(drift, member -> layout digest, members whose digest is not the most common one).
+@dataclass(frozen=True)
+class ConfigDrift:
+    drifting: bool
+    digests: Mapping[str, str]  # member -> its layout digest, as the group holds it
+    odd: frozenset[str]  # members whose digest is not the most common one
+    partial: Mapping[str, tuple[str, ...]]  # vip -> the members that have it (not all)
+    mine: str  # this member's running config's digest
 
-    Drift: the members' own service layouts differ (a roll-out half done, or forgotten), or
-    this member's config is not yet the one the group holds for it (a reload in flight).
+
+def config_drift(cfg: Config, state: ClusterState) -> ConfigDrift:
+    """Drift: the members' own service layouts differ (a roll-out half done, or forgotten),
+    or this member's config is not yet the one the group holds for it (a reload in flight).
     Before the group speaks format 2 nothing is known of the others: only this member's
     digest, and no drift."""
     mine = own_layout(cfg)[0]
-    digests, _partial = drift(state)
+    digests, partial = drift(state)
     if not digests:
-        return False, {cfg.me: mine}, set()
+        return ConfigDrift(False, {cfg.me: mine}, frozenset(), partial, mine)
     counts: dict[str, int] = {}
     for digest in digests.values():
         counts[digest] = counts.get(digest, 0) + 1
     common = max(sorted(counts), key=lambda d: counts[d])
-    odd = {name for name, digest in digests.items() if digest != common}
+    odd = frozenset(name for name, digest in digests.items() if digest != common)
     pending = digests.get(cfg.me, mine) != mine
-    return len(counts) > 1 or pending, digests, odd
+    return ConfigDrift(len(counts) > 1 or pending, digests, odd, partial, mine)
 
 
 def build_status(
@@ -51,8 +59,8 @@ def build_status(
     for owner in state.owners.values():
         owned[owner.owner] = owned.get(owner.owner, 0) + 1
     members: dict[str, Any] = {}
-    drifting, digests, odd = config_drift(cfg, state)
-    _digests, partial = drift(state)
+    layouts = config_drift(cfg, state)
+    digests, odd, partial = layouts.digests, layouts.odd, layouts.partial
     # The replicated member list (it changes at run time), else the config's.
     for name, address in (dict(state.addresses) or dict(cfg.members)).items():
         m = state.members.get(name)
@@ -102,8 +110,8 @@ def build_status(
         "ready": info.ready,
         "on_quorum_loss": cfg.cluster.on_quorum_loss,
         "format": state.wire,  # the command format the group speaks
-        "config_digest": own_layout(cfg)[0],  # this member's config, as it runs now
-        "config_drift": drifting,
+        "config_digest": layouts.mine,  # this member's config, as it runs now
+        "config_drift": layouts.drifting,
         # members whose own layout the group does not hold yet (format 2: seeded from the
         # group's, until each proposes its own: not started since, or a reload in flight)
         "layouts_pending": sorted(

@@ -410,15 +410,14 @@ def settled(group: Group) -> bool:
     the group speaks format 2 with every member's own layout committed."""
     if not all(group.announcers(v) == {m} for v, m in group.preferred.items()):
         return False
-    for name, member in group.members.items():
-        if not member.running:
-            continue
-        try:
-            doc = group.status(name, timeout=2.0)
-        except ControlError:
-            return False
-        return bool(doc.get("format") == 2 and not doc.get("layouts_pending"))
-    return True
+    name = next((n for n, m in group.members.items() if m.running), None)
+    if name is None:
+        return True
+    try:
+        doc = group.status(name, timeout=2.0)
+    except ControlError:
+        return False
+    return bool(doc.get("format") == 2 and not doc.get("layouts_pending"))
 
 
 def cli(
