@@ -591,7 +591,7 @@ def _maybe_layout(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     differs — at start-up and after a reload. Before our report, in the same step: the
     group then never gives us a VIP of our previous config that this one no longer has."""
     state = loop.group.state
-    if state.wire < 2 or not loop.group.info.ready or cfg_gone(loop):
+    if state.wire < 2 or not loop.group.info.ready or _going(loop):
         return loop
     if now - loop.layout_sent < LAYOUT_RETRY:
         return loop
@@ -608,17 +608,16 @@ def _maybe_layout(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     return evolve(loop, layout_sent=now)
 
 
-def cfg_gone(loop: LoopState) -> bool:
-    """Leaving, left or restarting: this member's layout no longer matters."""
+def _going(loop: LoopState) -> bool:
+    """Leaving, left or restarting: a report would make this member alive again (or clear
+    its restart flag), and its layout no longer matters."""
     restarting = loop.restart is not None and loop.restart[0] in ("asked", "leading")
     return loop.stop.deadline is not None or loop.left or restarting
 
 
 def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
-    if loop.stop.deadline is not None or loop.left:
-        return loop  # leaving or left: a report would make this member alive again
-    if loop.restart is not None and loop.restart[0] in ("asked", "leading"):
-        return loop  # restarting: a report would clear the flag
+    if _going(loop):
+        return loop
     if not loop.group.info.ready:
         return loop  # not caught up with the group yet: claiming health would attract VIPs
     cfg = loop.cfg
