@@ -267,8 +267,12 @@ class Agent:
             self._step(core.StopRequested(self._signal))
         if self.cluster.fatal is not None:
             self._step(core.StopRequested(self.cluster.fatal, fatal=True))
-        group = GroupObservation(self.cluster.state, self.cluster.info())
+        # The Raft view first: its lease stamp counts once the state shows what it was
+        # computed with, and the state read after it shows at least that.
+        info = self.cluster.info()
+        group = GroupObservation(self.cluster.state, info)
         self._step(core.Tick(group, self._wall()))
+        self.cluster.loop_stepped(self._clock())
         self._publish()
 
     def _step(self, event: core.Event) -> None:

@@ -69,6 +69,7 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
         # Leader bookkeeping (tick thread only; every member tracks its links).
         self._book = LeaderBook(started_at=time.monotonic())
         self.transfer_requested = False  # set by any thread, acted on by the tick thread
+        self._confirmed = -float("inf")  # `lease_confirmed()` as of the last tick
         conf.serializer = self._dump
         conf.deserializer = self._load
         others = [addr for name, addr in cfg.members.items() if name != cfg.me]
@@ -157,22 +158,39 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
     # --- leader duties (tick thread) ---
 
     def _leader_tick(self) -> None:
+        try:
+            # On the tick thread, which alone touches the lease bookkeeping; `info()` reads
+            # the value, computed with the state applied so far.
+            self._confirmed = self.lease_confirmed()
+        except Exception:
+            log.exception("raft lease check failed; retrying next tick")
         if self.transfer_requested:
             self.transfer_requested = False
             self.transferLeadership(callback=self._on_transfer)
         try:
             links = {name: bool(self.isNodeConnected(node)) for name, node in self._nodes.items()}
             cfg, specs = self._running
+            is_leader = bool(self._isLeader())
+            alive: dict[str, float] = {}
+            if is_leader:
+                for peer, until in self.lease_counted().items():
+                    name = self.name_of(peer)
+                    if name is not None:
+                        alive[name] = until
+                if self.loop_alive is not None:
+                    alive[self._me] = self.loop_alive
             self._book, effects = leader_tick(
                 self._book,
                 cfg,
                 specs,
                 self._state,
-                is_leader=bool(self._isLeader()),
+                is_leader=is_leader,
                 term=int(self._getTerm()),
                 links=links,
                 now=time.monotonic(),
                 wall=time.time(),
+                alive=alive,
+                prior_contact=self.prior_contact,
             )
             for record in effects.logs:
                 log.log(record.level, "%s", record.message)
@@ -201,6 +219,8 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
             has_quorum=bool(self.hasQuorum),
             ready=bool(self.isReady()),
             connected=connected,
+            confirmed=self._confirmed,
+            leader_echoes=bool(self._isLeader()) or self.leader_echoes,
         )
 
 
@@ -296,6 +316,12 @@ class RaftCluster:
 
     def info(self) -> RaftInfo:
         return self.replica.info()
+
+    def loop_stepped(self, now: float) -> None:
+        """The member loop completed a step at `now` (monotonic): its heartbeat answers
+        renew this member's lease up to there (core/liveness.py)."""
+        if self._replica is not None:
+            self._replica.loop_alive = now
 
     def propose(self, cmd: Command, callback: Callable[[Any, int], None] | None = None) -> None:
         self.replica.propose(cmd, callback)

@@ -52,6 +52,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrTy
 from pysyncobj.transport import TCPTransport
 
 from raftvip.config import RaftTuning
+from raftvip.core.liveness import FollowerLiveness, LeaderLiveness, prior_contact
 from raftvip.errors import RaftvipError
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,9 @@ class Transport(TCPTransport):  # type: ignore[misc]
 
     def send(self, node: Any, message: Any) -> bool:
         self._last_sent[node] = time.monotonic()
+        stamp = getattr(self._syncObj, "stamp_message", None)
+        if stamp is not None and isinstance(message, dict):
+            stamp(node, message)
         return bool(super().send(node, message))
 
     def _onTick(self) -> None:
@@ -570,6 +574,19 @@ OVERRIDDEN_SOURCES = {
     "_SyncObj__onMessageReceived": (
         "ddfe34b6c02821795146dc533fb7c0fcf6574a082a68a227b4c885c9e14be206"
     ),
+    "_SyncObj__onBecomeLeader": (
+        "5a3fd97bc17dc1cf3070b007538b6a8d46adb71f0b6523f3922dc953420645e8"
+    ),
+    "_SyncObj__sendAppendEntries": (
+        "9cb9073128c392fa9e5efc4691420ba435bfafb4c74e83a34f931fa16aa760c6"
+    ),
+}
+# ... and of those it relies on without overriding them: heartbeat leases stamp the message
+# that `__sendNextNodeIdx` hands to the transport while an append_entries is being handled.
+RELIED_ON_SOURCES = {
+    "_SyncObj__sendNextNodeIdx": (
+        "68aaeefc267b8896bc1074280ac2aa014c3306d9f207949ed945569cef5d114c"
+    ),
 }
 
 
@@ -669,6 +686,19 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         self._prevote = prevote
         self._prevote_round: PreVoteRound | None = None
         self._leader_heard: float | None = None
+        # Heartbeat leases (core/liveness.py). `loop_alive`: when this member's loop last
+        # stepped (set by the agent's thread; a float assignment is atomic).
+        self.loop_alive: float | None = None
+        self._lead: LeaderLiveness | None = None  # while leading
+        self._follower = FollowerLiveness(raft_clock())
+        self._answering: tuple[Any, float] | None = None  # (leader node, lt) being answered
+        self._round_lt: float | None = None  # the heartbeat round being sent (leader)
+        self.leader_echoes = False  # the current leader renews our lease from heartbeats
+        # When this process last accepted an append of any leader (its start until then),
+        # and the votes of the current election: (term, [receipt - age of each]).
+        self._contact = raft_clock()
+        self._votes: tuple[int, list[float | None]] = (0, [])
+        self.prior_contact: float | None = None  # of the current leadership (liveness.py)
         super().__init__(*args, **kwargs)
         if not prevote:
             log.warning(
@@ -729,7 +759,135 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
 
     # --- messages (tick thread) ---
 
+    # --- heartbeat leases (tick thread) ---
+
+    def _SyncObj__onBecomeLeader(self) -> None:
+        term, votes = self._votes
+        if term == int(self._SyncObj__raftCurrentTerm):
+            self.prior_contact = prior_contact(votes, self._contact)
+        else:
+            self.prior_contact = None if self._SyncObj__otherNodes else self._contact
+        self._lead = LeaderLiveness(raft_clock())
+        SyncObj._SyncObj__onBecomeLeader(self)
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        lead = self._lead
+        if lead is not None:
+            lt = raft_clock()
+            lead.sent_round(lt, int(self._SyncObj__getCurrentLogIndex()))
+            self._round_lt = lt
+        try:
+            SyncObj._SyncObj__sendAppendEntries(self)
+        finally:
+            self._round_lt = None
+
+    def _voter_ids(self) -> tuple[str, ...]:
+        return tuple(n.id for n in self._SyncObj__otherNodes)
+
+    def stamp_message(self, node: Any, message: dict[str, Any]) -> None:
+        """Transport.send: the stamps of an outgoing append_entries (leader) or of the
+        answer to one (follower). Never raises: a message without stamps is valid."""
+        try:
+            kind = message.get("type")
+            if kind == "append_entries":
+                lt, lead = self._round_lt, self._lead
+                if lt is None or lead is None:
+                    return
+                message["rv_t"] = lt
+                echo = lead.echo_for(node.id, self._voter_ids(), raft_clock())
+                if echo is not None:
+                    message["rv_e"] = (echo, int(self._SyncObj__getCurrentLogIndex()))
+            elif kind == "next_node_idx":
+                answering, alive = self._answering, self.loop_alive
+                if answering is None or answering[0] is not node:
+                    return
+                message["rv_t"] = answering[1]
+                if alive is not None:
+                    message["rv_s"] = alive
+                    message["rv_a"] = raft_clock() - alive
+            elif kind == "response_vote":
+                message["rv_x"] = raft_clock() - self._contact
+        except Exception:
+            log.exception("raft lease stamp failed; message sent without it")
+
+    def _heartbeat_lease(self, node: Any, message: Mapping[str, Any]) -> None:
+        """An append_entries or its answer arrives: note what its stamps say."""
+        kind = message.get("type")
+        if kind == "append_entries":
+            if message["term"] < self._SyncObj__raftCurrentTerm:
+                return  # the stock code ignores it, and answers nothing
+            lt = message.get("rv_t")
+            self._contact = raft_clock()
+            self.leader_echoes = isinstance(lt, float)
+            self._answering = (node, lt) if isinstance(lt, float) else None
+            echo = message.get("rv_e")
+            if isinstance(echo, tuple) and len(echo) == 2:
+                self._follower.echoed(float(echo[0]), int(echo[1]))
+        elif kind == "response_vote":
+            term = int(message["term"])
+            if (
+                self._SyncObj__raftState != _RAFT_STATE.CANDIDATE
+                or term != self._SyncObj__raftCurrentTerm
+            ):
+                return  # the stock code does not count it either
+            age = message.get("rv_x")
+            vote = raft_clock() - age if isinstance(age, float) and age >= 0 else None
+            if self._votes[0] != term:
+                self._votes = (term, [])
+            self._votes[1].append(vote)
+        elif kind == "next_node_idx":
+            lead = self._lead
+            lt = message.get("rv_t")
+            if lead is None or not isinstance(lt, float):
+                return
+            if self._SyncObj__raftState != _RAFT_STATE.LEADER:
+                return
+            alive, age = message.get("rv_s"), message.get("rv_a")
+            known = isinstance(alive, float) and isinstance(age, float)
+            lead.answered(
+                node.id,
+                lt,
+                alive if known else None,
+                age if known else None,
+                raft_clock(),
+            )
+
+    def lease_confirmed(self) -> float:
+        """This member's newest stamp that a leader vouches for (core/liveness.py), once
+        applied as far as that leader's log went; -inf: none (any thread)."""
+        applied = int(self.raftLastApplied)
+        lead = self._lead
+        if lead is not None and self._SyncObj__raftState == _RAFT_STATE.LEADER:
+            confirmed = lead.confirmed(self._voter_ids(), raft_clock())
+            if confirmed is not None and confirmed[1] <= applied:
+                return max(confirmed[0], self._follower.confirmed(applied))
+        return self._follower.confirmed(applied)
+
+    def lease_counted(self) -> dict[str, float]:
+        """Leader: peer id -> until when its member loop is known to have run."""
+        lead = self._lead
+        if lead is None or self._SyncObj__raftState != _RAFT_STATE.LEADER:
+            return {}
+        return dict(lead.counted)
+
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") in (
+            "append_entries",
+            "next_node_idx",
+            "response_vote",
+        ):
+            try:
+                self._heartbeat_lease(node, message)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("raft lease ignored a malformed %s: %r", message.get("type"), exc)
+            try:
+                self._prevote_message(node, message)
+            finally:
+                self._answering = None
+            return
+        self._prevote_message(node, message)
+
+    def _prevote_message(self, node: Any, message: Any) -> None:
         if self._prevote and isinstance(message, dict):
             kind = message.get("type")
             try:

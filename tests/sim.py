@@ -64,9 +64,11 @@ from raftvip.core.decide import fence_time
 from raftvip.core.exabgp import announce_line, route_for
 from raftvip.core.group import GroupObservation, RaftInfo
 from raftvip.core.leader import LeaderBook, leader_tick, service_specs, snapshot_loaded
+from raftvip.core.liveness import FollowerLiveness, LeaderLiveness, prior_contact
 from raftvip.core.reload import initial_health
 from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
+    WIRE_VERSION,
     ClusterState,
     Command,
     Report,
@@ -97,7 +99,9 @@ MAX_MOVES = 6  # owner changes per VIP per episode
 EXTRA = "10.0.99.1"  # the VIP a roll-out adds (`a_reload`)
 ROLLOUT_MED = 200  # and the MED it gives every VIP (100 before)
 ROLLOUTS = 0.35  # the share of schedules with a roll-out racing their faults
-NEWER_FORMAT = 3  # what a synthetic member of a newer build reports (`Sim(newer=...)`)
+NEWER_FORMAT = (
+    WIRE_VERSION + 1
+)  # what a synthetic member of a newer build reports (`Sim(newer=...)`)
 COMPACT_AFTER = 40  # entries a node keeps before it compacts its log into a snapshot
 PROCESS = 0.001  # a member's reaction time to an event (its loop waking up)
 CHECK_EVERY = 0.1  # invariants are checked after every change, and at least this often
@@ -206,10 +210,13 @@ class Net:
             return
         target.raft.receive(a, message)
 
-    def beat(self, leader: str, peer: str, term: int) -> bool:
+    def beat(
+        self, leader: str, peer: str, term: int, lt: float, echo: tuple[float, int] | None
+    ) -> bool:
         """An empty heartbeat of `leader` to `peer`, which already follows it: its only
-        effects are computed at once (the follower's election timer, the leader's "last
-        response") instead of being sent; False if it must really be sent."""
+        effects are computed at once (the follower's election timer and lease echo, the
+        leader's "last response" and lease stamp) instead of being sent; False if it must
+        really be sent."""
         target = self.sim.members[peer]
         raft = target.raft
         if (
@@ -222,18 +229,22 @@ class Net:
         ):
             return False
         raft.election_at = self.sim.now + raft._timeout()
-        self.note_alive(peer, leader, term)
+        raft.contact = self.sim.now
+        raft.lease_echo(echo)
+        self.note_alive(peer, leader, term, lt)
         return True
 
-    def note_alive(self, a: str, b: str, term: int) -> None:
-        """`a` answers a heartbeat of leader `b`: the answer (which only says "alive") is
-        accounted at once rather than sent, when it could get through."""
+    def note_alive(self, a: str, b: str, term: int, lt: float) -> None:
+        """`a` answers a heartbeat of leader `b` sent at `lt`: the answer (which only says
+        "alive", with `a`'s lease stamp) is accounted at once rather than sent, when it
+        could get through."""
         link = self.link(a, b)
         leader = self.sim.members[b]
         if link.up and (a, b) not in self.cuts and leader.running and not leader.paused:
             raft = leader.raft
             if raft.role == "leader" and raft.term == term:
                 raft.last_response[a] = self.sim.now
+                raft.lease_answer(a, lt, self.sim.members[a].stamp())
 
     def deliver_inbox(self, member: SimMember) -> None:
         inbox, member.inbox = member.inbox, []
@@ -384,6 +395,13 @@ class RaftNode:
         self.request_ids = itertools.count(1)
         self.leader_commit: int | None = None
         self.ready = False
+        # heartbeat leases (core/liveness.py), as pysyncobj_patches.PreVoteSyncObj keeps them
+        self.lead: LeaderLiveness | None = None
+        self.lease = FollowerLiveness(self.sim.now)
+        self.leader_echoes = False
+        self.contact = self.sim.now  # when this process last accepted an append
+        self.vote_contacts: list[float | None] = []  # of the votes of our current election
+        self.prior: float | None = None
         self.election_at = self.sim.now + self._timeout()
         self.generation = getattr(self, "generation", 0) + 1
         self._arm_election()
@@ -470,6 +488,7 @@ class RaftNode:
         self.term += 1
         self.voted_for = self.name
         self.votes = 1
+        self.vote_contacts = []
         self.sim.trace(f"{self.name} candidate term={self.term}")
         for peer in self.peers:
             self.sim.net.send(
@@ -510,6 +529,8 @@ class RaftNode:
         self.role = "leader"
         self.leader = self.name
         now = self.sim.now
+        self.lead = LeaderLiveness(now)
+        self.prior = prior_contact(self.vote_contacts, self.contact)
         self.sim.trace(f"{self.name} leader term={self.term}")
         self.told_commit = {}
         for peer in self.peers:
@@ -524,23 +545,39 @@ class RaftNode:
         self.sim.sched.at(now + self.m.cfg.raft.heartbeat, lambda: self._heartbeat(gen))
 
     def _send_entries(self, heartbeat: bool = False) -> None:
+        lt = self.sim.now
+        lead = self.lead
+        if lead is not None:
+            lead.sent_round(lt, self.last_index())
         for peer in self.peers:
             if not self.sim.net.connected(self.name, peer):
                 continue
+            echo = None
+            if lead is not None:
+                stamp = lead.echo_for(peer, tuple(self.peers), lt)
+                echo = (stamp, self.last_index()) if stamp is not None else None
             nxt = self.next_index.get(peer, self.last_index() + 1)
             if (
                 heartbeat
                 and nxt > self.last_index()
                 and self.match_index.get(peer, 0) == self.last_index()
                 and self.told_commit.get(peer) == self.commit
-                and self.sim.net.beat(self.name, peer, self.term)
+                and self.sim.net.beat(self.name, peer, self.term, lt, echo)
             ):
                 continue  # an empty heartbeat to an up-to-date follower: accounted directly
             if nxt <= self.base_index:
                 self.sim.net.send(
                     self.name,
                     peer,
-                    ("snapshot", self.term, self.base_index, self.base_term, self.base_state),
+                    (
+                        "snapshot",
+                        self.term,
+                        self.base_index,
+                        self.base_term,
+                        self.base_state,
+                        lt,
+                        echo,
+                    ),
                 )
                 self.next_index[peer] = self.base_index + 1  # pysyncobj: past the snapshot
                 continue
@@ -554,7 +591,17 @@ class RaftNode:
             self.sim.net.send(
                 self.name,
                 peer,
-                ("append", self.term, prev, self.term_at(prev), entries, self.commit, needs_ack),
+                (
+                    "append",
+                    self.term,
+                    prev,
+                    self.term_at(prev),
+                    entries,
+                    self.commit,
+                    needs_ack,
+                    lt,
+                    echo,
+                ),
             )
 
     def _leader_changed(self) -> None:
@@ -656,8 +703,9 @@ class RaftNode:
         elif kind == "vote":
             self._on_vote(src, message)
         elif kind == "voted":
-            _, term = message
+            _, term, age = message
             if self.role == "candidate" and term == self.term:
+                self.vote_contacts.append(self.sim.now - age)
                 self.votes += 1
                 if self.votes > (len(self.peers) + 1) / 2:
                     self._become_leader()
@@ -701,7 +749,7 @@ class RaftNode:
                 return
             self.voted_for = src
             self.election_at = self.sim.now + self._timeout()
-            self.sim.net.send(self.name, src, ("voted", term))
+            self.sim.net.send(self.name, src, ("voted", term, self.sim.now - self.contact))
 
     def _on_append(self, src: str, message: tuple[Any, ...]) -> None:
         term = message[1]
@@ -719,10 +767,16 @@ class RaftNode:
         if self.role == "leader":
             self.sim.trace(f"{self.name} sees leader {src} term={term}: follower")
         self._follow()
+        lt, echo = message[-2], message[-1]
+        self.contact = self.sim.now
+        self.lease_echo(echo)
+        stamp = self.m.stamp()
         if message[0] == "snapshot":
-            _, _, base_index, base_term, base_state = message
+            _, _, base_index, base_term, base_state, _, _ = message
             if base_index <= self.applied:
-                self.sim.net.send(self.name, src, ("append_ok", self.term, self.last_index(), True))
+                self.sim.net.send(
+                    self.name, src, ("append_ok", self.term, self.last_index(), True, lt, stamp)
+                )
                 return
             self.base_index, self.base_term, self.base_state = base_index, base_term, base_state
             self.log = []
@@ -731,15 +785,17 @@ class RaftNode:
             self.sim.trace(f"{self.name} installs a snapshot at {base_index}")
             self.m.on_snapshot()
             self.leader_commit = base_index
-            self.sim.net.send(self.name, src, ("append_ok", self.term, base_index, True))
+            self.sim.net.send(self.name, src, ("append_ok", self.term, base_index, True, lt, stamp))
             self._check_ready()
             return
-        _, _, prev, prev_term, entries, leader_commit, needs_ack = message
+        _, _, prev, prev_term, entries, leader_commit, needs_ack, _, _ = message
         self.leader_commit = leader_commit
         have = self.term_at(prev)
         if have is None or have != prev_term:
             self.sim.net.send(
-                self.name, src, ("append_ok", self.term, min(prev, self.last_index()) - 1, False)
+                self.name,
+                src,
+                ("append_ok", self.term, min(prev, self.last_index()) - 1, False, lt, stamp),
             )
             return
         index = prev
@@ -754,9 +810,11 @@ class RaftNode:
             if existing is None:
                 self.log.append(entry)
         if needs_ack:
-            self.sim.net.send(self.name, src, ("append_ok", self.term, prev + len(entries), True))
+            self.sim.net.send(
+                self.name, src, ("append_ok", self.term, prev + len(entries), True, lt, stamp)
+            )
         else:
-            self.sim.net.note_alive(self.name, src, self.term)
+            self.sim.net.note_alive(self.name, src, self.term, lt)
         last_new = prev + len(entries)
         if leader_commit > self.commit and last_new > self.commit:
             self.commit = min(leader_commit, last_new)
@@ -764,10 +822,11 @@ class RaftNode:
         self._check_ready()
 
     def _on_append_ok(self, src: str, message: tuple[Any, ...]) -> None:
-        _, term, index, success = message
+        _, term, index, success, lt, stamp = message
         if self.role != "leader" or term != self.term:
             return
         self.last_response[src] = self.sim.now
+        self.lease_answer(src, lt, stamp)
         if success:
             # pysyncobj ('next_node_idx'): only an ack that raises the match index moves the
             # next index, so an older ack still in flight never sends it back.
@@ -826,10 +885,38 @@ class RaftNode:
             self.ready = True
             self.m.wake()
 
+    # -- heartbeat leases
+
+    def lease_echo(self, echo: tuple[float, int] | None) -> None:
+        """An append of the current leader arrived, with our stamp it vouches for (if any)."""
+        self.leader_echoes = True
+        if echo is not None:
+            self.lease.echoed(*echo)
+
+    def lease_answer(self, peer: str, lt: float, stamp: tuple[float, float] | None) -> None:
+        """`peer` answered our round `lt` with its (alive, age) stamp."""
+        if self.lead is not None:
+            alive, age = stamp if stamp is not None else (None, None)
+            self.lead.answered(peer, lt, alive, age, self.sim.now)
+
+    def confirmed(self) -> float:
+        """As PreVoteSyncObj.lease_confirmed."""
+        own = self.lease.confirmed(self.applied)
+        if self.role == "leader" and self.lead is not None:
+            mine = self.lead.confirmed(tuple(self.peers), self.sim.now)
+            if mine is not None and mine[1] <= self.applied:
+                return max(own, mine[0])
+        return own
+
     # -- leader duties and links
 
     def tick_duties(self) -> None:
         links = {p: self.sim.net.connected(self.name, p) for p in self.peers}
+        alive: dict[str, float] = {}
+        if self.role == "leader" and self.lead is not None:
+            alive = dict(self.lead.counted)
+            if self.m.loop_alive is not None:
+                alive[self.name] = self.m.loop_alive
         self.book, effects = leader_tick(
             self.book,
             self.m.cfg,
@@ -840,6 +927,8 @@ class RaftNode:
             links=links,
             now=self.sim.now,
             wall=self.m.wall(),
+            alive=alive,
+            prior_contact=self.prior if self.role == "leader" else None,
         )
         for record in effects.logs:
             self.m.log_record(record.message)
@@ -853,7 +942,19 @@ class RaftNode:
 
     def info(self) -> RaftInfo:
         connected = frozenset(p for p in self.peers if self.sim.net.connected(self.name, p))
-        key = (self.leader, self.role, self.term, self.commit, self.applied, self.ready, connected)
+        confirmed = self.confirmed()
+        echoes = self.role == "leader" or self.leader_echoes
+        key = (
+            self.leader,
+            self.role,
+            self.term,
+            self.commit,
+            self.applied,
+            self.ready,
+            connected,
+            confirmed,
+            echoes,
+        )
         if key == self._info_key and self._info is not None:
             return self._info
         self._info_key = key
@@ -866,6 +967,8 @@ class RaftNode:
             has_quorum=len(connected) + 1 > (len(self.peers) + 1) / 2,
             ready=self.ready,
             connected=connected,
+            confirmed=confirmed,
+            leader_echoes=echoes,
         )
         return self._info
 
@@ -900,9 +1003,16 @@ class SimMember:
         self.minority_since: float | None = None
         self.minority_rib: set[str] = set()
         self.newer = False  # a synthetic member of a newer build (`Sim(newer=...)`)
+        self.loop_alive: float | None = None  # when its loop last stepped (heartbeat leases)
 
     def wall(self) -> float:
         return self.sim.now + self.wall_offset
+
+    def stamp(self) -> tuple[float, float] | None:
+        """(alive, age) for a heartbeat answer: when the loop last stepped, and how long ago."""
+        if self.loop_alive is None:
+            return None
+        return self.loop_alive, self.sim.now - self.loop_alive
 
     def log_record(self, message: str) -> None:
         self.logs.append(f"{self.sim.now:8.3f} {message}")
@@ -922,6 +1032,7 @@ class SimMember:
         if until is not None and until <= self.wall():
             until = None  # Agent._take_restart_note: too old
         self.loop, effects = core.start(self.cfg, incarnation, restart_until=until)
+        self.loop_alive = None
         self.events = []
         self.local = {s.name: initial_health(s) for s in self.cfg.services}
         self._carry_out(effects)
@@ -1025,6 +1136,7 @@ class SimMember:
         group = GroupObservation(self.raft.state, self.raft.info())
         loop, effects = core.step(self.loop, core.Tick(group, self.wall()), now)
         self.loop = loop
+        self.loop_alive = now  # Agent: cluster.loop_stepped
         self._carry_out(effects)
         if loop.exit_code is not None:
             self.sim.trace(f"{self.name} exited {loop.exit_code}")

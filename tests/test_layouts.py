@@ -140,26 +140,29 @@ def test_the_group_moves_to_format_2_only_once_every_member_reported_it() -> Non
 
 
 def test_a_synthetic_newer_member_keeps_the_group_at_the_lowest_format() -> None:
-    state = format2_group()
-    state = run(state, Report(20.0, "lb3", 2, 1, {"apex": True}, 3))  # lb3 speaks format 3
-    assert state.members["lb3"].wire == 3
+    newer = WIRE_VERSION + 1
+    state = run(format2_group(), SetFormat(11.0, WIRE_VERSION))
+    assert state.wire == WIRE_VERSION
+    state = run(state, Report(20.0, "lb3", 2, 1, {"apex": True}, newer))  # lb3 speaks newer
+    assert state.members["lb3"].wire == newer
     cfg = cfg_for("lb1")
     _, proposals = lead(state, cfg, 30.0)
-    assert not [c for c in proposals if isinstance(c, SetFormat)]  # min is 2
-    # A format-3 command proposed anyway (a buggy newer member) is refused by this build the
-    # same way on every member, logged, and the group goes on.
-    future = msgpack.packb({"v": 3, "ts": 31.0, "op": "teleport", "vip": "10.0.0.1"})
-    with pytest.raises(CommandError, match="format 3 is newer than this build"):
+    assert not [c for c in proposals if isinstance(c, SetFormat)]  # the others speak less
+    # A command of the newer format proposed anyway (a buggy newer member) is refused by this
+    # build the same way on every member, logged, and the group goes on.
+    future = msgpack.packb({"v": newer, "ts": 31.0, "op": "teleport", "vip": "10.0.0.1"})
+    with pytest.raises(CommandError, match=f"format {newer} is newer than this build"):
         decode_command(future)
     after, _book, records = apply_entry(state, LeaderBook(started_at=0.0), future, 99, 31.0)
     assert after is state
     assert [r.message for r in records] == [
-        "raft ignored a malformed command: command format 3 is newer than this build's (2):"
-        " a member of a newer raftvip proposed it before the whole group spoke it"
+        f"raft ignored a malformed command: command format {newer} is newer than this build's"
+        f" ({WIRE_VERSION}): a member of a newer raftvip proposed it before the whole group"
+        " spoke it"
     ]
-    # A SetFormat(3) is refused by this build, which cannot speak it.
+    # A SetFormat to it is refused by this build, which cannot speak it.
     with pytest.raises(CommandError):
-        decode_command(encode_command(SetFormat(32.0, 3)))
+        decode_command(encode_command(SetFormat(32.0, newer)))
 
 
 def test_a_format_2_command_in_a_format_1_group_is_refused_identically() -> None:

@@ -17,6 +17,7 @@ from raftvip.core.leader import (
     service_specs,
     snapshot_loaded,
 )
+from raftvip.core.liveness import ECHO_RTT
 from raftvip.core.placement import Assignment
 from raftvip.core.state import ClusterState, Configure, Expire, Form, MemberState
 from raftvip.testing.config import make_config
@@ -35,7 +36,14 @@ def group(cfg: Config) -> ClusterState:
 
 
 def tick(
-    book: LeaderBook, cfg: Config, state: ClusterState, now: float, leader: bool, **links: bool
+    book: LeaderBook,
+    cfg: Config,
+    state: ClusterState,
+    now: float,
+    leader: bool,
+    alive: dict[str, float] | None = None,
+    prior: float | None = None,
+    **links: bool,
 ) -> tuple[LeaderBook, list[Expire]]:
     book, effects = leader_tick(
         book,
@@ -47,17 +55,26 @@ def tick(
         links={"lb2": True, "lb3": True, **links},
         now=now,
         wall=now + 1e9,
+        alive=alive,
+        prior_contact=prior,
     )
     return book, [c for c in effects.proposals if isinstance(c, Expire)]
 
 
 def expiries_until(
-    book: LeaderBook, cfg: Config, state: ClusterState, start: float, end: float, **links: bool
+    book: LeaderBook,
+    cfg: Config,
+    state: ClusterState,
+    start: float,
+    end: float,
+    alive: dict[str, float] | None = None,
+    prior: float | None = None,
+    **links: bool,
 ) -> list[tuple[float, str, str]]:
     found = []
     now = start
     while now <= end:
-        book, expires = tick(book, cfg, state, now, True, **links)
+        book, expires = tick(book, cfg, state, now, True, alive, prior, **links)
         found += [(round(now - start, 2), e.member, e.reason) for e in expires]
         now += 0.01
     return found
@@ -88,16 +105,75 @@ def test_a_dropped_link_expires_fast_once_the_grace_has_passed() -> None:
 
 
 def test_withdraw_a_link_dropped_before_leading_waits_for_the_member_s_fence() -> None:
-    """The member may have renewed its lease through the old leader since: wait until
-    connection_timeout after its last report applied here."""
+    """The member may have renewed its lease through the old leader since: a report of it
+    (applied here at 99.8) or a heartbeat stamp that the old leader echoed, no later than
+    ECHO_RTT after our voters last heard that leader (99.7, `prior`). Wait until
+    connection_timeout after the later of the two."""
     cfg = make_config(policy="withdraw")
     state = group(cfg)
     book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 99.0, False)  # links seen up
     book = report_applied(book, "lb2", 99.8)
     book, _ = tick(book, cfg, state, 99.9, False, lb2=False)  # the drop, while a follower
-    found = expiries_until(book, cfg, state, 100.0, 101.5, lb2=False)
+    found = expiries_until(book, cfg, state, 100.0, 101.5, prior=99.7, lb2=False)
     assert found[0][1:] == ("lb2", "disconnect")
     assert 99.8 + cfg.raft.connection_timeout <= 100.0 + found[0][0] < 99.8 + 1.02
+    # An old leader heard until 99.9: its echoes may reach 99.9 + ECHO_RTT.
+    found = expiries_until(book, cfg, state, 100.0, 101.5, prior=99.9, lb2=False)
+    bound = 99.9 + ECHO_RTT + cfg.raft.connection_timeout
+    assert bound <= 100.0 + found[0][0] < bound + 0.02
+
+
+def test_withdraw_without_a_bound_from_the_votes_a_dropped_link_waits_from_the_election() -> None:
+    """A voter of an older build does not say when it last heard a leader (`prior` None):
+    an earlier leader's echoes may then reach ECHO_RTT past our own election."""
+    cfg = make_config(policy="withdraw")
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 99.0, False)
+    book = report_applied(book, "lb2", 99.5)
+    book, _ = tick(book, cfg, state, 99.9, False, lb2=False)
+    found = expiries_until(book, cfg, state, 100.0, 101.5, lb2=False)
+    assert found[0][1:] == ("lb2", "disconnect")
+    bound = 100.0 + ECHO_RTT + cfg.raft.connection_timeout
+    assert bound <= 100.0 + found[0][0] < bound + 0.02
+
+
+def test_withdraw_a_drop_early_in_a_leadership_may_be_a_one_way_cut() -> None:
+    """lb2's packets to us are dropped while lb2 still renews through the old leader: our
+    link to it closes connection_timeout into our leadership, yet its fence may stand until
+    connection_timeout after the old leader was last heard. After that the fast path."""
+    cfg = make_config(policy="withdraw")
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 99.0, False)
+    book, _ = tick(book, cfg, state, 100.0, True, prior=99.95)  # elected; links up
+    found = expiries_until(book, cfg, state, 100.5, 102.0, prior=99.95, lb2=False)
+    bound = 99.95 + ECHO_RTT + cfg.raft.connection_timeout
+    assert found[0][1:] == ("lb2", "disconnect")
+    assert bound <= 100.5 + found[0][0] < bound + 0.02
+    # a drop well into the leadership: the link carried lb2's renewals, its fence has fallen
+    alive = {"lb1": 102.0, "lb2": 102.0, "lb3": 101.5}  # (their loops run: no lease lapses)
+    found = expiries_until(book, cfg, state, 101.5, 102.0, alive, 99.95, lb3=False)
+    assert found[0][1:] == ("lb3", "disconnect")
+    assert found[0][0] == pytest.approx(cfg.raft.disconnect_grace, abs=0.011)
+
+
+def test_heartbeat_stamps_renew_a_lease_without_reports() -> None:
+    """Format 3: the heartbeat answers say until when each member's loop ran (`alive`): a
+    member is expired a lease after that, as after its last report."""
+    cfg = make_config()
+    state = group(cfg)
+    book, _ = tick(LeaderBook(started_at=0.0), cfg, state, 100.0, True)
+    found = []
+    now = 100.0
+    while now < 103.5:
+        # lb2's loop runs until 102.0, then hangs (its Raft thread may still answer);
+        # lb1 (us) and lb3 keep running.
+        alive = {"lb1": now, "lb2": min(now, 102.0) - 0.3, "lb3": now - 0.3}
+        book, expires = tick(book, cfg, state, now, True, alive)
+        found += [(round(now, 2), e.member, e.reason) for e in expires]
+        now += 0.01
+    assert {m for _, m, _ in found} == {"lb2"}  # (retried: the state here never changes)
+    assert found[0][2] == "lease"
+    assert found[0][0] == pytest.approx(102.0 - 0.3 + cfg.cluster.lease, abs=0.011)
 
 
 def test_withdraw_a_drop_first_seen_in_the_tick_that_makes_us_leader_counts_as_before() -> None:
@@ -237,7 +313,8 @@ def test_after_a_full_restart_a_member_that_is_not_back_is_expired_within_a_seco
     found = []
     now = 100.3  # elected: lb2 is back (its link is up), lb3 is not
     while now < 101.5:
-        book, expires = tick(book, cfg, state, now, True, lb3=False)
+        # Every voter is a new process that heard no leader: `prior` is its start.
+        book, expires = tick(book, cfg, state, now, True, prior=100.01, lb3=False)
         found += [(round(now, 2), e.member, e.reason) for e in expires]
         now += 0.01
     assert found[0][1:] == ("lb3", "not back")

@@ -15,13 +15,14 @@ from raftvip.config import Config
 from raftvip.core import loop as core
 from raftvip.core.decide import REASONS, fence_time, pause_time
 from raftvip.core.exabgp import parse_stdin_line
-from raftvip.core.leader import LeaderBook
+from raftvip.core.leader import LeaderBook, own_layout
 from raftvip.core.placement import Assignment, ServiceSpec
 from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
     ClusterState,
     Confirm,
     Expire,
+    MemberLayout,
     MemberState,
     Report,
     SetRestarting,
@@ -215,6 +216,129 @@ def test_backup_paths_for_vips_of_others() -> None:
     assert "as-path" not in driver.exabgp.rib["10.0.0.1"]
 
 
+# --- heartbeat leases (format 3) -------------------------------------------------------------
+
+
+def echoing(driver: LoopDriver, lag: float = 0.15) -> None:
+    """A format-3 group whose leader echoes our loop's stamps `lag` after each step (every
+    member has our layout: nothing moves)."""
+    digest, specs, timings = own_layout(driver.cfg)
+    layout = MemberLayout(digest, specs, timings, 0.0, "test")
+    driver.update(wire=3, layouts={name: layout for name in ADDRESSES})
+    driver.info = replace(
+        driver.info, leader_echoes=True, confirmed=driver.clock.now - lag, last_applied=9
+    )
+
+
+def run_echoed(driver: LoopDriver, seconds: float, lag: float = 0.15, step: float = 0.4) -> None:
+    """Tick every `step` (an idle loop) while the leader keeps echoing."""
+    end = driver.clock.now + seconds
+    while driver.clock.now + step <= end + 1e-9:
+        driver.clock.advance(step)
+        driver.info = replace(driver.info, confirmed=driver.clock.now - step + lag)
+        driver.tick()
+
+
+def reports(driver: LoopDriver) -> list[Report]:
+    return [p.cmd for p in driver.proposals if isinstance(p.cmd, Report)]
+
+
+def test_heartbeat_leases_need_no_periodic_report() -> None:
+    """Once every member speaks format 3 and the leader echoes our stamps, an idle member
+    proposes nothing: in 10 s, no report (it made ~20 before)."""
+    driver = started(policy="withdraw")
+    echoing(driver)
+    run_echoed(driver, 6.0)  # past preempt_delay: the report that shows we are ready
+    before = len(reports(driver))
+    run_echoed(driver, 10.0)
+    assert len(reports(driver)) == before
+    assert driver.announced() == {"10.0.0.1"}  # the fence never fell
+    # A health change is still reported at once.
+    driver.set_health("apex", "down")
+    driver.tick()
+    assert len(reports(driver)) == before + 1
+
+
+def test_with_heartbeat_leases_a_report_shows_the_group_when_we_are_ready() -> None:
+    """The group counts a service ready once it has been healthy for preempt_delay between
+    the stamps of our own reports: without periodic reports, one more report must come
+    then, or a returning member would never get its VIPs back (preemption, rebalancing)."""
+    driver = started(policy="hold")
+    echoing(driver)
+    specs = tuple(replace(spec, preempt_delay=2.0) for spec in driver.state.services)
+    driver.update(services=specs)
+    driver.set_health("apex", "down")
+    driver.tick()
+    driver.set_health("apex", "up")
+    driver.tick()
+    me = driver.state.members["lb1"]
+    up_since = me.healthy_since["apex"]
+    assert me.is_healthy("apex") and me.clock == up_since  # up, not ready yet
+    before = len(reports(driver))
+    run_echoed(driver, 1.6)
+    assert len(reports(driver)) == before  # nothing to say yet
+    assert driver.wake_at is not None and driver.wake_at <= driver.clock.now + 0.41
+    run_echoed(driver, 0.8)
+    assert len(reports(driver)) == before + 1  # 2 s after it came up
+    me = driver.state.members["lb1"]
+    assert me.clock - me.healthy_since["apex"] >= 2.0
+    run_echoed(driver, 5.0)
+    assert len(reports(driver)) == before + 1  # and only once
+
+
+def test_the_idle_loop_steps_at_least_every_report_interval() -> None:
+    """Its stamp renews the lease: never older than report_interval (pause_time counts on
+    it), even with a long IDLE."""
+    driver = started(report_interval=0.3, lease=0.9)
+    echoing(driver)
+    driver.tick()
+    assert driver.wake_at is not None
+    assert driver.wake_at - driver.clock.now <= 0.3 + 1e-9
+
+
+@pytest.mark.parametrize("why", ["format 2", "older leader", "echoes stop"])
+def test_reports_renew_the_lease_again_when_heartbeats_do_not(why: str) -> None:
+    """Periodic reports come back when the heartbeats cannot renew the lease: a member of
+    an older build (format 2), a leader of an older build (it does not echo), or echoes that
+    stopped (too slow, a leader that cannot vouch for us)."""
+    driver = started(policy="withdraw")
+    echoing(driver)
+    if why == "format 2":
+        driver.update(wire=2)
+    elif why == "older leader":
+        driver.info = replace(driver.info, leader_echoes=False)
+    before = len(reports(driver))
+    if why == "echoes stop":
+        driver.run(2.0)  # `confirmed` frozen from now on
+    else:
+        run_echoed(driver, 2.0)
+    assert len(reports(driver)) >= before + 3
+    assert driver.announced() == {"10.0.0.1"}  # the reports keep the fence up
+
+
+def test_withdraw_fences_once_no_stamp_was_echoed_for_the_fence_time() -> None:
+    """Cut off: neither echoes nor reports. The fence falls fence_time after the newest
+    echoed stamp, and the loop asks to be woken then."""
+    driver = started(policy="withdraw")
+    echoing(driver)
+    run_echoed(driver, 2.0)
+    driver.auto_commit = False
+    stamp = driver.info.confirmed
+    fence = fence_time(driver.cfg)
+    driver.tick()
+    assert driver.wake_at is not None and driver.wake_at <= stamp + fence + 0.01
+    driver.clock.now = stamp + fence - 0.01
+    driver.tick()
+    assert driver.announced() == {"10.0.0.1"}
+    driver.clock.now = stamp + fence + 0.002
+    driver.tick()
+    assert driver.reason("10.0.0.1") == "fenced" and driver.announced() == set()
+    # An echo of a newer stamp lifts it.
+    driver.info = replace(driver.info, confirmed=driver.clock.now - 0.1)
+    driver.tick()
+    assert driver.announced() == {"10.0.0.1"}
+
+
 # --- quorum loss ----------------------------------------------------------------------------
 
 
@@ -223,7 +347,7 @@ def test_hold_keeps_what_was_announced_and_takes_nothing_new() -> None:
     driver.auto_commit = False  # cut off: no report of ours commits any more
     driver.run(1.1)  # reach_time (connection_timeout, 1 s) after the last committed report
     assert not core.reachable(driver.loop, driver.clock.now)
-    assert any("quorum lost: no report of ours committed for" in m for m in driver.messages())
+    assert any("quorum lost: lease not renewed for" in m for m in driver.messages())
     # Its (stale) state gives 10.0.0.3 to lb1 too, in an entry applied as it was cut off:
     # quorum-less, it must not be taken.
     driver.update(

@@ -11,6 +11,7 @@ import pytest
 
 from raftvip.config import Config
 from raftvip.core import decide, loop
+from raftvip.core.state import WIRE_VERSION
 from tests import sim
 
 SEEDS = range(1, 401)
@@ -69,9 +70,9 @@ def test_a_stale_ack_does_not_move_the_leaders_next_index_back() -> None:
     leader = group.members["lb1"].raft
     leader.role, leader.term = "leader", 1
     leader.match_index["lb2"], leader.next_index["lb2"] = 42, 43
-    leader._on_append_ok("lb2", ("append_ok", 1, 40, True))
+    leader._on_append_ok("lb2", ("append_ok", 1, 40, True, 0.0, None))
     assert (leader.match_index["lb2"], leader.next_index["lb2"]) == (42, 43)
-    leader._on_append_ok("lb2", ("append_ok", 1, 44, True))
+    leader._on_append_ok("lb2", ("append_ok", 1, 44, True, 0.0, None))
     assert (leader.match_index["lb2"], leader.next_index["lb2"]) == (44, 45)
 
 
@@ -96,20 +97,22 @@ def test_the_simulator_finds_a_reload_that_forgets_health(monkeypatch: pytest.Mo
 
 
 def test_a_synthetic_newer_member_neither_raises_the_format_nor_splits_the_group() -> None:
-    """lb2 runs a "newer build": it reports format 3 and now and then proposes a format-3
-    command too early. Every member refuses those the same way, the group stays at format 2
-    and keeps every invariant, and members that applied as far hold the same state."""
+    """lb2 runs a "newer build": it reports a format above this build's and now and then
+    proposes a command of it too early. Every member refuses those the same way, the group
+    stays at this build's format and keeps every invariant, and members that applied as far
+    hold the same state."""
     refused = 0
     for seed in range(1, 31):
         group = sim.Sim(sim.make_schedule(seed), newer="lb2")
         group.run()  # raises Violation on a broken invariant
         committed = group.committed_state()
-        assert committed.wire == 2 and committed.members["lb2"].wire == sim.NEWER_FORMAT
+        assert committed.wire == WIRE_VERSION
+        assert committed.members["lb2"].wire == sim.NEWER_FORMAT
         by_index: dict[int, object] = {}
         for m in group.members.values():
             assert by_index.setdefault(m.raft.applied, m.raft.state) == m.raft.state
         refused += sum(
-            "command format 3 is newer than this build" in line
+            f"command format {sim.NEWER_FORMAT} is newer than this build" in line
             for m in group.members.values()
             for line in m.logs
         )

@@ -19,6 +19,11 @@ class RaftInfo:
     has_quorum: bool  # pysyncobj's view: links open to a majority of the peers
     ready: bool  # caught up with a leader at least once since start
     connected: frozenset[str]  # peers whose link is open
+    # Heartbeat leases (core/liveness.py): this member's newest loop stamp that a leader
+    # vouches for (monotonic; -inf: none), and whether the current leader renews leases from
+    # heartbeats (a leader of an older build does not: reports renew them then).
+    confirmed: float = -float("inf")
+    leader_echoes: bool = False
 
 
 NO_INFO = RaftInfo(

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from raftvip.config import Config
+from raftvip.core.liveness import ECHO_RTT
 from raftvip.core.placement import ServiceSpec
 from raftvip.core.records import LogRecord
 from raftvip.core.state import (
@@ -103,6 +104,7 @@ class LeaderBook:
     started_at: float
     was_leader: bool = False
     leader_since: float = 0.0
+    leader_term: int = -1  # the term of that leadership (another term: a new leadership)
     # member -> when this member last saw its lease renewed (reset by a new leader's grant).
     lease_seen: Mapping[str, float] = field(default_factory=dict)
     # member -> when its last report was applied here (never reset by lease grants).
@@ -170,9 +172,16 @@ def leader_tick(
     links: Mapping[str, bool],
     now: float,
     wall: float,
+    alive: Mapping[str, float] | None = None,
+    prior_contact: float | None = None,
 ) -> tuple[LeaderBook, LeaderEffects]:
     """One tick of the leader's duties. `specs` is `service_specs(cfg)`; `now` is monotonic,
-    `wall` stamps the commands."""
+    `wall` stamps the commands. `alive`: member -> until when (our clock) its loop is known
+    to have run, from the heartbeat answers of this leadership (core/liveness.py) and, for
+    this member, its own loop; a lease counts from the later of that and its last report.
+    `prior_contact`: the latest time (our clock) any earlier leader can have vouched for a
+    stamp, from the votes that elected us (`liveness.prior_contact`); None: unknown."""
+    alive = alive or {}
     book = track_links(book, links, now)
     if not is_leader:
         if book.was_leader:
@@ -181,11 +190,14 @@ def leader_tick(
     proposals: list[Command] = []
     logs: list[LogRecord] = []
     addresses = dict(state.addresses) or dict(cfg.members)
-    if not book.was_leader:
+    if not book.was_leader or book.leader_term != term:
+        # A new leadership, even if no tick saw us step down in between (the simulator
+        # ticks a leader only).
         book = evolve(
             book,
             was_leader=True,
             leader_since=now,
+            leader_term=term,
             lease_seen={name: now for name in addresses},
         )
         logs.append(
@@ -234,20 +246,20 @@ def leader_tick(
             # for a dropped link or a lapsed lease until the deadline; then as for a crash.
             if now - restarting[name] > RESTART_DEADLINE:
                 reason = "restart not done in time"
-        elif now - book.lease_seen.get(name, now) > lease:
+        elif now - max(book.lease_seen.get(name, now), alive.get(name, -float("inf"))) > lease:
             reason = "lease"
         elif (
             name != cfg.me
             and down_since is not None
             and now - down_since >= grace
-            and fenced_by(book, cfg, name, down_since, now, timings)
+            and fenced_by(book, cfg, name, down_since, now, timings, prior_contact)
         ):
             reason = "disconnect"
         elif (
             name != cfg.me
             and name not in book.was_connected
             and now - book.started_at >= cfg.raft.connection_timeout + grace
-            and fenced_by(book, cfg, name, book.started_at, now, timings)
+            and fenced_by(book, cfg, name, book.started_at, now, timings, prior_contact)
         ):
             # Alive in the state, yet its link has not come up once since this process
             # started (a full-group restart: the state on disk says alive, the member is
@@ -309,23 +321,34 @@ def fenced_by(
     down_since: float,
     now: float,
     timings: Timings | None = None,
+    prior_contact: float | None = None,
 ) -> bool:
     """May a member whose link to this leader dropped at `down_since` be expired now?
 
-    A link that dropped while this member led carried the member's reports: it dropped
-    after `connection_timeout` of silence following the last of them (or the member
-    died), so the member's own fence has fallen. A link that dropped before this member
-    became leader says nothing about reports the member got committed through the old
-    leader since: with `on_quorum_loss = "withdraw"` (at most one announcer) wait until
-    `connection_timeout` after the member's last report applied here, when its fence
-    has fallen for sure. `hold` keeps the fast path (two announcers are its trade-off).
-    `timings`: the member's own (`member_timings`): its policy decides, not ours.
+    With `on_quorum_loss = "withdraw"` (at most one announcer) the member fences itself
+    `fence_time` after its newest renewal that the group knows of, which is at most
+    `connection_timeout - FENCE_MARGIN`. That renewal is one of
+    - a report: applied here (`report_applied`), or committed before this leadership;
+    - a heartbeat answer to this leader: the link dropped `connection_timeout` of silence
+      after the last of them (or the member died);
+    - a stamp that an earlier leader echoed: at most `ECHO_RTT` after `prior_contact`, the
+      last time one of the members that elected us heard an earlier leader (core/liveness.py;
+      unknown: this leadership's start).
+    So the fast path holds for a link that dropped `connection_timeout` after that;
+    otherwise wait until `connection_timeout` after the later of the member's last report
+    applied here and that, when its fence has fallen for sure. (A drop early in a
+    leadership can be a one-way cut: the member's renewals went through the old leader
+    while this one heard nothing from it.) `hold` keeps the fast path (two announcers are
+    its trade-off). `timings`: the member's own (`member_timings`): its policy decides.
     """
     if timings is None:
         timings = timings_of(cfg)
-    # Strictly after: a drop first seen in the very tick that made us leader may have
-    # happened before (links are polled, leadership is not).
-    if timings.on_quorum_loss != "withdraw" or down_since > book.leader_since:
+    if timings.on_quorum_loss != "withdraw":
+        return True
+    timeout = max(cfg.raft.connection_timeout, timings.connection_timeout)
+    prior = book.leader_since if prior_contact is None else min(prior_contact, book.leader_since)
+    since = prior + ECHO_RTT
+    if down_since > since + timeout:
         return True
     applied = book.report_applied.get(name, book.started_at)
-    return now - applied >= max(cfg.raft.connection_timeout, timings.connection_timeout)
+    return now - max(applied, since) >= timeout

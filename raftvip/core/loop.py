@@ -40,6 +40,7 @@ from raftvip.core.placement import ServiceSpec
 from raftvip.core.records import LogRecord
 from raftvip.core.reload import diff_configs, health_after_reload, initial_health
 from raftvip.core.state import (
+    HEARTBEAT_LEASES,
     WIRE_VERSION,
     ClusterState,
     Command,
@@ -204,6 +205,7 @@ class Reporting:
     due: bool = True
     next_at: float = 0.0
     last_at: float = 0.0
+    last_wall: float = -float("inf")  # wall clock of the last report sent
     failed: bool = False
     # Send time of our last report that the group committed: the newest one the replicated
     # state shows as applied (a commit callback can be lost, e.g. behind a snapshot, and a
@@ -441,16 +443,39 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
         loop = _left(loop, out)
     elif done:
         return _shutdown(loop, tick.wall, now, out)
-    return loop, out.effects(wake_at=_wake_at(loop, now))
+    return loop, out.effects(wake_at=_wake_at(loop, tick.wall, now))
 
 
-def _wake_at(loop: LoopState, now: float) -> float:
+def ripens_at(loop: LoopState) -> float | None:
+    """The wall time (our clock) at which one of our services, up in the group's view, will
+    have been healthy for its `preempt_delay`, if the group does not count it as ready yet.
+
+    The replicated state has no clock: it measures that delay between the stamps of our own
+    reports (`MemberState.clock - healthy_since`). Reports used to come every
+    `report_interval`; with heartbeat leases a report at this time lets the group see that
+    we are ready (for preemption and rebalancing)."""
+    state = loop.group.state
+    me = state.members.get(loop.cfg.me)
+    if me is None or not me.alive or me.incarnation != loop.incarnation:
+        return None
+    times = []
+    for spec in state.services:
+        if me.is_healthy(spec.name):
+            since = me.healthy_since.get(spec.name, me.clock)
+            if me.clock - since < spec.preempt_delay:
+                times.append(since + spec.preempt_delay)
+    return min(times, default=None)
+
+
+def _wake_at(loop: LoopState, wall: float, now: float) -> float:
     """When to step again if nothing happens: the earliest deadline the loop has, and at
     least every IDLE (a longer gap is how a pause is told from an idle loop)."""
     cfg = agreed(loop.cfg, loop.group.state)
     rep = loop.reporting
-    wake = now + min(IDLE, pause_time(cfg) / 2)
-    if now < rep.next_at < wake:
+    # At least every report_interval: the loop's stamps renew the lease (see
+    # `heartbeat_leases`), and `pause_time` counts on them being no older than that.
+    wake = now + min(IDLE, pause_time(cfg) / 2, cfg.cluster.report_interval)
+    if now < rep.next_at < wake and not heartbeat_leases(loop, now):
         # A report that is due but cannot be sent yet (not caught up with the group) must
         # not make the loop spin: the group's next change wakes it anyway.
         wake = rep.next_at
@@ -459,8 +484,13 @@ def _wake_at(loop: LoopState, now: float) -> float:
         retry = rep.last_at + TICK + 0.001  # the retry of `_maybe_report` (+1 ms: float sums)
         if now < retry < wake:
             wake = retry
+    ripe = ripens_at(loop)
+    if ripe is not None and ripe >= rep.last_wall:
+        when = now + max(0.0, ripe - wall) + 0.001  # the report that shows we are ready
+        if now < when < wake:
+            wake = when
     if cfg.cluster.on_quorum_loss == "withdraw":
-        fence = rep.renewed_at + fence_time(cfg) + 0.001  # wake up when the fence falls
+        fence = renewed_at(loop) + fence_time(cfg) + 0.001  # wake up when the fence falls
         if now < fence < wake:
             wake = fence
     later = [t + cfg.cluster.handover_timeout + 0.001 for t in loop.handover_since.values()]
@@ -631,13 +661,17 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
         # Not (yet) known as alive, or the last report failed (leader change): retry at
         # once, not a report interval later.
         rep = evolve(rep, due=True, failed=False)
-    if not rep.due and now < rep.next_at:
+    ripe = ripens_at(loop)
+    if ripe is not None and wall >= ripe and (rep.last_wall < ripe or now - rep.last_at >= 1.0):
+        rep = evolve(rep, due=True)  # the group may count us ready now (`ripens_at`)
+    if not rep.due and (now < rep.next_at or heartbeat_leases(loop, now)):
         return evolve(loop, reporting=rep) if rep is not loop.reporting else loop
     seq = loop.seq + 1
     rep = evolve(
         rep,
         due=False,
         last_at=now,
+        last_wall=wall,
         next_at=now + cfg.cluster.report_interval,
         in_flight=((*rep.in_flight, (seq, now)))[-MAX_IN_FLIGHT:],
     )
@@ -698,13 +732,33 @@ def _newer_incarnation(loop: LoopState, theirs: int, out: _Out) -> LoopState:
     )
 
 
+def renewed_at(loop: LoopState) -> float:
+    """When this member's lease was last renewed, as far as it can tell: the send time of
+    its newest report the state shows, or its newest loop stamp that a leader echoed from
+    the heartbeats (core/liveness.py), whichever is later."""
+    return max(loop.reporting.renewed_at, loop.group.info.confirmed)
+
+
+def heartbeat_leases(loop: LoopState, now: float) -> bool:
+    """Whether the heartbeats renew this member's lease, so that no periodic report is
+    needed: the group speaks command format 3 (every member stamps its heartbeat answers),
+    the current leader echoes them, and the last echo is recent. Otherwise, reports every
+    `report_interval` as before (a leader of an older build, a member a leader cannot vouch
+    for)."""
+    info = loop.group.info
+    if loop.group.state.wire < HEARTBEAT_LEASES or not info.leader_echoes:
+        return False
+    cfg = agreed(loop.cfg, loop.group.state)
+    return now - info.confirmed < fence_time(cfg) - cfg.cluster.report_interval / 2
+
+
 def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, GroupView]:
     info = loop.group.info
     if info.last_applied > loop.applied_seen:
         # Replaying our own journal at start is not hearing anyone: only once caught up.
         heard = now if info.ready else loop.heard_at
         loop = evolve(loop, applied_seen=info.last_applied, heard_at=heard)
-    lease_age = now - loop.reporting.renewed_at
+    lease_age = now - renewed_at(loop)
     reachable = _reachable(loop, now)
     lost_at = loop.quorum_lost_at
     if reachable:
@@ -713,11 +767,11 @@ def _group_view(loop: LoopState, now: float, out: _Out) -> tuple[LoopState, Grou
         lost_at = None
     elif lost_at is None:
         lost_at = now
-        if info.ready and loop.reporting.renewed_at > -float("inf"):
+        if info.ready and renewed_at(loop) > -float("inf"):
             out.log(
                 logging.WARNING,
-                f"quorum lost: no report of ours committed for {lease_age:.2f}s "
-                f"(policy={loop.cfg.cluster.on_quorum_loss})",
+                f"quorum lost: lease not renewed for {lease_age:.2f}s (no report of ours"
+                f" committed, no heartbeat stamp echoed; policy={loop.cfg.cluster.on_quorum_loss})",
             )
     lost_for = 0.0 if lost_at is None else now - lost_at
     view = GroupView(
@@ -739,7 +793,7 @@ def reachable(loop: LoopState, now: float) -> bool:
 
 def _reachable(loop: LoopState, now: float) -> bool:
     limit = reach_time(agreed(loop.cfg, loop.group.state))
-    return now - loop.reporting.renewed_at < limit or now - loop.heard_at < limit
+    return now - renewed_at(loop) < limit or now - loop.heard_at < limit
 
 
 # --- decide and announce --------------------------------------------------------------------

@@ -29,7 +29,9 @@ from raftvip.core.values import evolve
 # command above the group's format is refused by every member in the same way (`apply`),
 # as a member that cannot decode it refuses it (replica.apply_entry): never a divergence,
 # never an exception in the replicated method. etcd's cluster version works the same way.
-WIRE_VERSION = 2
+# Format 3: leases renew on the Raft heartbeats (core/liveness.py), no periodic reports.
+WIRE_VERSION = 3
+HEARTBEAT_LEASES = 3
 MAX_EVENTS = 200
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raftvip.control import request
+from raftvip.core.state import WIRE_VERSION
 from raftvip.errors import ControlError
 from raftvip.testing.bgplab import lab_ipv6_next_hop
 from raftvip.testing.wait import free_port
@@ -407,7 +408,7 @@ def _state_at(changes: list[Change], vip: str, when: float) -> bool:
 
 def settled(group: Group) -> bool:
     """Past the cold start: every preferred owner announces its own VIP, and only it, and
-    the group speaks format 2 with every member's own layout committed."""
+    the group speaks this build's command format with every member's own layout committed."""
     if not all(group.announcers(v) == {m} for v, m in group.preferred.items()):
         return False
     name = next((n for n, m in group.members.items() if m.running), None)
@@ -417,7 +418,7 @@ def settled(group: Group) -> bool:
         doc = group.status(name, timeout=2.0)
     except ControlError:
         return False
-    return bool(doc.get("format") == 2 and not doc.get("layouts_pending"))
+    return bool(doc.get("format") == WIRE_VERSION and not doc.get("layouts_pending"))
 
 
 def cli(
