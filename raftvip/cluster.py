@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -70,6 +70,8 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
         self._book = LeaderBook(started_at=time.monotonic())
         self.transfer_requested = False  # set by any thread, acted on by the tick thread
         self._confirmed = -float("inf")  # `lease_confirmed()` as of the last tick
+        self._links_seen: dict[str, bool] | None = None  # as the last leader tick saw them
+        self._names: tuple[Mapping[str, str], dict[str, str]] | None = None  # name_of cache
         conf.serializer = self._dump
         conf.deserializer = self._load
         others = [addr for name, addr in cfg.members.items() if name != cfg.me]
@@ -80,6 +82,7 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
             transportClass=pysyncobj_patches.Transport,
             prevote=prevote,
         )
+        self.loop_fresh_for = cfg.cluster.report_interval
         self.addOnTickCallback(self._leader_tick)
 
     def _addresses(self) -> dict[str, str]:
@@ -87,13 +90,14 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
         return dict(self._state.addresses) or dict(self._cfg.members)
 
     def name_of(self, address: str) -> str | None:
-        for name, addr in self._addresses().items():
-            if addr == address:
-                return name
-        for name, addr in self._cfg.members.items():
-            if addr == address:
-                return name
-        return None
+        addresses = self._state.addresses
+        cached = self._names
+        if cached is None or cached[0] is not addresses:
+            # address -> name, rebuilt when the replicated list changes (every tick asks)
+            names = {addr: name for name, addr in self._cfg.members.items()}
+            names.update({addr: name for name, addr in (addresses or self._cfg.members).items()})
+            cached = self._names = (addresses, names)
+        return cached[1].get(address)
 
     @property
     def _nodes(self) -> dict[str, Any]:
@@ -169,8 +173,11 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
             self.transferLeadership(callback=self._on_transfer)
         try:
             links = {name: bool(self.isNodeConnected(node)) for name, node in self._nodes.items()}
-            cfg, specs = self._running
             is_leader = bool(self._isLeader())
+            if not is_leader and not self._book.was_leader and links == self._links_seen:
+                return  # a follower's duties only track links: nothing changed
+            self._links_seen = links
+            cfg, specs = self._running
             alive: dict[str, float] = {}
             if is_leader:
                 for peer, until in self.lease_counted().items():

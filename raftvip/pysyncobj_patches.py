@@ -52,13 +52,36 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrTy
 from pysyncobj.transport import TCPTransport
 
 from raftvip.config import RaftTuning
-from raftvip.core.liveness import FollowerLiveness, LeaderLiveness, prior_contact
+from raftvip.core.liveness import (
+    FollowerLiveness,
+    LeaderLiveness,
+    answer_stamp,
+    prior_contact,
+)
 from raftvip.errors import RaftvipError
 
 log = logging.getLogger(__name__)
 
 PYSYNCOBJ_VERSION = "0.3.17"
 _PING = {"type": "raftvip_ping"}  # ignored by SyncObj: it dispatches on known types only
+_LINK_CHECK = 0.05  # Transport: links are looked at (pings, connect timeouts) this often
+IDLE_TICK = 0.3  # the longest an idle tick thread polls (pysyncobj: autoTickPeriod, 50 ms)
+
+
+class _AdaptivePoll:
+    """SyncObj's poller, polled for `wait(timeout)` instead of `timeout` (the rest as is)."""
+
+    def __init__(self, poller: Any, wait: Callable[[float], float]) -> None:
+        self._poller = poller
+        self._wait = wait
+
+    def poll(self, timeout: float) -> Any:
+        return self._poller.poll(self._wait(timeout))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poller, name)
+
+
 _REJECT_LOG_INTERVAL = 60.0
 
 
@@ -350,6 +373,7 @@ class Transport(TCPTransport):  # type: ignore[misc]
         self._connecting_since: dict[Any, float] = {}
         self._authenticated: set[int] = set()
         self._last_reject_log: dict[str, float] = {}
+        self._links_checked = -float("inf")
         install_cheap_zlib()
         # SyncObj made its Fernet (from conf.password) before it made this transport.
         fernet = syncObj.encryptor
@@ -359,6 +383,18 @@ class Transport(TCPTransport):  # type: ignore[misc]
             else None
         )
         super().__init__(syncObj, selfNode, otherNodes)
+
+    def next_ping_at(self) -> float:
+        """When the next idle-link ping is due (SyncObj's tick waits until then), and not
+        before `_onTick` looks at the links again."""
+        now = time.monotonic()
+        sent = [
+            self._last_sent.get(node, now)
+            for node, conn in self._connections.items()
+            if conn.state == CONNECTION_STATE.CONNECTED
+        ]
+        due = min(sent, default=now) + self._ping_interval
+        return max(due, self._links_checked + _LINK_CHECK)
 
     def send(self, node: Any, message: Any) -> bool:
         self._last_sent[node] = time.monotonic()
@@ -370,6 +406,11 @@ class Transport(TCPTransport):  # type: ignore[misc]
     def _onTick(self) -> None:
         super()._onTick()
         now = time.monotonic()
+        # SyncObj ticks on every message and at least every 50 ms: look at the links (for
+        # pings and connect timeouts) at most every 50 ms.
+        if now - self._links_checked < _LINK_CHECK:
+            return
+        self._links_checked = now
         encrypted = self._syncObj.encryptor is not None
         for node, conn in list(self._connections.items()):
             if conn.state == CONNECTION_STATE.CONNECTING:
@@ -680,6 +721,7 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
     `prevote=False` behaves exactly like stock pysyncobj."""
 
     _SyncObj__raftElectionDeadline: float  # SyncObj's election timer (written here too)
+    _poller: Any  # SyncObj's poller (wrapped here: `_AdaptivePoll`)
     _SyncObj__raftLeader: Any
 
     def __init__(self, *args: Any, prevote: bool = True, **kwargs: Any) -> None:
@@ -689,6 +731,7 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         # Heartbeat leases (core/liveness.py). `loop_alive`: when this member's loop last
         # stepped (set by the agent's thread; a float assignment is atomic).
         self.loop_alive: float | None = None
+        self.loop_fresh_for = 0.5  # the loop steps at least this often (report_interval)
         self._lead: LeaderLiveness | None = None  # while leading
         self._follower = FollowerLiveness(raft_clock())
         self._answering: tuple[Any, float] | None = None  # (leader node, lt) being answered
@@ -700,6 +743,9 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         self._votes: tuple[int, list[float | None]] = (0, [])
         self.prior_contact: float | None = None  # of the current leadership (liveness.py)
         super().__init__(*args, **kwargs)
+        # Idle ticks: poll until the next thing to do, not every autoTickPeriod (50 ms).
+        self._stock_tick = float(self._SyncObj__conf.autoTickPeriod)
+        self._poller = _AdaptivePoll(self._poller, self._tick_wait)
         if not prevote:
             log.warning(
                 "raft prevote=off (%s=1): a returning member forces an election", PREVOTE_ENV
@@ -720,6 +766,8 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
             return
         if self._SyncObj__selfNode is None or not self._SyncObj__transport.ready:
             return
+        if self._prevote_round is None and now <= self._SyncObj__raftElectionDeadline:
+            return  # what election_step says then ("wait", "timer"), without building a view
         term = int(self._SyncObj__raftCurrentTerm)
         view = ElectionView(
             deadline=float(self._SyncObj__raftElectionDeadline),
@@ -758,6 +806,31 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         log.info("raft election term=%d reason=%s", term + 1, reason)
 
     # --- messages (tick thread) ---
+
+    def _tick_wait(self, stock: float) -> float:
+        """How long the tick thread may poll (after a tick's work, before the next): until
+        the next heartbeat (leader), the election timer (follower), or the next ping of an
+        idle link, at most IDLE_TICK; pysyncobj's own period while anything is in motion
+        (a link not up, the transport not ready). Messages and proposals wake it anyway."""
+        if stock != self._stock_tick:
+            return stock  # a manual tick, or one that waits on purpose
+        try:
+            transport = self._SyncObj__transport
+            others, connected = self._SyncObj__otherNodes, self._SyncObj__connectedNodes
+            if not transport.ready or not others <= connected:
+                return stock
+            now = raft_clock()
+            if self._SyncObj__raftState == _RAFT_STATE.LEADER:
+                due = float(self._SyncObj__newAppendEntriesTime)
+            else:
+                due = float(self._SyncObj__raftElectionDeadline)
+            ping = getattr(transport, "next_ping_at", None)
+            if ping is not None:
+                due = min(due, ping())
+            return max(stock / 10, min(IDLE_TICK, due - now + 0.001))
+        except Exception:
+            log.exception("raft tick wait failed; polling as pysyncobj does")
+            return stock
 
     # --- heartbeat leases (tick thread) ---
 
@@ -802,9 +875,9 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
                 if answering is None or answering[0] is not node:
                     return
                 message["rv_t"] = answering[1]
-                if alive is not None:
-                    message["rv_s"] = alive
-                    message["rv_a"] = raft_clock() - alive
+                stamp = answer_stamp(raft_clock(), alive, self.loop_fresh_for)
+                if stamp is not None:
+                    message["rv_s"], message["rv_a"] = stamp
             elif kind == "response_vote":
                 message["rv_x"] = raft_clock() - self._contact
         except Exception:
@@ -857,11 +930,12 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         applied as far as that leader's log went; -inf: none (any thread)."""
         applied = int(self.raftLastApplied)
         lead = self._lead
+        own = self._follower.confirmed(applied)
         if lead is not None and self._SyncObj__raftState == _RAFT_STATE.LEADER:
-            confirmed = lead.confirmed(self._voter_ids(), raft_clock())
-            if confirmed is not None and confirmed[1] <= applied:
-                return max(confirmed[0], self._follower.confirmed(applied))
-        return self._follower.confirmed(applied)
+            mine = lead.own_stamp(self._voter_ids(), raft_clock(), applied)
+            if mine is not None:
+                return max(mine, own)
+        return own
 
     def lease_counted(self) -> dict[str, float]:
         """Leader: peer id -> until when its member loop is known to have run."""

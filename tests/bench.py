@@ -1147,7 +1147,7 @@ NOTES = [
     "the member and commits the new owner, whose raftvip prints `announce`. With "
     "`backup_prepend` the router falls back to a standby path in milliseconds instead "
     "(tests/test_lab.py::test_backup_paths_at_the_aggregation_router).",
-    "- **Leader crash.** A Raft election comes first (election timeout 0.2-0.5 s after the "
+    "- **Leader crash.** A Raft election comes first (election timeout 0.31-0.5 s after the "
     "last heartbeat), then the new leader expires the old one at once.",
     "- **Hang.** Only the lease (1.5 s) detects a stopped member; raftvip moves the VIP after "
     "~1.1 s. The hung speaker's path stays in BIRD until the hold timer. Without "
@@ -1164,7 +1164,7 @@ NOTES = [
     "- **Idle CPU.** See the idle CPU part above (its notes: what costs CPU, each lever "
     "measured). Idle CPU is utime + stime from /proc/<pid>/stat over the window; all members "
     "and the bench's stub threads share the machine.",
-    "- **Commit latency** is one lease-renewal report proposed by a follower until applied "
+    "- **Commit latency** is one report (a health report) proposed by a follower until applied "
     "there (control op `commit_latency`, 200 samples): a round trip to the leader, "
     "replication to a majority, and the commit index coming back.",
 ]

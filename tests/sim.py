@@ -64,7 +64,12 @@ from raftvip.core.decide import fence_time
 from raftvip.core.exabgp import announce_line, route_for
 from raftvip.core.group import GroupObservation, RaftInfo
 from raftvip.core.leader import LeaderBook, leader_tick, service_specs, snapshot_loaded
-from raftvip.core.liveness import FollowerLiveness, LeaderLiveness, prior_contact
+from raftvip.core.liveness import (
+    FollowerLiveness,
+    LeaderLiveness,
+    answer_stamp,
+    prior_contact,
+)
 from raftvip.core.reload import initial_health
 from raftvip.core.replica import apply_entry
 from raftvip.core.state import (
@@ -903,9 +908,9 @@ class RaftNode:
         """As PreVoteSyncObj.lease_confirmed."""
         own = self.lease.confirmed(self.applied)
         if self.role == "leader" and self.lead is not None:
-            mine = self.lead.confirmed(tuple(self.peers), self.sim.now)
-            if mine is not None and mine[1] <= self.applied:
-                return max(own, mine[0])
+            mine = self.lead.own_stamp(tuple(self.peers), self.sim.now, self.applied)
+            if mine is not None:
+                return max(own, mine)
         return own
 
     # -- leader duties and links
@@ -1009,10 +1014,8 @@ class SimMember:
         return self.sim.now + self.wall_offset
 
     def stamp(self) -> tuple[float, float] | None:
-        """(alive, age) for a heartbeat answer: when the loop last stepped, and how long ago."""
-        if self.loop_alive is None:
-            return None
-        return self.loop_alive, self.sim.now - self.loop_alive
+        """(alive, age) for a heartbeat answer (`liveness.answer_stamp`)."""
+        return answer_stamp(self.sim.now, self.loop_alive, self.cfg.cluster.report_interval)
 
     def log_record(self, message: str) -> None:
         self.logs.append(f"{self.sim.now:8.3f} {message}")

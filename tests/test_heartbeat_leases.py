@@ -7,6 +7,7 @@ messages: append_entries out, next_node_idx back, response_vote for the election
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 from typing import Any
@@ -75,8 +76,12 @@ def test_stamps_travel_on_the_heartbeats_and_a_hung_loop_stops_renewing() -> Non
         # Every loop steps: each member's newest stamp comes back vouched for, and the
         # leader counts each follower alive until its stamp.
         stamp = step_loops(*nodes)
+
+        def echoed(node: Any, stamp: float) -> bool:
+            return bool(node.lease_confirmed() >= stamp)
+
         for node in nodes:
-            wait_until(lambda node=node: node.lease_confirmed() >= stamp, 10, what="an echo")
+            wait_until(functools.partial(echoed, node, stamp), 10, what="an echo")
         counted = wait_until(
             lambda: (c := leader.lease_counted()) and len(c) == 2 and min(c.values()) >= stamp,
             10,
@@ -89,9 +94,10 @@ def test_stamps_travel_on_the_heartbeats_and_a_hung_loop_stops_renewing() -> Non
         # `hung`'s loop stops (its Raft thread keeps answering): its lease is no longer
         # renewed, nor echoed, while the others' are.
         frozen = hung.loop_alive
-        later = wait_until(lambda: step_loops(leader, running) > frozen + 0.2, 10)
+        assert frozen is not None
+        wait_until(lambda: raft_clock() > frozen + 0.2, 10)  # later than any answer so far
         later = step_loops(leader, running)
-        wait_until(lambda: running.lease_confirmed() >= later, 10, what="running's echo")
+        wait_until(functools.partial(echoed, running, later), 10, what="running's echo")
         wait_until(lambda: leader.lease_counted()[running.selfNode.id] >= later, 10, what="counted")
         assert leader.lease_counted()[hung.selfNode.id] < later
         assert hung.lease_confirmed() < later

@@ -286,6 +286,30 @@ def test_with_heartbeat_leases_a_report_shows_the_group_when_we_are_ready() -> N
     assert len(reports(driver)) == before + 1  # and only once
 
 
+def test_a_report_lost_in_flight_is_sent_again() -> None:
+    """A report forwarded to the leader on a link that then dropped gets no answer and never
+    commits. Periodic reports used to cover that; with heartbeat leases the loop sends it
+    again once it has been in flight for report_interval (seed 316 of the simulator with
+    0.1 s heartbeats: a member stayed withdrawn after a pause, waiting for it)."""
+    driver = started()
+    echoing(driver)
+    run_echoed(driver, 6.0)
+    driver.auto_commit = False
+    driver.set_health("apex", "down")
+    driver.tick()
+    lost = reports(driver)[-1]
+    driver.pending.clear()  # lost with its connection: no commit, no callback
+    run_echoed(driver, 0.4)
+    assert reports(driver)[-1] is lost
+    run_echoed(driver, 0.4)
+    again = reports(driver)[-1]
+    assert again is not lost and again.seq == lost.seq + 1 and again.health == lost.health
+    driver.auto_commit = True
+    driver.commit()
+    run_echoed(driver, 2.0)
+    assert reports(driver)[-1] is again  # seen in the state: nothing more
+
+
 def test_the_idle_loop_steps_at_least_every_report_interval() -> None:
     """Its stamp renews the lease: never older than report_interval (pause_time counts on
     it), even with a long IDLE."""

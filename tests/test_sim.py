@@ -80,6 +80,36 @@ def test_seed_3761_a_leave_whose_transfer_target_had_lost_entries() -> None:
     assert sim.run_seed(3761).ok
 
 
+# Schedules in which a leader that echoes unconfirmed stamps breaks invariant 6 (found by
+# running 1,500 seeds with the mutation below; the unmutated code passes them all).
+UNCONFIRMED_SEEDS = (202, 250, 344)
+
+
+def test_seed_316_a_report_lost_in_flight_is_sent_again() -> None:
+    """A member resumed from a pause and reported on a link that then dropped: the report
+    never committed and, with no periodic reports any more, it stayed withdrawn (resuming)."""
+    assert sim.run_seed(316).ok
+
+
+def test_the_simulator_finds_a_leader_that_echoes_unconfirmed_stamps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Heartbeat leases: a leader that vouches for a stamp before a majority has answered
+    its round (a deposed leader that does not know it yet) lets a cut-off member keep its
+    fence up after the new leader gave its VIPs away: two announcers (6)."""
+    from raftvip.core import liveness
+
+    def echo_for(
+        self: liveness.LeaderLiveness, peer: str, voters: tuple[str, ...], now: float
+    ) -> float | None:
+        fresh = self._fresh.get(peer)
+        return fresh[-1][1] if fresh else None
+
+    monkeypatch.setattr(liveness.LeaderLiveness, "echo_for", echo_for)
+    failures = [o for o in (sim.run_seed(s) for s in UNCONFIRMED_SEEDS) if not o.ok]
+    assert failures and all("(6)" in o.violation for o in failures)
+
+
 def test_the_simulator_finds_a_reload_that_forgets_health(monkeypatch: pytest.MonkeyPatch) -> None:
     """Schedules with a roll-out (`a_reload`, about a third of them) catch a reload that does
     not keep the services' health: VIPs go dark (1) or move (15) during the roll-out."""

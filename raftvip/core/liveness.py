@@ -7,9 +7,10 @@ anyway:
 
 - every append_entries of the leader carries its send time `lt` (the leader's clock) and,
   for that follower, an *echo*: a stamp of the follower's own that the leader can vouch for;
-- the follower's answer carries `lt` back, `alive`: when its member loop last stepped (the
-  follower's clock; a loop that hangs stops renewing even while its Raft thread answers) and
-  `age`: how long before the answer that was.
+- the follower's answer carries `lt` back, `alive`: until when the member is known to run
+  (the answer's own send time while its member loop steps on time, else the loop's last
+  step: a loop that hangs stops renewing even while its Raft thread answers; see
+  `answer_stamp`; the follower's clock) and `age`: how long before the answer that was.
 
 The leader (`LeaderLiveness`) counts a follower alive until `r - age` (`r`: when the answer
 came, its own clock), and expires it `lease` after that (core/leader.py). `r - age` is never
@@ -42,8 +43,8 @@ only once it has applied that far (`FollowerLiveness.confirmed`): an `expire` of
 committed earlier by some other leader is then in the state it acts on, as with a report,
 whose renewal counts only once the state shows it.
 
-The leader's own stamp is the newest confirmed round (`LeaderLiveness.confirmed`), with the
-index it had when it sent that round.
+The leader's own stamp is the newest confirmed round whose index (its last log index when it
+sent that round) it has applied (`LeaderLiveness.own_stamp`).
 
 pysyncobj_patches.PreVoteSyncObj carries the stamps on pysyncobj's own messages; the
 simulator (tests/sim.py) calls the same classes.
@@ -125,6 +126,20 @@ class LeaderLiveness:
         self._confirmed = acked[need - 1]
         return self._confirmed
 
+    def own_stamp(self, voters: tuple[str, ...], now: float, applied: int) -> float | None:
+        """The leader's own stamp: the newest round a majority answered whose log index this
+        leader has applied (the newest confirmed one may carry entries not yet committed)."""
+        confirmed = self.confirmed(voters, now)
+        if confirmed is None:
+            return None
+        lt, index = confirmed
+        if index <= applied:
+            return lt
+        for sent, at in reversed(self._rounds.items()):
+            if sent <= lt and at <= applied:
+                return sent
+        return None
+
     def echo_for(self, peer: str, voters: tuple[str, ...], now: float) -> float | None:
         """The newest stamp of `peer` this leader vouches for (see the module docstring)."""
         fresh = self._fresh.get(peer)
@@ -172,6 +187,22 @@ class FollowerLiveness:
                 pending.clear()
                 pending.extend(e for e in keep if e[0] > self._best)
         return self._best
+
+
+def answer_stamp(
+    now: float, loop_alive: float | None, fresh_for: float
+) -> tuple[float, float] | None:
+    """(alive, age) for a heartbeat answer sent at `now`: until when this member is known to
+    run, and how long before `now` that was. A loop that stepped within `fresh_for`
+    (`report_interval`: it steps at least that often) vouches for the member up to `now`;
+    one that has not (hung, e.g. blocked on a full pipe to ExaBGP) only up to its last step,
+    so that its lease runs out `fresh_for` + `lease` after it stopped at the latest. None:
+    the loop has not stepped yet."""
+    if loop_alive is None:
+        return None
+    if now - loop_alive <= fresh_for:
+        return now, 0.0
+    return loop_alive, now - loop_alive
 
 
 def prior_contact(votes: Iterable[float | None], own: float) -> float | None:

@@ -650,6 +650,7 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
         return loop
     if not loop.group.info.ready:
         return loop  # not caught up with the group yet: claiming health would attract VIPs
+    loop = _observe_reports(loop)  # (what is in flight: see below)
     cfg = loop.cfg
     me = loop.group.state.members.get(cfg.me)
     if me is not None and me.incarnation > loop.incarnation:
@@ -664,6 +665,10 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
     ripe = ripens_at(loop)
     if ripe is not None and wall >= ripe and (rep.last_wall < ripe or now - rep.last_at >= 1.0):
         rep = evolve(rep, due=True)  # the group may count us ready now (`ripens_at`)
+    if rep.in_flight and now - rep.in_flight[-1][1] >= cfg.cluster.report_interval:
+        # Not in the state a report interval later: lost (a command forwarded to the leader
+        # on a link that dropped gets no answer). Periodic reports used to cover this.
+        rep = evolve(rep, due=True)
     if not rep.due and (now < rep.next_at or heartbeat_leases(loop, now)):
         return evolve(loop, reporting=rep) if rep is not loop.reporting else loop
     seq = loop.seq + 1
