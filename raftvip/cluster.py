@@ -45,6 +45,7 @@ from raftvip.core.state import (
     state_from_wire,
     state_to_wire,
 )
+from raftvip.core.values import evolve
 from raftvip.errors import RaftvipError
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
             prevote=prevote,
         )
         self.loop_fresh_for = cfg.cluster.report_interval
+        self._journal_marked = False
         self.addOnTickCallback(self._leader_tick)
 
     def _addresses(self) -> dict[str, str]:
@@ -162,6 +164,12 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
     # --- leader duties (tick thread) ---
 
     def _leader_tick(self) -> None:
+        if not self._journal_marked:
+            # The first callback comes before the first poll: the log is what the journal
+            # held (LeaderBook.journal_end).
+            self._journal_marked = True
+            end = int(self._SyncObj__getCurrentLogIndex())
+            self._book = evolve(self._book, journal_end=end)
         try:
             # On the tick thread, which alone touches the lease bookkeeping; `info()` reads
             # the value, computed with the state applied so far.

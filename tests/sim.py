@@ -384,7 +384,7 @@ class RaftNode:
         self.leader: str | None = None
         self.state = self.base_state
         self.applied = self.base_index
-        self.book = LeaderBook(started_at=self.sim.now)
+        self.book = LeaderBook(started_at=self.sim.now, journal_end=self.last_index())
         self.next_index: dict[str, int] = {}
         self.match_index: dict[str, int] = {}
         self.last_response: dict[str, float] = {}

@@ -91,11 +91,12 @@ def test_stamps_travel_on_the_heartbeats_and_a_hung_loop_stops_renewing() -> Non
         assert counted
         assert all(n.leader_echoes for n in followers)
         assert leader.prior_contact is not None and leader.prior_contact <= stamp
-        # `hung`'s loop stops (its Raft thread keeps answering): its lease is no longer
+        # `hung`'s loop stops (its Raft thread keeps answering): soon its lease is no longer
         # renewed, nor echoed, while the others' are.
         frozen = hung.loop_alive
         assert frozen is not None
-        wait_until(lambda: raft_clock() > frozen + 0.2, 10)  # later than any answer so far
+        # Its answers vouch for it until loop_fresh_for after its last step, then no more.
+        wait_until(lambda: raft_clock() > frozen + hung.loop_fresh_for + 0.2, 10)
         later = step_loops(leader, running)
         wait_until(functools.partial(echoed, running, later), 10, what="running's echo")
         wait_until(lambda: leader.lease_counted()[running.selfNode.id] >= later, 10, what="counted")

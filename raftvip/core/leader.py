@@ -102,6 +102,12 @@ class LeaderBook:
     """Bookkeeping for the leader's duties (every member keeps one)."""
 
     started_at: float
+    # The last log index this process found in its journal at start: a report there that it
+    # applies was sent before `started_at` (a full-group restart replays the uncommitted tail
+    # only once a new leader commits, long after). Should a new leader have replaced that
+    # entry, its report was committed before this leadership, which `prior_contact` covers in
+    # `fenced_by` anyway (a voter received it before it voted).
+    journal_end: int = 0
     was_leader: bool = False
     leader_since: float = 0.0
     leader_term: int = -1  # the term of that leadership (another term: a new leadership)
@@ -126,12 +132,15 @@ class LeaderEffects:
     logs: tuple[LogRecord, ...] = ()
 
 
-def report_applied(book: LeaderBook, member: str, now: float) -> LeaderBook:
-    """A report of `member` was applied here."""
+def report_applied(book: LeaderBook, member: str, now: float, index: int = 0) -> LeaderBook:
+    """A report of `member` (at Raft `index`) was applied here. One replayed from our own
+    journal was sent before this process started: its send time is bounded by that, not by
+    when a new leader let us apply it (what the link-drop expiry counts from)."""
+    sent_by = min(now, book.started_at) if 0 < index <= book.journal_end else now
     return evolve(
         book,
         lease_seen={**book.lease_seen, member: now},
-        report_applied={**book.report_applied, member: now},
+        report_applied={**book.report_applied, member: sent_by},
     )
 
 

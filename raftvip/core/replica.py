@@ -50,5 +50,5 @@ def apply_entry(
     if isinstance(cmd, Report) and new.members.get(cmd.member) is not state.members.get(cmd.member):
         # Only a report that counted renews the lease: one ignored as stale (an older
         # incarnation, a duplicate) says nothing about the member being alive.
-        book = report_applied(book, cmd.member, now)
+        book = report_applied(book, cmd.member, now, index)
     return new, book, ()
