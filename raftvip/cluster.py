@@ -87,10 +87,6 @@ class _Replica(pysyncobj_patches.PreVoteSyncObj):
         self._journal_marked = False
         self.addOnTickCallback(self._leader_tick)
 
-    def _addresses(self) -> dict[str, str]:
-        """member -> address: the replicated list (dynamic membership), else the config's."""
-        return dict(self._state.addresses) or dict(self._cfg.members)
-
     def name_of(self, address: str) -> str | None:
         addresses = self._state.addresses
         cached = self._names

@@ -20,7 +20,9 @@ any other version with a clear message, instead of failing later in some obscure
   election only when a majority says yes. Members that heard from a live leader within the
   minimum election timeout say no, so a member that was cut off and comes back rejoins as a
   follower instead of forcing an election. The decisions are the pure functions
-  `election_step` and `prevote_answer`.
+  `election_step` and `prevote_answer`. The same class carries raftvip's heartbeat leases
+  (stamps on pysyncobj's append_entries, next_node_idx and response_vote; the bookkeeping
+  is core/liveness.py) and polls an idle tick until its next deadline (`_AdaptivePoll`).
 """
 
 from __future__ import annotations
@@ -735,7 +737,8 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         self._lead: LeaderLiveness | None = None  # while leading
         self._follower = FollowerLiveness(raft_clock())
         self._answering: tuple[Any, float] | None = None  # (leader node, lt) being answered
-        self._round_lt: float | None = None  # the heartbeat round being sent (leader)
+        # The heartbeat round being sent (leader): (lt, last log index, voter ids).
+        self._round: tuple[float, int, tuple[str, ...]] | None = None
         self.leader_echoes = False  # the current leader renews our lease from heartbeats
         # When this process last accepted an append of any leader (its start until then),
         # and the votes of the current election: (term, [receipt - age of each]).
@@ -805,8 +808,6 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         self._SyncObj__raftElectionDeadline = 0.0
         log.info("raft election term=%d reason=%s", term + 1, reason)
 
-    # --- messages (tick thread) ---
-
     def _tick_wait(self, stock: float) -> float:
         """How long the tick thread may poll (after a tick's work, before the next): until
         the next heartbeat (leader), the election timer (follower), or the next ping of an
@@ -846,13 +847,14 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
     def _SyncObj__sendAppendEntries(self) -> None:
         lead = self._lead
         if lead is not None:
-            lt = raft_clock()
-            lead.sent_round(lt, int(self._SyncObj__getCurrentLogIndex()))
-            self._round_lt = lt
+            # Once per round, not per message: the log does not change while it is sent.
+            lt, index = raft_clock(), int(self._SyncObj__getCurrentLogIndex())
+            lead.sent_round(lt, index)
+            self._round = (lt, index, self._voter_ids())
         try:
             SyncObj._SyncObj__sendAppendEntries(self)
         finally:
-            self._round_lt = None
+            self._round = None
 
     def _voter_ids(self) -> tuple[str, ...]:
         return tuple(n.id for n in self._SyncObj__otherNodes)
@@ -863,13 +865,14 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         try:
             kind = message.get("type")
             if kind == "append_entries":
-                lt, lead = self._round_lt, self._lead
-                if lt is None or lead is None:
+                round_, lead = self._round, self._lead
+                if round_ is None or lead is None:
                     return
+                lt, index, voters = round_
                 message["rv_t"] = lt
-                echo = lead.echo_for(node.id, self._voter_ids(), raft_clock())
+                echo = lead.echo_for(node.id, voters, lt)
                 if echo is not None:
-                    message["rv_e"] = (echo, int(self._SyncObj__getCurrentLogIndex()))
+                    message["rv_e"] = (echo, index)
             elif kind == "next_node_idx":
                 answering, alive = self._answering, self.loop_alive
                 if answering is None or answering[0] is not node:
@@ -927,7 +930,8 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
 
     def lease_confirmed(self) -> float:
         """This member's newest stamp that a leader vouches for (core/liveness.py), once
-        applied as far as that leader's log went; -inf: none (any thread)."""
+        applied as far as that leader's log went; -inf: none (tick thread: the bookkeeping
+        is not locked; `_Replica` keeps the value for other threads)."""
         applied = int(self.raftLastApplied)
         lead = self._lead
         own = self._follower.confirmed(applied)
@@ -943,6 +947,8 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
         if lead is None or self._SyncObj__raftState != _RAFT_STATE.LEADER:
             return {}
         return dict(lead.counted)
+
+    # --- messages (tick thread) ---
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         if isinstance(message, dict) and message.get("type") in (

@@ -13,12 +13,13 @@ import inspect
 from typing import Any
 
 import pytest
-from pysyncobj import SyncObj, SyncObjConf, syncobj
+from pysyncobj import SyncObj, syncobj
 
 from raftvip import pysyncobj_patches as patches
 from raftvip.pysyncobj_patches import PreVoteSyncObj, Transport, raft_clock
 from raftvip.testing.config import make_config
 from raftvip.testing.wait import free_port, wait_until
+from tests.test_prevote import syncobj_conf
 
 
 @pytest.mark.parametrize("name", sorted(patches.RELIED_ON_SOURCES))
@@ -39,18 +40,7 @@ def test_the_stamped_messages_are_the_ones_pysyncobj_sends() -> None:
 class _Node(PreVoteSyncObj):
     def __init__(self, address: str, others: list[str]) -> None:
         self.raftvip_tuning = make_config().raft  # what patches.Transport reads
-        conf = SyncObjConf(
-            bindAddress=address,
-            raftMinTimeout=0.2,
-            raftMaxTimeout=0.5,
-            appendEntriesPeriod=0.05,
-            connectionTimeout=1.0,
-            connectionRetryTime=0.5,
-            leaderFallbackTimeout=1.0,
-            appendEntriesUseBatch=False,
-            commandsWaitLeader=False,
-        )
-        super().__init__(address, others, conf, transportClass=Transport)
+        super().__init__(address, others, syncobj_conf(address), transportClass=Transport)
 
 
 def _group(count: int) -> list[Any]:
@@ -114,14 +104,7 @@ def test_a_stock_pysyncobj_member_ignores_the_stamps() -> None:
     port = free_port("127.0.0.1")
     addresses = [f"127.0.0.{60 + i}:{port}" for i in range(3)]
     nodes: list[Any] = [_Node(a, [b for b in addresses if b != a]) for a in addresses[:2]]
-    conf = SyncObjConf(
-        bindAddress=addresses[2],
-        raftMinTimeout=0.2,
-        raftMaxTimeout=0.5,
-        appendEntriesPeriod=0.05,
-        appendEntriesUseBatch=False,
-    )
-    nodes.append(SyncObj(addresses[2], addresses[:2], conf))
+    nodes.append(SyncObj(addresses[2], addresses[:2], syncobj_conf(addresses[2])))
     try:
         leader = wait_until(lambda: next((n for n in nodes if n._isLeader()), None), 10)
         index = leader.raftCommitIndex

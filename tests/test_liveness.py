@@ -94,14 +94,6 @@ def test_a_leader_alone_confirms_itself() -> None:
     assert lead.confirmed((), 2.0) == (2.0, 4)
 
 
-def test_forget_drops_a_peer() -> None:
-    lead = LeaderLiveness(since=0.0)
-    lead.sent_round(1.0, 4)
-    lead.answered("lb2", 1.0, alive=1.0, age=0.0, now=1.001)
-    lead.forget("lb2")
-    assert lead.counted == {} and lead.confirmed(PEERS, 1.002) is None
-
-
 def test_a_follower_trusts_an_echo_once_it_has_applied_that_far() -> None:
     """An `expire` of this member committed by an earlier leader is below the echoing
     leader's last index: the member must see it before its lease counts as renewed."""

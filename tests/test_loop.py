@@ -340,6 +340,20 @@ def test_reports_renew_the_lease_again_when_heartbeats_do_not(why: str) -> None:
     assert driver.announced() == {"10.0.0.1"}  # the reports keep the fence up
 
 
+def fence_falls_on_time(driver: LoopDriver, renewed: float) -> None:
+    """Nothing renews the lease after `renewed`: the loop asks to be woken exactly when the
+    fence falls (not up to a tick later), announces until then and is fenced after it."""
+    fence = fence_time(driver.cfg)
+    driver.tick()
+    assert driver.wake_at is not None and driver.wake_at <= renewed + fence + 0.01
+    driver.clock.now = renewed + fence - 0.01
+    driver.tick()
+    assert driver.announced() == {"10.0.0.1"}
+    driver.clock.now = renewed + fence + 0.002
+    driver.tick()
+    assert driver.reason("10.0.0.1") == "fenced" and driver.announced() == set()
+
+
 def test_withdraw_fences_once_no_stamp_was_echoed_for_the_fence_time() -> None:
     """Cut off: neither echoes nor reports. The fence falls fence_time after the newest
     echoed stamp, and the loop asks to be woken then."""
@@ -347,16 +361,7 @@ def test_withdraw_fences_once_no_stamp_was_echoed_for_the_fence_time() -> None:
     echoing(driver)
     run_echoed(driver, 2.0)
     driver.auto_commit = False
-    stamp = driver.info.confirmed
-    fence = fence_time(driver.cfg)
-    driver.tick()
-    assert driver.wake_at is not None and driver.wake_at <= stamp + fence + 0.01
-    driver.clock.now = stamp + fence - 0.01
-    driver.tick()
-    assert driver.announced() == {"10.0.0.1"}
-    driver.clock.now = stamp + fence + 0.002
-    driver.tick()
-    assert driver.reason("10.0.0.1") == "fenced" and driver.announced() == set()
+    fence_falls_on_time(driver, driver.info.confirmed)
     # An echo of a newer stamp lifts it.
     driver.info = replace(driver.info, confirmed=driver.clock.now - 0.1)
     driver.tick()
@@ -389,17 +394,7 @@ def test_hold_keeps_what_was_announced_and_takes_nothing_new() -> None:
 def test_withdraw_fences_once_no_report_was_committed_for_the_fence_time() -> None:
     driver = started(policy="withdraw")
     driver.auto_commit = False  # reports stop committing: cut off from the group
-    last_commit = driver.loop.reporting.renewed_at
-    fence = fence_time(driver.cfg)
-    # The loop asks to be woken exactly when the fence falls, not up to a tick later.
-    driver.tick()
-    assert driver.wake_at is not None and driver.wake_at <= last_commit + fence + 0.01
-    driver.clock.now = last_commit + fence - 0.01
-    driver.tick()
-    assert driver.announced() == {"10.0.0.1"}
-    driver.clock.now = last_commit + fence + 0.002
-    driver.tick()
-    assert driver.announced() == set()
+    fence_falls_on_time(driver, driver.loop.reporting.renewed_at)
     assert driver.reason("10.0.0.1") == "fenced"
     # A committed report lifts the fence at once.
     driver.auto_commit = True

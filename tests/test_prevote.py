@@ -141,7 +141,8 @@ def test_election_step(view: ElectionView, now: float, step: object) -> None:
 # --- a group in one process (stock transport) -----------------------------------------------
 
 
-def _conf(address: str) -> SyncObjConf:
+def syncobj_conf(address: str) -> SyncObjConf:
+    """Timings for an in-process group (tests/test_heartbeat_leases.py uses them too)."""
     return SyncObjConf(
         bindAddress=address,
         raftMinTimeout=0.2,
@@ -159,7 +160,9 @@ def _conf(address: str) -> SyncObjConf:
 def test_an_in_process_group_elects_keeps_its_term_and_replaces_a_dead_leader() -> None:
     port = free_port("127.0.0.1")
     addresses = [f"127.0.0.{i}:{port}" for i in (41, 42, 43)]
-    nodes = [PreVoteSyncObj(a, [b for b in addresses if b != a], _conf(a)) for a in addresses]
+    nodes = [
+        PreVoteSyncObj(a, [b for b in addresses if b != a], syncobj_conf(a)) for a in addresses
+    ]
     try:
         leader = wait_until(lambda: next((n for n in nodes if n._isLeader()), None), 10)
         wait_until(lambda: len({n._getTerm() for n in nodes}) == 1, 10)
@@ -179,7 +182,7 @@ def test_an_in_process_group_elects_keeps_its_term_and_replaces_a_dead_leader() 
 @pytest.mark.slow
 def test_a_group_of_one_elects_itself() -> None:
     address = f"127.0.0.44:{free_port('127.0.0.1')}"
-    node = PreVoteSyncObj(address, [], _conf(address))
+    node = PreVoteSyncObj(address, [], syncobj_conf(address))
     try:
         wait_until(node._isLeader, 10, what="the only member to lead")
     finally:

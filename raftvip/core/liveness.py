@@ -58,7 +58,7 @@ from collections.abc import Iterable
 # An answer slower than this round trip (leader's clock) renews the lease at the leader but
 # is never echoed back as confirmed (see the module docstring).
 ECHO_RTT = 0.05
-_ROUNDS = 128  # rounds remembered for their log index (6 s of 50 ms heartbeats)
+_ROUNDS = 128  # rounds remembered for their log index (12.8 s of 0.1 s heartbeats)
 _FRESH = 8  # per follower: recent (lt, alive) answers that may be echoed
 _PENDING = 32  # per follower: echoes awaiting their log index
 
@@ -152,13 +152,6 @@ class LeaderLiveness:
             if lt <= confirmed[0]:
                 return alive
         return None
-
-    def forget(self, peer: str) -> None:
-        """`peer` left the group (or its link was replaced by a new process's)."""
-        self._acked.pop(peer, None)
-        self._fresh.pop(peer, None)
-        self.counted.pop(peer, None)
-        self._confirmed = None
 
 
 class FollowerLiveness:

@@ -419,7 +419,8 @@ def _tick(loop: LoopState, tick: Tick, now: float) -> tuple[LoopState, Effects]:
     out = _Out()
     cfg = loop.cfg
     last = loop.last_step
-    loop = evolve(loop, group=tick.group, last_step=now)
+    # Our reports the state now shows renew the lease (both reporting and deciding read it).
+    loop = _observe_reports(evolve(loop, group=tick.group, last_step=now))
     if last is not None and now - last > pause_time(agreed(cfg, tick.group.state)):
         # This process was frozen (SIGSTOP, VM pause) long enough for the group to expire
         # it and move on without it. Withdraw until a fresh report of ours is committed, so
@@ -650,7 +651,6 @@ def _maybe_report(loop: LoopState, wall: float, now: float, out: _Out) -> LoopSt
         return loop
     if not loop.group.info.ready:
         return loop  # not caught up with the group yet: claiming health would attract VIPs
-    loop = _observe_reports(loop)  # (what is in flight: see below)
     cfg = loop.cfg
     me = loop.group.state.members.get(cfg.me)
     if me is not None and me.incarnation > loop.incarnation:
@@ -807,7 +807,6 @@ def _reachable(loop: LoopState, now: float) -> bool:
 def _reconcile(loop: LoopState, wall: float, now: float, out: _Out) -> LoopState:
     cfg = loop.cfg
     state = loop.group.state
-    loop = _observe_reports(loop)
     loop, view = _group_view(loop, now, out)
     loop, expired = _handover_expired(loop, state, now, out)
     loop, resuming = _resuming(loop, state, out)
