@@ -196,10 +196,18 @@ class Config:
         return self.members[self.cluster.member]
 
     def service_of(self, vip: str) -> ServiceConfig | None:
-        for service in self.services:
-            if vip in service.vips:
-                return service
-        return None
+        # A vip -> service index, built once per `services` (called per VIP per step: with
+        # thousands of VIPs a scan was quadratic). Kept beside the fields and checked by
+        # identity, so a copy with other services (`evolve`, `replace`) never reads a stale one.
+        index = self.__dict__.get("_by_vip")
+        if index is None or index[0] is not self.services:
+            by_vip: dict[str, ServiceConfig] = {}
+            for service in self.services:
+                for address in service.vips:
+                    by_vip.setdefault(address, service)
+            index = (self.services, by_vip)
+            self.__dict__["_by_vip"] = index
+        return index[1].get(vip)
 
 
 # --------------------------------------------------------------------------- public API

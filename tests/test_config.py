@@ -27,6 +27,7 @@ from raftvip.config import (
     load_config,
     load_secret,
 )
+from raftvip.core.values import evolve
 from raftvip.errors import ConfigError, SecretError
 
 SECRET = "s3cr3t-Raft-password-9f2c"
@@ -270,6 +271,13 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert config.self_address == "127.0.0.11:7801"
     assert config.service_of("2001:db8::1") is config.services[0]
     assert isinstance(config.services[0].preempt_delay, float)
+    # The vip -> service index follows the services of a copy (evolve copies the instance
+    # dictionary, where the index is kept).
+    first = config.services[0]
+    moved = evolve(config, services=(evolve(first, name="other", vips=("10.9.9.9",)),))
+    assert moved.service_of("2001:db8::1") is None
+    assert moved.service_of("10.9.9.9") is moved.services[0]
+    assert config.service_of("2001:db8::1") is first
 
 
 def test_member_flag_overrides_cluster_member(tmp_path: Path, base: dict[str, Any]) -> None:

@@ -304,6 +304,24 @@ def test_members_that_disagree_on_a_setting_keep_the_one_that_moves_nothing() ->
     assert apex.preempt is False and apex.preempt_delay == 9.0 and apex.rebalance is True
 
 
+def test_merged_vips_keep_first_appearance_order_and_a_preference_needs_every_holder() -> None:
+    def spec(vips: tuple[str, ...], preferred: dict[str, str]) -> ServiceSpec:
+        return ServiceSpec("apex", vips, preferred, True, 5.0, True)
+
+    merged = merge_layouts(
+        {
+            # sorted by member name: lb1's order first, then what lb2 and lb3 add
+            "lb2": MemberLayout("b", (spec(("10.0.0.3", "10.0.0.1", "10.0.0.4"), {}),)),
+            "lb1": MemberLayout("a", (spec(("10.0.0.2", "10.0.0.1"), {"10.0.0.2": "lb1"}),)),
+            "lb3": MemberLayout("c", (spec(("10.0.0.4",), {"10.0.0.4": "lb3"}),)),
+        }
+    )
+    (apex,) = merged
+    assert apex.vips == ("10.0.0.2", "10.0.0.1", "10.0.0.3", "10.0.0.4")
+    # 10.0.0.2: only lb1 has it and names lb1; 10.0.0.4: lb2 has it without a preference
+    assert apex.preferred == {"10.0.0.2": "lb1"}
+
+
 def test_layouts_survive_a_snapshot() -> None:
     state = format2_group()
     state = run(state, layout_cmd(cfg_for("lb2", vips=(*OLD, "10.0.0.9")), summary="+1 VIP"))

@@ -675,12 +675,12 @@ def merge_layouts(layouts: Mapping[str, MemberLayout]) -> tuple[ServiceSpec, ...
     merged: list[ServiceSpec] = []
     for name in order:
         specs = by_name[name]
-        vips: list[str] = []
-        for spec in specs:
-            vips.extend(v for v in spec.vips if v not in vips)
+        # Linear in the VIPs (a dict keeps first-appearance order; sets answer "has it").
+        vips = list(dict.fromkeys(v for spec in specs for v in spec.vips))
+        has = [(spec, frozenset(spec.vips)) for spec in specs]
         preferred: dict[str, str] = {}
         for vip in vips:
-            named = {spec.preferred.get(vip) for spec in specs if vip in spec.vips}
+            named = {spec.preferred.get(vip) for spec, held in has if vip in held}
             if len(named) == 1:
                 only = next(iter(named))
                 if only is not None:
