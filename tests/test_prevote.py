@@ -24,6 +24,7 @@ from raftvip.pysyncobj_patches import (
     election_step,
     prevote_answer,
     prevote_wanted,
+    tick_wait,
 )
 from raftvip.testing.wait import free_port, wait_until
 
@@ -136,6 +137,32 @@ def _view(**changes: Any) -> ElectionView:
 )
 def test_election_step(view: ElectionView, now: float, step: object) -> None:
     assert election_step(view, now) == step
+
+
+STOCK = 0.05  # pysyncobj's autoTickPeriod
+
+
+@pytest.mark.parametrize(
+    ("leading", "settled", "due", "ping_at", "wait"),
+    [
+        # settled: until the heartbeat / election timer / ping, 5 ms to IDLE_TICK
+        (True, True, 100.1, None, 0.101),
+        (False, True, 100.4, 100.2, 0.201),
+        (False, True, 101.0, None, patches.IDLE_TICK),
+        (False, True, 99.0, None, STOCK / 10),
+        # a link down: the stock period, but a follower's timer is met to the millisecond
+        # (on the 50 ms grid two followers' timers fired together: split votes)
+        (False, False, 100.012, None, 0.013),
+        (False, False, 100.3, None, STOCK),
+        (False, False, 99.9, None, STOCK),  # past: the tick acts on it (or it is isolated)
+        (True, False, 100.012, None, STOCK),
+    ],
+)
+def test_tick_wait(
+    leading: bool, settled: bool, due: float, ping_at: float | None, wait: float
+) -> None:
+    got = tick_wait(STOCK, 100.0, leading=leading, settled=settled, due=due, ping_at=ping_at)
+    assert got == pytest.approx(wait)
 
 
 # --- a group in one process (stock transport) -----------------------------------------------
